@@ -1,0 +1,28 @@
+# Two commands matter: `make install` (idempotent) and `make test` (installs if needed, then the whole suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The suite must never touch the network.
+OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1
+
+.PHONY: install test benchmark clean
+
+install: $(STAMP)
+
+# Re-installs only when the project's dependency files change (the stamp is newer otherwise).
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	$(PY) -m pip check
+	touch $(STAMP)
+
+test: install
+	$(OFFLINE) $(PY) -m pytest -q
+
+benchmark: install
+	$(OFFLINE) $(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
