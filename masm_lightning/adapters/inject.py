@@ -65,7 +65,7 @@ def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
         for name in hits:
             if not isinstance(modules[name], nn.Linear):
                 raise ValueError(
-                    f"MASMConfig.targets entry {target!r} matches {name!r}, a {type(modules[name]).__name__}; "
+                    f"MASMConfig.targets entry {target!r} matches {name!r} of type {type(modules[name]).__name__}; "
                     f"only nn.Linear can be wrapped: choose among {_linear_patterns(model)}"
                 )
         selected += hits
