@@ -123,14 +123,15 @@ class MASMLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.semantic_weight, self.bias)
-        v = torch.cat([sub.V for sub in self.subspaces], dim=1)  # (n, B·T)
-        s = torch.cat([sub.s for sub in self.subspaces])  # (B·T,)
+        # s is folded into the small V (n×T) rather than scaling the (tokens×T) activations.
+        v = torch.cat([sub.V * sub.s for sub in self.subspaces], dim=1)  # (n, B·T)
         if self.num_blocks == 1:
             u = torch.cat([sub.U for sub in self.subspaces], dim=1)  # (m, T)
-        else:  # each block's U only writes that block's rows
+        else:  # block-diagonal: each block's U writes only that block's rows
             u = torch.block_diag(*(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1)
                                    for b in range(self.num_blocks)))  # (m, B·T)
-        return out + F.linear((x @ v) * s, u)
+        # addmm accumulates into the frozen path's output instead of allocating a second (tokens×m) tensor.
+        return torch.addmm(out.flatten(0, -2), (x @ v).flatten(0, -2), u.mT).view_as(out)
 
     def _linear(self, weight: Tensor) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,

@@ -95,10 +95,11 @@ def spectral_consistency_loss(
     for adapter, block, u, s, v in _matrices(adapters):
         s0 = torch.cat([x.s0 for x in adapter.block_subspaces(block)])
         energy0, floor = adapter.energy[block], adapter.semantic_floor[block]
-        cross = ((u * (adapter.semantic_block(block) @ v)).sum(0) * s).sum()
-        change = 2 * cross + frobenius_inner(u, s, v, u, s, v) - s0.square().sum()  # ‖W_eff‖² − E0, no cancellation
-        loss = energy_weight * (change / energy0).square()
-        loss = loss + drift_weight * (s - s0).square().sum() / floor.square()
+        loss = drift_weight * (s - s0).square().sum() / floor.square()
         loss = loss + cap_weight * torch.relu(s - floor).square().sum() / floor.square()
+        if energy_weight:  # the one thin m·n·T product of this function
+            cross = ((u * (adapter.semantic_block(block) @ v)).sum(0) * s).sum()
+            change = 2 * cross + frobenius_inner(u, s, v, u, s, v) - s0.square().sum()  # ‖W_eff‖² − E0 directly
+            loss = loss + energy_weight * (change / energy0).square()
         terms.append(loss)
     return _mean(terms, adapters)

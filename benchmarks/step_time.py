@@ -1,0 +1,187 @@
+"""Training-step cost of MASM against full fine-tuning, Effort's composed residual and the frozen floor.
+
+One process, one model per method, steps interleaved round-robin (this machine drifts: back-to-back blocks of one
+method mislead). Each step is forward + backward + AdamW step on a random batch. Prints the median step time, its
+ratio to full fine-tuning and to the floor, trainable parameters, and memory: on CUDA the peak allocated bytes per
+step; on CPU the bytes autograd saves for backward plus gradients and optimizer state (deterministic, unlike RSS).
+
+    python benchmarks/step_time.py                      # CPU: ViT-B/16, depth 4, batch 8
+    python benchmarks/step_time.py --depth 12 --steps 10
+    python benchmarks/step_time.py --device cuda        # + ViT-L/14, batch 32, bf16 autocast
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from masm_lightning.adapters import (  # noqa: E402
+    MASMConfig,
+    inject_adapters,
+    orthogonality_loss,
+    spectral_consistency_loss,
+)
+
+TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+class ComposedResidualLinear(nn.Module):
+    """Effort's reference layer: ``W = W_main + U_r diag(S_r) V_r`` rebuilt densely on every forward."""
+
+    def __init__(self, linear: nn.Linear, rank: int) -> None:
+        super().__init__()
+        u, s, vh = torch.linalg.svd(linear.weight.detach(), full_matrices=False)
+        keep = s.numel() - rank
+        self.weight_main = nn.Parameter((u[:, :keep] * s[:keep]) @ vh[:keep], requires_grad=False)
+        self.U_residual = nn.Parameter(u[:, keep:].clone())
+        self.S_residual = nn.Parameter(s[keep:].clone())
+        self.V_residual = nn.Parameter(vh[keep:].clone())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight_main + self.U_residual @ torch.diag(self.S_residual) @ self.V_residual
+        return F.linear(x, weight, self.bias)
+
+
+@dataclass
+class Method:
+    name: str
+    model: nn.Module
+    head: nn.Linear
+    extra_loss: Callable[[nn.Module], Tensor] | None = None
+    optimizer: torch.optim.Optimizer = field(init=False)
+    times: list[float] = field(default_factory=list)
+    memory: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        params = [p for p in (*self.model.parameters(), *self.head.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=5e-4)
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.numel() for p in (*self.model.parameters(), *self.head.parameters()) if p.requires_grad)
+
+
+def build(name: str, model_name: str, depth: int | None, rank: int, device: torch.device) -> Method:
+    kwargs = {"num_classes": 0} | ({"depth": depth} if depth else {})
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, **kwargs).to(device)
+    head = nn.Linear(model.num_features, 2).to(device)
+    extra = None
+    if name == "full_ft":
+        pass
+    elif name == "floor":
+        model.requires_grad_(False)
+        model.pos_embed.requires_grad_(True)  # backward must still run through every block, but computes no weight grad
+    elif name == "composed":
+        model.requires_grad_(False)
+        for module_name, module in list(model.named_modules()):
+            if isinstance(module, nn.Linear) and module_name.endswith(TARGETS):
+                model.set_submodule(module_name, ComposedResidualLinear(module, rank))
+    elif name == "masm":
+        inject_adapters(model, MASMConfig(num_subspaces=4, subspace_rank=rank // 4, targets=TARGETS))
+
+        def extra(m: nn.Module) -> Tensor:
+            return orthogonality_loss(m) + spectral_consistency_loss(m)
+    else:
+        raise ValueError(f"unknown method {name!r}")
+    return Method(name, model.train(), head, extra)
+
+
+def step(method: Method, images: Tensor, labels: Tensor, autocast: torch.dtype | None, device: torch.device,
+         count_saved: bool = False) -> None:
+    """One timed training step; with ``count_saved`` (CPU, untimed) it records bytes instead of seconds."""
+    saved_bytes = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal saved_bytes
+        saved_bytes += t.numel() * t.element_size()
+        return t
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if count_saved else contextlib.nullcontext()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None), hooks:
+        loss = F.cross_entropy(method.head(method.model(images)), labels)
+        if method.extra_loss is not None:
+            loss = loss + 0.1 * method.extra_loss(method.model)
+    method.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    method.optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        method.memory.append(torch.cuda.max_memory_allocated())
+    elapsed = time.perf_counter() - start
+    if count_saved:
+        grads = sum(p.numel() * p.element_size() for g in method.optimizer.param_groups for p in g["params"])
+        state = sum(t.numel() * t.element_size() for s in method.optimizer.state.values() for t in s.values()
+                    if isinstance(t, Tensor))
+        method.memory.append(saved_bytes + grads + state)
+    else:
+        method.times.append(elapsed)
+
+
+def run(model_name: str, depth: int | None, batch: int, steps: int, warmup: int, rank: int,
+        device: torch.device, autocast: torch.dtype | None, methods: list[str]) -> None:
+    built = [build(name, model_name, depth, rank, device) for name in methods]
+    size = built[0].model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    for i in range(warmup + steps):
+        for method in built:  # round-robin: every method sees the same machine state
+            step(method, images, labels, autocast, device)
+            if i < warmup:
+                method.times.clear()
+                method.memory.clear()
+    if device.type == "cpu":  # memory accounting runs Python per saved tensor: one extra step, not timed
+        for method in built:
+            step(method, images, labels, autocast, device, count_saved=True)
+    median = {m.name: statistics.median(m.times) for m in built}
+    memory_kind = "peak CUDA MB" if device.type == "cuda" else "saved+grad+optim MB"
+    print(f"\n{model_name} depth={depth or 'full'} batch={batch} device={device} "
+          f"autocast={autocast} steps={steps} (median of interleaved steps)")
+    print(f"{'method':<10}{'step s':>9}{'img/s':>9}{'vs full_ft':>12}{'vs floor':>10}{'trainable':>13}"
+          f"{memory_kind:>22}")
+    for m in built:
+        full = median.get("full_ft", float("nan"))
+        floor = median.get("floor", float("nan"))
+        print(f"{m.name:<10}{median[m.name]:>9.3f}{batch / median[m.name]:>9.1f}{median[m.name] / full:>12.3f}"
+              f"{median[m.name] / floor:>10.3f}{m.trainable:>13,}{max(m.memory) / 2**20:>22.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="vit_base_patch16_clip_quickgelu_224")
+    parser.add_argument("--depth", type=int, default=None, help="transformer blocks (default: 4 on CPU, all on GPU)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=16, help="trainable rank per matrix (MASM: K=4 x d=rank/4)")
+    parser.add_argument("--methods", nargs="+", default=["full_ft", "composed", "masm", "floor"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    depth = args.depth if args.depth is not None else (4 if device.type == "cpu" else None)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    run(args.model, depth, args.batch, args.steps, args.warmup, args.rank, device, None, args.methods)
+    if device.type == "cuda":
+        run("vit_large_patch14_clip_quickgelu_224", None, 32, args.steps, args.warmup, args.rank, device,
+            torch.bfloat16, args.methods)
+
+
+if __name__ == "__main__":
+    main()
