@@ -1,0 +1,3 @@
+from masm_lightning.cli import main
+
+main()

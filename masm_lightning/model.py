@@ -1,0 +1,302 @@
+"""MASMDetector: a timm CLIP/ViT with MASM adapters and a binary head, as a LightningModule."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+from torch.nn.modules.module import _IncompatibleKeys
+from typing_extensions import override
+
+from .adapters import MASMConfig, inject_adapters, iter_adapters, orthogonality_loss, spectral_consistency_loss
+from .metrics import DetectionMetrics
+
+__all__ = ["MASMDetector", "weights_fingerprint"]
+
+CHECKPOINT_KEY = "masm"
+_KEY_PREFIXES = ("module.", "model.")
+
+
+def effort_adam(params: Any) -> torch.optim.Optimizer:
+    """The Effort recipe's optimizer: Adam, lr 2e-4, weight decay 5e-4."""
+    return torch.optim.Adam(params, lr=2e-4, weight_decay=5e-4)
+
+
+def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
+    """A device-independent hash of a module's weights: names, shapes, dtypes and evenly spaced exact values.
+
+    Reading sampled elements (not sums) keeps it identical on CPU and GPU, and cheap for a ViT-L.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        picks = torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).long().to(flat.device)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat[picks].double().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class MASMDetector(LightningModule):
+    """Real/fake face classifier: timm backbone (CLS pre-logits) + MASM adapters + linear head.
+
+    Args:
+        backbone: timm model name, e.g. ``vit_large_patch14_clip_quickgelu_224.openai`` (quickgelu matches
+            OpenAI's weights; the plain ``_clip_`` name uses the wrong activation).
+        backbone_kwargs: passed to ``timm.create_model`` (``depth``, ``img_size``, …).
+        pretrained: load timm's pretrained weights (needs the hub or its cache).
+        checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format.
+        adapters: MASM configuration; ``None`` trains no adapters (full fine-tuning or linear probe).
+        freeze_backbone: without adapters, train the head only (linear probe) or, if false, everything.
+        lambda_orth: weight of :func:`~masm_lightning.adapters.orthogonality_loss`.
+        lambda_spec: weight of :func:`~masm_lightning.adapters.spectral_consistency_loss`.
+        optimizer: built over every trainable parameter.
+        lr_scheduler: optional, stepped per epoch.
+        threshold: fake-probability threshold for accuracy.
+        backbone_seed: seed of a random-init backbone (no weights given), so a checkpoint reloads onto the same base.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vit_large_patch14_clip_quickgelu_224.openai",
+        backbone_kwargs: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        adapters: MASMConfig | None = MASMConfig(),  # noqa: B008 - an immutable-by-convention default
+        freeze_backbone: bool = True,
+        lambda_orth: float = 1.0,
+        lambda_spec: float = 1.0,
+        optimizer: OptimizerCallable = effort_adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        threshold: float = 0.5,
+        backbone_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters
+            adapters = MASMConfig(**adapters)
+        if lambda_orth < 0 or lambda_spec < 0:
+            raise ValueError(f"lambda_orth and lambda_spec must be >= 0, got {lambda_orth} and {lambda_spec}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.backbone_name = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.adapter_config = adapters
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        # Plain types only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "adapters"])
+        self.hparams["adapters"] = None if adapters is None else dataclasses.asdict(adapters)
+        self.backbone: nn.Module | None = None
+        self.head: nn.Linear | None = None
+        self.fingerprint: str | None = None
+        self.val_metrics = DetectionMetrics(threshold)
+        self.test_metrics = nn.ModuleDict()
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """Input size, mean, std and interpolation the backbone expects; the data module follows it."""
+        cfg = timm.models.get_pretrained_cfg(self.backbone_name)
+        size = self.backbone_kwargs.get("img_size", cfg.input_size[-1] if cfg else 224)
+        return {
+            "image_size": size if isinstance(size, int) else size[-1],
+            "mean": tuple(cfg.mean) if cfg else timm.data.OPENAI_CLIP_MEAN,
+            "std": tuple(cfg.std) if cfg else timm.data.OPENAI_CLIP_STD,
+            "interpolation": cfg.interpolation if cfg else "bicubic",
+        }
+
+    def _create_backbone(self) -> nn.Module:
+        kwargs = {**self.backbone_kwargs, "num_classes": 0}
+        path = self.hparams.checkpoint_path
+        if path is not None:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"model.checkpoint_path {path!r} is not a file")
+            # timm converts OpenAI/open_clip `visual.*` checkpoints through the model's checkpoint filter.
+            return timm.create_model(self.backbone_name, pretrained=True,
+                                     pretrained_cfg_overlay={"file": str(path), "num_classes": 0}, **kwargs)
+        if not self.hparams.pretrained:
+            warnings.warn(f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (pretrained "
+                          "false, no checkpoint_path): fine for tests and demos, useless for real detection",
+                          stacklevel=2)
+        if self.hparams.pretrained:
+            return timm.create_model(self.backbone_name, pretrained=True, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.hparams.backbone_seed)
+            return timm.create_model(self.backbone_name, pretrained=False, **kwargs)
+
+    @override
+    def configure_model(self) -> None:
+        if self.backbone is not None:  # Lightning calls this again before loading a checkpoint
+            return
+        backbone = self._create_backbone()
+        self.fingerprint = weights_fingerprint(backbone)
+        if self.adapter_config is not None:
+            inject_adapters(backbone, self.adapter_config)
+        elif self.hparams.freeze_backbone:
+            backbone.requires_grad_(False)
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, 2)
+
+    @override
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits (real, fake) for a batch of normalised images."""
+        return self.head(self.backbone(images))
+
+    def fake_probability(self, images: Tensor) -> Tensor:
+        return self(images).softmax(-1)[:, 1]
+
+    @override
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self(batch["image"])
+        terms = {"ce": F.cross_entropy(logits, batch["label"])}
+        loss = terms["ce"]
+        if self.adapter_config is not None:
+            if self.hparams.lambda_orth:
+                terms["orth"] = orthogonality_loss(self.backbone)
+                loss = loss + self.hparams.lambda_orth * terms["orth"]
+            if self.hparams.lambda_spec:
+                terms["spec"] = spectral_consistency_loss(self.backbone)
+                loss = loss + self.hparams.lambda_spec * terms["spec"]
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise FloatingPointError(f"non-finite training loss at global step {self.global_step} "
+                                     f"(epoch {self.current_epoch}, batch {batch_idx}): {values}; lower the "
+                                     "learning rate or check the inputs")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()})
+        return loss
+
+    @override
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.val_metrics.update(self.fake_probability(batch["image"]), batch["label"], batch["video"],
+                                batch["index"])
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics.update_count:
+            self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=False)
+        self.val_metrics.reset()
+
+    def _test_names(self) -> list[str]:
+        loaders = self.trainer.test_dataloaders
+        count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+        names = list(getattr(self.trainer.datamodule, "test_names", None) or [])
+        return names if len(names) == count else [f"set{i}" for i in range(count)]
+
+    @override
+    def on_test_start(self) -> None:
+        self.test_metrics = nn.ModuleDict(
+            {name: DetectionMetrics(self.hparams.threshold).to(self.device) for name in self._test_names()})
+
+    @override
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        metric = list(self.test_metrics.values())[dataloader_idx]
+        metric.update(self.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        for name, metric in self.test_metrics.items():
+            if not metric.update_count:
+                continue
+            values = metric.compute()
+            self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False)
+            self._save_roc(name, metric)
+
+    @rank_zero_only
+    def _save_roc(self, name: str, metric: DetectionMetrics) -> None:
+        from .plots import roc_figure  # matplotlib only when a test actually ends
+
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"roc_{name.replace('/', '_')}.png"
+        roc_figure(metric.curves, title=name, path=path)
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"test/{name}/roc", images=[str(path)])
+
+    @override
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return {"prob": self.fake_probability(batch["image"]), "label": batch["label"], "video": batch["video"],
+                "index": batch["index"]}
+
+    @override
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    # --- checkpoints: what training changed, plus the identity of the frozen base ---
+
+    def _trained_keys(self) -> set[str]:
+        """Trainable parameters and adapter buffers (initial factors); never the frozen backbone weights."""
+        keys = {name for name, p in self.named_parameters() if p.requires_grad}
+        for adapter_name, adapter in iter_adapters(self.backbone):
+            keys |= {f"backbone.{adapter_name}.{b}" for b, _ in adapter.named_buffers()}
+        return keys
+
+    @override
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        full = super().state_dict(*args, **kwargs)
+        if self.backbone is None:
+            return full
+        prefix = kwargs.get("prefix", "")
+        keep = self._trained_keys()
+        for key in [k for k in full if k[len(prefix):] not in keep]:
+            del full[key]
+        return full
+
+    def _normalise_keys(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """Strip ``module.`` / ``model.`` prefixes (DataParallel, other trainers) where the bare key is ours."""
+        known = set(super().state_dict().keys())
+        out = {}
+        for key, value in state_dict.items():
+            bare = key
+            while bare not in known and bare.startswith(_KEY_PREFIXES):
+                bare = bare.split(".", 1)[1]
+            out[bare if bare in known else key] = value
+        return out
+
+    @override
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        if self.backbone is None:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        state_dict = self._normalise_keys(state_dict)
+        known = set(super().state_dict().keys())
+        missing = sorted(self._trained_keys() - state_dict.keys())
+        unexpected = sorted(state_dict.keys() - known)
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"checkpoint does not fit this MASMDetector ({self.backbone_name}, adapters "
+                f"{self.hparams.adapters}): missing {len(missing)} trained keys {missing[:3]}, "
+                f"unexpected {len(unexpected)} keys {unexpected[:3]}")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k in known}, strict=False, assign=assign)
+        return _IncompatibleKeys(missing, unexpected)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
+                                      "fingerprint": self.fingerprint, "adapters": self.hparams.adapters,
+                                      "data_config": self.data_config}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("fingerprint")
+        if saved is not None and self.fingerprint is not None and saved != self.fingerprint:
+            raise ValueError(
+                f"checkpoint was trained on a {checkpoint[CHECKPOINT_KEY]['backbone']!r} backbone with weight "
+                f"fingerprint {saved}, but this model's {self.backbone_name!r} backbone has {self.fingerprint}: "
+                "load the same base weights as in training (model.pretrained / model.checkpoint_path)")
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = self._normalise_keys(checkpoint["state_dict"])
