@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The suite must never touch the network.
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1
 
-.PHONY: install test benchmark clean
+.PHONY: install test demo benchmark clean
 
 install: $(STAMP)
 
@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 test: install
 	$(OFFLINE) $(PY) -m pytest -q
+
+# The main job on a fresh machine: generate the demo data, fit MASM, test the best checkpoint. Nothing is downloaded.
+demo: install
+	$(OFFLINE) $(PY) -m masm_lightning fit --config configs/demo.yaml
+	$(OFFLINE) $(PY) -m masm_lightning test --config configs/demo.yaml --ckpt_path outputs/demo/checkpoints/best.ckpt
+	@echo "checkpoint: outputs/demo/checkpoints/best.ckpt"
+	@echo "logs, metrics.csv, ROC plot: the newest outputs/demo/demo/version_*/ (roc_demo.png)"
 
 benchmark: install
 	$(OFFLINE) $(PY) benchmarks/step_time.py

@@ -220,6 +220,7 @@ class MASMDetector(LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"roc_{name.replace('/', '_')}.png"
         roc_figure(metric.curves, title=name, path=path)
+        print(f"ROC curves for {name}: {path}")
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"test/{name}/roc", images=[str(path)])

@@ -27,7 +27,7 @@ def _face_frame(identity: dict, rng: np.random.Generator, size: int) -> tuple[np
     s = size / 64
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     background = identity["bg"] + identity["bg_slope"] * (xx / size)[..., None] * 40
-    image = np.clip(background + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+    image = np.clip(background, 0, 255).astype(np.uint8)
     cx = identity["cx"] * size + rng.uniform(-1.5, 1.5) * s
     cy = identity["cy"] * size + rng.uniform(-1.5, 1.5) * s
     ax, ay = identity["ax"] * size, identity["ay"] * size
@@ -46,7 +46,9 @@ def _face_frame(identity: dict, rng: np.random.Generator, size: int) -> tuple[np
     cv2.ellipse(image, (round(cx), round(cy + 0.5 * ay)), (round(0.35 * ax), round(0.1 * ay)), 0, 0, 180,
                 (150, 60, 60), max(1, round(1.5 * s)))
     shading = 1 + 0.15 * ((xx - cx) / size)[..., None] * identity["light"]
-    image = np.clip(image.astype(np.float32) * shading, 0, 255).astype(np.uint8)
+    # Sensor noise over the whole frame, as a camera would add: the texture a blended region loses or changes.
+    noisy = image.astype(np.float32) * shading + rng.normal(0, identity["noise"], (size, size, 3))
+    image = np.clip(noisy, 0, 255).astype(np.uint8)
     return image, ellipse_mask(size, size, (cx, cy), (ax, ay))
 
 
@@ -62,6 +64,7 @@ def _identity(rng: np.random.Generator) -> dict:
         "ax": rng.uniform(0.22, 0.3),
         "ay": rng.uniform(0.3, 0.38),
         "light": rng.uniform(-1, 1),
+        "noise": rng.uniform(4, 10),
     }
 
 
@@ -76,14 +79,15 @@ def generate_demo_dataset(
 
     Args:
         root: output directory.
-        videos: videos per split (half real, half self-blended fake); default train 32, val 12, test 16.
+        videos: videos per split: real videos and their self-blended fakes, one pair per identity (an odd
+            count ends with a lone real); default train 32, val 12, test 16.
         frames_per_video: frames written per video.
         size: side of the square PNG frames.
         seed: everything is drawn from this seed, so the same arguments give the same files.
     """
     videos = videos or {"train": 32, "val": 12, "test": 16}
     root = Path(root)
-    settings = {"videos": videos, "frames_per_video": frames_per_video, "size": size, "seed": seed, "version": 1}
+    settings = {"videos": videos, "frames_per_video": frames_per_video, "size": size, "seed": seed, "version": 3}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     manifest = root / MANIFEST_NAME
     stamp = root / "settings.json"
@@ -92,22 +96,25 @@ def generate_demo_dataset(
 
     rows = []
     for split_index, (split, count) in enumerate(sorted(videos.items())):
-        for v in range(count):
-            label = v % 2  # alternate real / fake so every split is balanced
-            video_id = f"{split}_{v:03d}"
-            rng = np.random.default_rng([seed, split_index, v])
+        # SBI protocol: every identity gives a real video and the self-blended fake of the very same frames, so
+        # identity cannot separate the classes, only the blending artifacts can.
+        for person in range((count + 1) // 2):
+            rng = np.random.default_rng([seed, split_index, person])
             identity = _identity(rng)
-            folder = root / split / ("fake" if label else "real") / video_id
-            folder.mkdir(parents=True, exist_ok=True)
-            for f in range(frames_per_video):
-                image, mask = _face_frame(identity, rng, size)
-                if label:
-                    image = self_blend(image, mask, rng)
-                path = folder / f"{f:03d}.png"
-                cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                rows.append({"dataset": DEMO_DATASET, "split": split, "label": label,
-                             "method": "self_blend" if label else "real", "video_id": video_id,
-                             "frame_index": f, "path": path.relative_to(root).as_posix()})
+            frames = [_face_frame(identity, rng, size) for _ in range(frames_per_video)]
+            real_id = f"{split}_{person:03d}"
+            for label in (0, 1)[: count - 2 * person]:
+                video_id = f"{real_id}_sbi" if label else real_id
+                folder = root / split / ("fake" if label else "real") / video_id
+                folder.mkdir(parents=True, exist_ok=True)
+                for f, (image, mask) in enumerate(frames):
+                    if label:
+                        image = self_blend(image, mask, rng)
+                    path = folder / f"{f:03d}.png"
+                    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                    rows.append({"dataset": DEMO_DATASET, "split": split, "label": label,
+                                 "method": "self_blend" if label else "real", "video_id": video_id,
+                                 "frame_index": f, "path": path.relative_to(root).as_posix()})
     write_manifest(manifest, rows)
     stamp.write_text(json.dumps({"hash": digest, "settings": settings}, indent=2))
     return manifest
