@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 from lightning.pytorch.cli import LightningCLI
+from typing_extensions import override
 
 from .data.datamodule import FaceForgeryDataModule
 from .model import MASMDetector
 
-__all__ = ["main"]
+__all__ = ["MASMCLI", "main"]
+
+
+class MASMCLI(LightningCLI):
+    """LightningCLI whose configuration errors end like parse errors: a message and a non-zero exit."""
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # a value our classes reject in __init__/__post_init__
+            self.parser.error(str(error))
 
 
 def main(args: list[str] | None = None) -> LightningCLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests drive it in-process)."""
-    return LightningCLI(
+    return MASMCLI(
         MASMDetector,
         FaceForgeryDataModule,
         subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule

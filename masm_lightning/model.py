@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
@@ -220,7 +220,7 @@ class MASMDetector(LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"roc_{name.replace('/', '_')}.png"
         roc_figure(metric.curves, title=name, path=path)
-        print(f"ROC curves for {name}: {path}")
+        rank_zero_info(f"ROC curves for test set {name!r}: {path}")
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"test/{name}/roc", images=[str(path)])

@@ -1,0 +1,72 @@
+"""The real CLI, driven in-process with configs/tiny.yaml (torchgeo style)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from masm_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    """Point every output of the tiny config into ``tmp_path``."""
+    return ["--config", TINY, "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--data.init_args.root", str(tmp_path / "demo_data"), *extra]
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_every_subcommand_runs_on_the_tiny_config(tmp_path, command):
+    cli = main([command, *tiny_args(tmp_path, "--trainer.fast_dev_run", "true")])
+    metrics = cli.trainer.callback_metrics
+    if command == "fit":
+        assert {"train/loss", "train/ce", "train/orth", "train/spec", "val/video_auc"} <= metrics.keys()
+    elif command == "validate":
+        assert "val/frame_auc" in metrics
+    elif command == "test":
+        assert {"test/demo/frame_auc", "test/demo/video_auc", "test/demo/video_eer"} <= metrics.keys()
+    else:
+        predictions = cli.trainer.predict_loop.predictions
+        assert predictions and {"prob", "label", "video", "index"} <= predictions[0].keys()
+
+
+def test_fit_saves_a_small_checkpoint_that_test_reloads(tmp_path):
+    cli = main(["fit", *tiny_args(tmp_path, "--trainer.max_epochs", "1")])
+    ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
+    assert ckpt.is_file()
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert not any(key.endswith("semantic_weight") for key in state), "the frozen backbone must not be saved"
+    tested = main(["test", *tiny_args(tmp_path, "--ckpt_path", str(ckpt))])
+    assert "test/demo/video_auc" in tested.trainer.callback_metrics
+    assert list(Path(tested.trainer.log_dir).glob("roc_demo.png"))
+
+
+def test_print_config_shows_the_composed_configuration(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args(tmp_path), "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "num_subspaces: 2" in out and "class_path: masm_lightning.data.DemoDataModule" in out
+
+
+BAD_ARGUMENTS = {
+    "unknown_key": (["--model.adapters.num_subspace", "3"], "num_subspace"),
+    "invalid_value": (["--model.adapters.num_subspaces", "0"], "MASMConfig.num_subspaces must be an int >= 1, got 0"),
+    "wrong_type": (["--model.lambda_orth", "lots"], "lambda_orth"),
+}
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_bad_arguments_exit_non_zero_with_a_message_not_a_traceback(tmp_path, extra, message):
+    result = subprocess.run([sys.executable, "-m", "masm_lightning", "fit", *tiny_args(tmp_path), *extra],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
