@@ -74,7 +74,7 @@ class DetectionMetrics(Metric):
         self.samples.append(samples.detach().long())
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.probs:
+        if not self.update_count:
             raise RuntimeError("DetectionMetrics.compute() called before any update()")
         probs, labels = dim_zero_cat(self.probs), dim_zero_cat(self.labels)
         videos, samples = dim_zero_cat(self.videos), dim_zero_cat(self.samples)

@@ -1,0 +1,120 @@
+"""MASMDetector checkpoints: only what training changed, the base identified, strict where it matters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from masm_lightning import MASMConfig
+from masm_lightning.model import MASMDetector
+
+TINY = dict(backbone="vit_base_patch16_clip_quickgelu_224",
+            backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8))
+
+
+def _detector(**overrides) -> MASMDetector:
+    model = MASMDetector(**{**TINY, "adapters": MASMConfig(num_subspaces=2, subspace_rank=2), **overrides})
+    model.configure_model()
+    return model.eval()
+
+
+def _train_a_little(model: MASMDetector) -> None:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = model(torch.randn(4, 3, 32, 32)).logsumexp(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _save(model: MASMDetector, path) -> None:
+    trainer = Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_checkpoint_holds_only_trained_tensors_and_reloads_to_identical_predictions(tmp_path, images):
+    model = _detector()
+    _train_a_little(model)
+    path = tmp_path / "m.ckpt"
+    _save(model, path)
+    checkpoint = torch.load(path, weights_only=True)
+    saved = checkpoint["state_dict"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable <= saved.keys()
+    assert not any("semantic_weight" in k or "patch_embed" in k or "norm" in k for k in saved)
+    saved_numel = sum(v.numel() for v in saved.values())
+    total_numel = sum(p.numel() for p in model.parameters())
+    assert saved_numel < 0.5 * total_numel
+    assert checkpoint["masm"]["fingerprint"] == model.fingerprint
+
+    reloaded = MASMDetector.load_from_checkpoint(path, weights_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(images), model(images))
+
+
+def test_a_different_base_is_refused_by_fingerprint(tmp_path):
+    model = _detector()
+    path = tmp_path / "m.ckpt"
+    _save(model, path)
+    with pytest.raises(ValueError, match=r"weight fingerprint [0-9a-f]{16}, but this model's .* has [0-9a-f]{16}: "
+                                         r"load the same base weights as in training"):
+        MASMDetector.load_from_checkpoint(path, backbone_seed=1)
+
+
+def test_prefixed_keys_load(images):
+    model = _detector()
+    _train_a_little(model)
+    for prefix in ("module.", "model.", "module.model."):
+        fresh = _detector()
+        fresh.load_state_dict({prefix + k: v for k, v in model.state_dict().items()}, strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(images), model(images))
+
+
+def test_strict_load_reports_missing_trained_and_unexpected_keys():
+    model = _detector()
+    state = model.state_dict()
+    del state["head.weight"]
+    state["backbone.not_a_layer.U"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match=r"missing 1 trained keys \['head.weight'\], unexpected 1 keys "
+                                           r"\['backbone.not_a_layer.U'\]"):
+        _detector().load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "trainable_backbone"),
+    [({}, "adapters"), ({"adapters": None}, "none"), ({"adapters": None, "freeze_backbone": False}, "all")],
+    ids=["masm", "linear_probe", "full_ft"],
+)
+def test_baselines_train_what_they_say(overrides, trainable_backbone):
+    model = _detector(**overrides)
+    backbone = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert all(p.requires_grad for p in model.head.parameters())
+    if trainable_backbone == "none":
+        assert backbone == []
+    elif trainable_backbone == "all":
+        assert len(backbone) == len(list(model.backbone.parameters()))
+    else:
+        assert backbone and all(n.rsplit(".", 1)[-1] in ("U", "s", "V") for n in backbone)
+
+
+def test_non_finite_loss_stops_with_the_step_and_terms():
+    model = _detector()
+    batch = {"image": torch.full((2, 3, 32, 32), float("nan")), "label": torch.tensor([0, 1])}
+    model.trainer = Trainer(logger=False, enable_checkpointing=False)  # gives global_step and logging a home
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss at global step 0 .*ce=nan"):
+        model.training_step(batch, 0)
+
+
+def test_configure_model_is_idempotent():
+    model = _detector()
+    backbone = model.backbone
+    model.configure_model()
+    assert model.backbone is backbone
