@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import wandb
 
 from masm_lightning.cli import main
 
@@ -70,3 +72,44 @@ def test_bad_arguments_exit_non_zero_with_a_message_not_a_traceback(tmp_path, ex
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+BASELINES = ["effort.yaml", "full_ft.yaml", "linear_probe.yaml"]
+
+
+@pytest.mark.parametrize("overlay", BASELINES)
+def test_baseline_configs_compose_with_a_base_config_and_train(tmp_path, overlay):
+    cli = main(["fit", *tiny_args(tmp_path), "--config", str(ROOT / "configs" / overlay),
+                "--trainer.fast_dev_run", "true"])
+    model = cli.model
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    if overlay == "effort.yaml":
+        subspaces = [(a.num_blocks, len(a.subspaces)) for a in model.backbone.modules() if hasattr(a, "subspaces")]
+        assert subspaces == [(3, 3), (1, 1)] and "train/orth" not in cli.trainer.callback_metrics
+    elif overlay == "full_ft.yaml":
+        assert len(trainable) == len(list(model.backbone.parameters()))
+    else:
+        assert not trainable
+
+
+@pytest.mark.parametrize("config", ["ffpp.yaml", "demo.yaml"])
+def test_shipped_configs_parse(tmp_path, capsys, config):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+    assert exit_info.value.code == 0
+    assert "backbone:" in capsys.readouterr().out
+
+
+def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
+    logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
+              "init_args": {"project": "masm", "save_dir": str(tmp_path), "offline": True}}
+    common = ["--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", json.dumps(logger),
+              "--data.init_args.root", str(tmp_path / "demo_data")]
+    fit = main(["fit", *common, "--trainer.max_epochs", "1"])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    main(["test", *common, "--ckpt_path", ckpt])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs, "W&B must run offline and keep its files locally"
+    assert list(tmp_path.rglob("roc_demo.png"))
+    assert list((tmp_path / "wandb").rglob("*.png")), "the ROC curve is logged to W&B as an image"
+    wandb.finish()
