@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
 
-from .adapters import MASMConfig, inject_adapters, iter_adapters, orthogonality_loss, spectral_consistency_loss
+from .adapters import MASMConfig, inject_adapters, orthogonality_loss, spectral_consistency_loss
 from .metrics import DetectionMetrics
 
 __all__ = ["MASMDetector", "weights_fingerprint"]
@@ -121,9 +121,10 @@ class MASMDetector(LightningModule):
         if path is not None:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model.checkpoint_path {path!r} is not a file")
-            # timm converts OpenAI/open_clip `visual.*` checkpoints through the model's checkpoint filter.
+            # timm reads the file with weights_only=True, converts OpenAI/open_clip `visual.*` keys through the
+            # model's checkpoint filter, and drops the file's projection head (its num_classes differs from ours).
             return timm.create_model(self.backbone_name, pretrained=True,
-                                     pretrained_cfg_overlay={"file": str(path), "num_classes": 0}, **kwargs)
+                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         if not self.hparams.pretrained:
             warnings.warn(f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (pretrained "
                           "false, no checkpoint_path): fine for tests and demos, useless for real detection",
@@ -241,11 +242,9 @@ class MASMDetector(LightningModule):
     # --- checkpoints: what training changed, plus the identity of the frozen base ---
 
     def _trained_keys(self) -> set[str]:
-        """Trainable parameters and adapter buffers (initial factors); never the frozen backbone weights."""
-        keys = {name for name, p in self.named_parameters() if p.requires_grad}
-        for adapter_name, adapter in iter_adapters(self.backbone):
-            keys |= {f"backbone.{adapter_name}.{b}" for b, _ in adapter.named_buffers()}
-        return keys
+        """The trainable parameters; the frozen backbone and the adapters' initial factors are rebuilt from the
+        base weights (pinned by the fingerprint) in ``configure_model``."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
 
     @override
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -118,3 +118,64 @@ def test_configure_model_is_idempotent():
     backbone = model.backbone
     model.configure_model()
     assert model.backbone is backbone
+
+
+def _to_openai_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm CLIP ViT keys → OpenAI/open_clip ``visual.*`` keys (the inverse of timm's converter)."""
+    swaps = [("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."), ("norm_pre", "ln_pre"),
+             ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]
+    out = {}
+    for key, value in state.items():
+        if key.startswith("norm."):
+            key = key.replace("norm.", "ln_post.")
+        for old, new in swaps:
+            key = key.replace(old, new)
+        if key == "cls_token":
+            key, value = "class_embedding", value.reshape(-1)
+        elif key == "pos_embed":
+            key, value = "positional_embedding", value[0]
+        out["visual." + key] = value
+    width = state["cls_token"].shape[-1]
+    out["visual.proj"] = torch.randn(width, 16)  # OpenAI's image projection: must be dropped, not loaded
+    out["transformer.resblocks.0.attn.in_proj_weight"] = torch.randn(3, 3)  # the text tower: ignored
+    return out
+
+
+@pytest.mark.parametrize("layout", ["timm", "openai"])
+def test_checkpoint_path_loads_local_backbone_weights(tmp_path, images, layout):
+    import timm
+
+    from masm_lightning.model import weights_fingerprint
+
+    torch.manual_seed(7)
+    source = timm.create_model(TINY["backbone"], pretrained=False, num_classes=0, **TINY["backbone_kwargs"]).eval()
+    state = source.state_dict()
+    path = tmp_path / f"weights_{layout}.pth"
+    torch.save(state if layout == "timm" else _to_openai_visual(state), path)
+
+    model = _detector(checkpoint_path=str(path))
+    assert model.fingerprint == weights_fingerprint(source)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone(images), source(images), rtol=1e-4, atol=1e-5)
+
+
+def test_random_backbone_warns_and_a_missing_file_is_named():
+    with pytest.warns(UserWarning, match="starts from random weights"):
+        _detector()
+    with pytest.raises(FileNotFoundError, match=r"model.checkpoint_path '/nope/ViT-L-14.pt' is not a file"):
+        _detector(checkpoint_path="/nope/ViT-L-14.pt")
+
+
+def test_data_module_follows_the_backbone_and_refuses_a_disagreement(tmp_path):
+    from masm_lightning.data import DemoDataModule
+
+    model = MASMDetector(**TINY)
+    data = DemoDataModule(root=str(tmp_path), image_size=64, num_workers=0)
+    trainer = Trainer(logger=False, enable_checkpointing=False)
+    trainer.strategy.connect(model)
+    data.trainer = trainer
+    with pytest.raises(ValueError, match=r"data.image_size=64 disagrees with the backbone's 32; remove data.image_size"):
+        data._input_config()
+    data.hparams.image_size = None
+    assert data._input_config()[0] == 32

@@ -25,8 +25,9 @@ class ArtifactSubspace(nn.Module):
     """One trainable artifact subspace ``U diag(s) Vᵀ`` of one (block of a) wrapped Linear.
 
     ``U`` (m×d), ``s`` (d), ``V`` (n×d) are the trainable factors; ``U0``, ``s0``, ``V0`` are their values at
-    injection. The initial factors are persistent buffers: re-running the SVD elsewhere may flip signs or rotate
-    degenerate directions, so ``unload()`` and the fitting strength must use the copy the training started from.
+    injection, kept as non-persistent buffers: everything that reads them (``unload()``, the fitting strength, the
+    spectral loss) uses ``U0 diag(s0) V0ᵀ`` or ``s0``, which a fresh SVD of the same base weights reproduces even
+    where it flips the signs of (u, v) pairs; checkpoints therefore carry only the trainable factors.
     """
 
     def __init__(self, u: Tensor, s: Tensor, v: Tensor, block: int, index: int) -> None:
@@ -36,9 +37,9 @@ class ArtifactSubspace(nn.Module):
         self.U = nn.Parameter(u.clone())
         self.s = nn.Parameter(s.clone())
         self.V = nn.Parameter(v.clone())
-        self.register_buffer("U0", u.clone())
-        self.register_buffer("s0", s.clone())
-        self.register_buffer("V0", v.clone())
+        self.register_buffer("U0", u.clone(), persistent=False)
+        self.register_buffer("s0", s.clone(), persistent=False)
+        self.register_buffer("V0", v.clone(), persistent=False)
 
     @property
     def rank(self) -> int:
@@ -108,8 +109,9 @@ class MASMLinear(nn.Module):
         self.semantic_weight = nn.Parameter(torch.cat(semantic), requires_grad=False)
         self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
         self.subspaces = nn.ModuleList(subspaces)
-        self.register_buffer("semantic_floor", torch.stack(floors))  # (num_blocks,): σ_r per block
-        self.register_buffer("energy", torch.stack(energies))  # (num_blocks,): ‖W_b‖²_F at injection
+        # Recomputed from the base weights at injection, like U0/s0/V0.
+        self.register_buffer("semantic_floor", torch.stack(floors), persistent=False)  # (num_blocks,): σ_r
+        self.register_buffer("energy", torch.stack(energies), persistent=False)  # (num_blocks,): ‖W_b‖²_F
 
     def block_subspaces(self, block: int) -> list[ArtifactSubspace]:
         """The K subspaces of one row block, in order."""

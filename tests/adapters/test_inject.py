@@ -139,16 +139,20 @@ def test_effort_configuration_trains_one_direction_per_attention_matrix(make_vit
     assert trainable == depth * 4 * (dim + 1 + dim)
 
 
-def test_injected_state_dict_round_trips_with_initial_factors(make_vit, images):
-    source, target = make_vit(seed=0), make_vit(seed=1)
+def test_state_dict_holds_factors_and_reinjection_rebuilds_the_rest(make_vit, images):
+    source, target = make_vit(seed=0), make_vit(seed=0)
     inject_adapters(source, MASMConfig())
     _train(source, images)
+    state = source.state_dict()
+    assert not any(k.endswith(("U0", "s0", "V0", "energy", "semantic_floor")) for k in state)
+    # Same base weights, injected again (possibly elsewhere): the trained factors load strictly and reproduce
+    # the outputs, and unload still returns the base weights.
     inject_adapters(target, MASMConfig())
-    target.load_state_dict(source.state_dict(), strict=True)
+    target.load_state_dict(state, strict=True)
     with torch.no_grad():
         torch.testing.assert_close(target(images), source(images))
-    # The initial factors travel too, so unload gives the weights training started from, not seed 1's.
-    torch.testing.assert_close(unload_adapters(target).state_dict(), unload_adapters(source).state_dict())
+    torch.testing.assert_close(unload_adapters(target).state_dict(), make_vit(seed=0).state_dict(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_fitting_strength_matches_the_dense_definition(make_vit, images):
