@@ -185,7 +185,8 @@ class MASMDetector(LightningModule):
     @override
     def on_validation_epoch_end(self) -> None:
         if self.val_metrics.update_count:
-            self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=False)
+            # Already synchronised by the metric; sync_dist averages identical values (and silences Lightning).
+            self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, sync_dist=True)
         self.val_metrics.reset()
 
     def _test_names(self) -> list[str]:
@@ -206,18 +207,19 @@ class MASMDetector(LightningModule):
 
     @override
     def on_test_epoch_end(self) -> None:
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every rank: a collective under DDP
         for name, metric in self.test_metrics.items():
             if not metric.update_count:
                 continue
             values = metric.compute()
-            self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False)
-            self._save_roc(name, metric)
+            self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False,
+                          sync_dist=True)
+            self._save_roc(name, metric, folder)
 
     @rank_zero_only
-    def _save_roc(self, name: str, metric: DetectionMetrics) -> None:
+    def _save_roc(self, name: str, metric: DetectionMetrics, folder: Path) -> None:
         from .plots import roc_figure  # matplotlib only when a test actually ends
 
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"roc_{name.replace('/', '_')}.png"
         roc_figure(metric.curves, title=name, path=path)

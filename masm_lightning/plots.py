@@ -32,3 +32,28 @@ def roc_figure(curves: dict[str, tuple[Tensor, Tensor]], title: str, path: str |
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def mask_heatmap(history: list[dict], path: str | Path) -> Path:
+    """Layers × decision steps: the share of each layer's artifact subspaces that kept updating."""
+    import numpy as np
+
+    layers = list(dict.fromkeys(s["layer"] for s in history[0]["subspaces"]))
+    grid = np.zeros((len(layers), len(history)))
+    for col, entry in enumerate(history):
+        for row, layer in enumerate(layers):
+            flags = [not s["masked"] for s in entry["subspaces"] if s["layer"] == layer]
+            grid[row, col] = sum(flags) / len(flags)
+    height = min(2 + 0.18 * len(layers), 24)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(history) + 3), height), dpi=110)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    steps = [entry["step"] for entry in history]
+    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int)
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set_yticks(range(len(layers)), layers, fontsize=max(4, min(8, 400 // max(len(layers), 1))))
+    ax.set(xlabel="optimizer step", title="MASM selective layer mask: share of subspaces updating")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

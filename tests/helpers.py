@@ -19,5 +19,6 @@ class SaveRankState(Callback):
         tensors = {**dict(pl_module.named_parameters()), **dict(pl_module.named_buffers())}  # frozen parts too
         state = {k: v.detach().cpu().clone() for k, v in tensors.items()}
         metrics = {k: v.detach().cpu().clone() for k, v in trainer.callback_metrics.items()}
-        torch.save({"state": state, "metrics": metrics, "world_size": trainer.world_size},
+        masks = [c.state_dict() for c in trainer.callbacks if type(c).__name__ == "SelectiveLayerMask"]
+        torch.save({"state": state, "metrics": metrics, "world_size": trainer.world_size, "masks": masks},
                    self.folder / f"rank{trainer.global_rank}.pt")

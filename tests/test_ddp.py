@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from tests.test_cli import ROOT, tiny_args
 def test_two_process_ddp_fit_ends_with_identical_weights_on_both_ranks(tmp_path):
     callback = {"class_path": "tests.helpers.SaveRankState", "init_args": {"folder": str(tmp_path / "ranks")}}
     command = [sys.executable, "-m", "masm_lightning", "fit", *tiny_args(tmp_path),
-               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "2",
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "6",
                f"--trainer.callbacks+={json.dumps(callback)}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
@@ -35,3 +36,20 @@ def test_two_process_ddp_fit_ends_with_identical_weights_on_both_ranks(tmp_path)
     for key in ("val/video_auc", "val/num_frames", "val/num_videos"):
         torch.testing.assert_close(ranks[0]["metrics"][key], ranks[1]["metrics"][key])
     assert ranks[0]["metrics"]["val/num_videos"] == 4  # 4 val videos, none counted twice by the sampler's padding
+    # The selective layer mask (on in tiny.yaml) decided the same masks from the same statistics on both ranks.
+    first_mask, second_mask = ranks[0]["masks"][0], ranks[1]["masks"][0]
+    assert first_mask["steps"] == second_mask["steps"] > 4 and first_mask["history"]
+    for key in ("layer_kept", "rule_masked", "variances", "mean_grad"):
+        torch.testing.assert_close(first_mask[key], second_mask[key], rtol=0, atol=0, msg=key)
+
+    # `test` under DDP too: metrics gathered once per sample, ROC written by rank 0 without a deadlock.
+    best = next((tmp_path / "tiny").glob("version_0/checkpoints/*.ckpt"))
+    test = [sys.executable, "-m", "masm_lightning", "test", *tiny_args(tmp_path), "--trainer.strategy", "ddp",
+            "--trainer.devices", "2", "--ckpt_path", str(best)]
+    result = subprocess.run(test, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(tmp_path.glob("tiny/version_1/roc_demo.png"))
+    with (tmp_path / "tiny" / "version_1" / "metrics.csv").open() as f:
+        logged = next(row for row in csv.DictReader(f) if row.get("test/demo/num_videos"))
+    assert float(logged["test/demo/num_videos"]) == 4 and float(logged["test/demo/num_frames"]) == 12
+
