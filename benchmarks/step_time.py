@@ -6,6 +6,7 @@ ratio to full fine-tuning and to the floor, trainable parameters, and memory: on
 step; on CPU the bytes autograd saves for backward plus gradients and optimizer state (deterministic, unlike RSS).
 
     python benchmarks/step_time.py                      # CPU: ViT-B/16, depth 4, batch 8
+    python benchmarks/step_time.py --methods masm masm_mask --steps 15   # the mask callback's overhead
     python benchmarks/step_time.py --depth 12 --steps 10
     python benchmarks/step_time.py --device cuda        # + ViT-L/14, batch 32, bf16 autocast
 """
@@ -33,6 +34,7 @@ from masm_lightning.adapters import (  # noqa: E402
     orthogonality_loss,
     spectral_consistency_loss,
 )
+from masm_lightning.callbacks import SelectiveLayerMask  # noqa: E402
 
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -55,12 +57,22 @@ class ComposedResidualLinear(nn.Module):
         return F.linear(x, weight, self.bias)
 
 
+class _NoDistributed:
+    """Just enough of a Trainer for SelectiveLayerMask's per-step work outside Lightning."""
+
+    class strategy:  # noqa: N801
+        @staticmethod
+        def broadcast(obj: object, src: int = 0) -> object:
+            return obj
+
+
 @dataclass
 class Method:
     name: str
     model: nn.Module
     head: nn.Linear
     extra_loss: Callable[[nn.Module], Tensor] | None = None
+    mask: SelectiveLayerMask | None = None
     optimizer: torch.optim.Optimizer = field(init=False)
     times: list[float] = field(default_factory=list)
     memory: list[int] = field(default_factory=list)
@@ -90,14 +102,20 @@ def build(name: str, model_name: str, depth: int | None, rank: int, device: torc
         for module_name, module in list(model.named_modules()):
             if isinstance(module, nn.Linear) and module_name.endswith(TARGETS):
                 model.set_submodule(module_name, ComposedResidualLinear(module, rank))
-    elif name == "masm":
+    elif name in ("masm", "masm_mask"):
         inject_adapters(model, MASMConfig(num_subspaces=4, subspace_rank=rank // 4, targets=TARGETS))
 
         def extra(m: nn.Module) -> Tensor:
             return orthogonality_loss(m) + spectral_consistency_loss(m)
     else:
         raise ValueError(f"unknown method {name!r}")
-    return Method(name, model.train(), head, extra)
+    # masm_mask: + the selective layer mask's per-step work (statistics of every subspace, the mask pass) with
+    # nothing masked, so the optimizer does the same work as `masm`; decisions run every `interval` steps only.
+    mask = None
+    if name == "masm_mask":
+        mask = SelectiveLayerMask(warmup_steps=10**9)
+        mask._discover(model)
+    return Method(name, model.train(), head, extra, mask)
 
 
 def step(method: Method, images: Tensor, labels: Tensor, autocast: torch.dtype | None, device: torch.device,
@@ -121,6 +139,8 @@ def step(method: Method, images: Tensor, labels: Tensor, autocast: torch.dtype |
             loss = loss + 0.1 * method.extra_loss(method.model)
     method.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if method.mask is not None:
+        method.mask.on_before_optimizer_step(_NoDistributed, method.model, method.optimizer)
     method.optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -156,6 +176,8 @@ def run(model_name: str, depth: int | None, batch: int, steps: int, warmup: int,
           f"autocast={autocast} steps={steps} (median of interleaved steps)")
     print(f"{'method':<10}{'step s':>9}{'img/s':>9}{'vs full_ft':>12}{'vs floor':>10}{'trainable':>13}"
           f"{memory_kind:>22}")
+    if "masm" in median and "masm_mask" in median:
+        print(f"selective layer mask overhead on the MASM step: {median['masm_mask'] / median['masm']:.3f}x")
     for m in built:
         full = median.get("full_ft", float("nan"))
         floor = median.get("floor", float("nan"))
@@ -172,7 +194,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16, help="trainable rank per matrix (MASM: K=4 x d=rank/4)")
-    parser.add_argument("--methods", nargs="+", default=["full_ft", "composed", "masm", "floor"])
+    parser.add_argument("--methods", nargs="+", default=["full_ft", "composed", "masm", "masm_mask", "floor"])
     args = parser.parse_args()
     device = torch.device(args.device)
     depth = args.depth if args.depth is not None else (4 if device.type == "cpu" else None)

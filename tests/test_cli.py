@@ -74,7 +74,7 @@ def test_bad_arguments_exit_non_zero_with_a_message_not_a_traceback(tmp_path, ex
     assert "Traceback" not in result.stderr
 
 
-BASELINES = ["effort.yaml", "full_ft.yaml", "linear_probe.yaml"]
+BASELINES = ["effort.yaml", "full_ft.yaml", "linear_probe.yaml", "masm_no_mask.yaml"]
 
 
 @pytest.mark.parametrize("overlay", BASELINES)
@@ -88,8 +88,11 @@ def test_baseline_configs_compose_with_a_base_config_and_train(tmp_path, overlay
         assert subspaces == [(3, 3), (1, 1)] and "train/orth" not in cli.trainer.callback_metrics
     elif overlay == "full_ft.yaml":
         assert len(trainable) == len(list(model.backbone.parameters()))
-    else:
+    elif overlay == "linear_probe.yaml":
         assert not trainable
+    else:
+        assert "train/orth" in cli.trainer.callback_metrics
+    assert not any(type(c).__name__ == "SelectiveLayerMask" for c in cli.trainer.callbacks)
 
 
 @pytest.mark.parametrize("config", ["ffpp.yaml", "demo.yaml"])
