@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch.cli import LightningCLI
 from typing_extensions import override
 
@@ -22,8 +24,17 @@ class MASMCLI(LightningCLI):
             self.parser.error(str(error))
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests drive it in-process)."""
+def main(args: list[str] | None = None) -> LightningCLI | None:
+    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests drive it in-process).
+
+    ``preprocess`` (face extraction) is a plain jsonargparse command; the rest are LightningCLI subcommands.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["preprocess"]:
+        from .data.preprocess import main as preprocess
+
+        preprocess(argv[1:])
+        return None
     return MASMCLI(
         MASMDetector,
         FaceForgeryDataModule,

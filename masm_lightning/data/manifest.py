@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["FRAME_COLUMNS", "MANIFEST_NAME", "FrameRecord", "read_manifest", "write_manifest"]
 
+log = logging.getLogger(__name__)
+
 MANIFEST_NAME = "manifest.csv"
-# label: 0 real, 1 fake. path: relative to the manifest's folder (or absolute). video_id: unique within dataset.
-FRAME_COLUMNS = ("dataset", "split", "label", "method", "video_id", "frame_index", "path")
+# label: 0 real, 1 fake. video_id: unique within dataset (with label). crop_path: relative to the manifest's folder
+# (or absolute); empty, with a status other than "ok", for a video that gave no crop (missing, unreadable, no_face).
+FRAME_COLUMNS = ("dataset", "split", "label", "method", "video_id", "original_id", "video_path", "frame_index",
+                 "crop_path", "det_prob", "box", "status")
+REQUIRED_COLUMNS = ("dataset", "split", "label", "method", "video_id", "frame_index", "crop_path")
 
 
 class FrameRecord(NamedTuple):
@@ -42,21 +49,29 @@ def write_manifest(path: str | Path, rows: Iterable[dict[str, object]]) -> None:
 
 
 def read_manifest(path: str | Path) -> list[FrameRecord]:
-    """Read a frame manifest; relative frame paths resolve against the manifest's folder."""
+    """Read a frame manifest's usable crops; relative paths resolve against the manifest's folder. Rows of videos
+    that gave no crop (status other than ``ok``) are left out and counted in a log line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"frame manifest {str(path)!r} does not exist; generate or extract the dataset first")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(FRAME_COLUMNS) - set(reader.fieldnames or ())
+        missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"frame manifest {str(path)!r} lacks columns {sorted(missing)}; "
                              f"expected {list(FRAME_COLUMNS)}")
-        records = []
+        records, skipped = [], Counter()
         for line, row in enumerate(reader, start=2):
+            status = row.get("status") or "ok"
+            if status != "ok" or not row["crop_path"]:
+                skipped[status] += 1
+                continue
             label = int(row["label"])
             if label not in (0, 1):
                 raise ValueError(f"{path}:{line}: label {row['label']!r} is not 0 (real) or 1 (fake)")
             records.append(FrameRecord(row["dataset"], row["split"], label, row["method"], row["video_id"],
-                                       int(row["frame_index"]), path.parent / row["path"]))
+                                       int(row["frame_index"]), path.parent / row["crop_path"]))
+    if skipped:
+        log.info("%s: %d videos without crops left out (%s)", path, sum(skipped.values()),
+                 ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
     return records

@@ -87,7 +87,7 @@ def generate_demo_dataset(
     """
     videos = videos or {"train": 32, "val": 12, "test": 16}
     root = Path(root)
-    settings = {"videos": videos, "frames_per_video": frames_per_video, "size": size, "seed": seed, "version": 3}
+    settings = {"videos": videos, "frames_per_video": frames_per_video, "size": size, "seed": seed, "version": 4}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     manifest = root / MANIFEST_NAME
     stamp = root / "settings.json"
@@ -114,7 +114,8 @@ def generate_demo_dataset(
                     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                     rows.append({"dataset": DEMO_DATASET, "split": split, "label": label,
                                  "method": "self_blend" if label else "real", "video_id": video_id,
-                                 "frame_index": f, "path": path.relative_to(root).as_posix()})
+                                 "frame_index": f, "crop_path": path.relative_to(root).as_posix(),
+                                 "original_id": real_id if label else "", "status": "ok"})
     write_manifest(manifest, rows)
     stamp.write_text(json.dumps({"hash": digest, "settings": settings}, indent=2))
     return manifest

@@ -1,0 +1,294 @@
+"""Face extraction: frames spread over each video, MTCNN on downscaled frames, square or aligned crops, and a
+resumable, shardable run that always ends in one manifest with a row for every video.
+
+Layout written under ``out``::
+
+    <dataset>/<split>/<real|fake>/<video_id>/<frame:05d>.png   crops
+    records/<dataset>/<key>.json                               one per finished video (its manifest rows)
+    settings.json                                              extraction settings and their hash
+    manifest.csv                                               rebuilt from the records: every video appears
+
+A video's crops go to a temporary folder that is renamed when complete, and its record is written last (atomic
+rename): a run killed at any point and rerun redoes only unfinished videos, and ends with the same manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from .indexers import VideoRecord
+from .manifest import MANIFEST_NAME, write_manifest
+
+__all__ = [
+    "Detection",
+    "ExtractionSettings",
+    "MTCNNDetector",
+    "build_manifest",
+    "crop_aligned",
+    "crop_box",
+    "extract_video",
+    "original_boxes",
+    "read_frames",
+    "sample_indices",
+]
+
+Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (k, 4) xyxy, probs (k,), landmarks (k, 5, 2)
+Detector = Callable[[list[np.ndarray]], list[Detection]]
+
+# Standard 5-point face template (eyes, nose tip, mouth corners) on a 112×112 canvas (ArcFace/InsightFace), the
+# reference DeepfakeBench aligns to; scaled to the crop size and shrunk by the margin scale below.
+FACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """Everything that changes the crops; its hash identifies an extraction."""
+
+    frames: int = 32  # frames per video, spread uniformly over the whole video
+    crop: Literal["box", "aligned"] = "box"
+    size: int = 256  # crop side in pixels
+    scale: float = 1.3  # margin: crop side = scale × face size
+    detect_short_side: int = 480  # frames are downscaled to this shorter side for detection (never upscaled)
+    min_prob: float = 0.9  # detections below this confidence are ignored
+    image_format: Literal["png", "jpg"] = "png"
+    jpeg_quality: int = 95
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sample_indices(total: int, count: int) -> list[int]:
+    """``count`` frame indices spread uniformly over ``total`` frames (centres of equal segments), never the
+    first K; all frames when the video is shorter."""
+    if total <= 0:
+        return []
+    if total <= count:
+        return list(range(total))
+    return [int((i + 0.5) * total / count) for i in range(count)]
+
+
+def read_frames(path: Path, count: int) -> tuple[list[int], list[np.ndarray], str]:
+    """Read ``count`` frames spread over the video as RGB arrays; returns (indices, frames, status).
+
+    Far-apart targets are reached by seeking; close ones by ``grab()`` (demux and decode, no colour conversion),
+    so a 32-frame sample of a long video never converts every frame. Status: ok, unreadable, empty.
+    """
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return [], [], "unreadable"
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        wanted = sample_indices(total, count)
+        indices, frames, position = [], [], 0
+        for index in wanted:
+            if index - position > 30:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+                position = index
+            while position < index and capture.grab():
+                position += 1
+            ok, frame = capture.read()
+            position += 1
+            if not ok:
+                break  # truncated file: keep what was read
+            indices.append(index)
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        if not frames:
+            return [], [], "unreadable" if total <= 0 else "empty"
+        return indices, frames, "ok"
+    finally:
+        capture.release()
+
+
+class MTCNNDetector:
+    """facenet-pytorch MTCNN (weights ship in the wheel), batched per video, on frames downscaled so the shorter
+    side is at most ``short_side``; boxes and landmarks are mapped back to full resolution."""
+
+    def __init__(self, device: str | None = None, short_side: int = 480) -> None:
+        import torch
+        from facenet_pytorch import MTCNN
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.short_side = short_side
+        self.mtcnn = MTCNN(keep_all=True, device=self.device)
+
+    def __call__(self, frames: list[np.ndarray]) -> list[Detection]:
+        h, w = frames[0].shape[:2]
+        factor = min(1.0, self.short_side / min(h, w))
+        small = frames if factor == 1.0 else [
+            cv2.resize(f, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA) for f in frames]
+        boxes, probs, points = self.mtcnn.detect(np.stack(small), landmarks=True)
+        out = []
+        for b, p, l in zip(boxes, probs, points):
+            if b is None:
+                out.append((np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)))
+            else:
+                out.append((np.asarray(b, np.float32) / factor, np.asarray(p, np.float32),
+                            np.asarray(l, np.float32) / factor))
+        return out
+
+
+def _track(detections: list[Detection], min_prob: float) -> list[int | None]:
+    """One face per frame that stays the same person: start from the largest confident face of the frame where
+    it is largest, then in every frame take the confident face nearest the previous choice (largest as tie-break)."""
+    confident = [np.flatnonzero(p >= min_prob) for _, p, _ in detections]
+    areas = [(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b, _, _ in detections]
+    candidates = [(areas[f][i], f, i) for f in range(len(detections)) for i in confident[f]]
+    if not candidates:
+        return [None] * len(detections)
+    _, anchor_frame, anchor = max(candidates)
+    centre = lambda f, i: detections[f][0][i].reshape(2, 2).mean(0)  # noqa: E731
+    chosen: list[int | None] = [None] * len(detections)
+    chosen[anchor_frame] = anchor
+    for order in (range(anchor_frame + 1, len(detections)), range(anchor_frame - 1, -1, -1)):
+        previous = centre(anchor_frame, anchor)
+        for f in order:
+            if len(confident[f]):
+                distance = [np.linalg.norm(centre(f, i) - previous) - 1e-3 * areas[f][i] for i in confident[f]]
+                chosen[f] = int(confident[f][int(np.argmin(distance))])
+                previous = centre(f, chosen[f])
+    return chosen
+
+
+def crop_box(frame: np.ndarray, box: np.ndarray, size: int, scale: float) -> np.ndarray:
+    """A square of side ``scale × max(w, h)`` centred on the box (edges replicated past the frame), resized."""
+    x0, y0, x1, y1 = box
+    side = scale * max(x1 - x0, y1 - y0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    # An affine map does crop, pad and resize in one interpolation.
+    factor = size / side
+    matrix = np.array([[factor, 0, size / 2 - factor * cx], [0, factor, size / 2 - factor * cy]], np.float32)
+    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def crop_aligned(frame: np.ndarray, landmarks: np.ndarray, size: int, scale: float) -> np.ndarray:
+    """Similarity transform of the 5 landmarks onto the standard template, the template shrunk by ``scale`` around
+    the crop centre so the face keeps the same margin as a ``box`` crop."""
+    template = (FACE_TEMPLATE_112 / 112.0 - 0.5) / scale + 0.5
+    matrix, _ = cv2.estimateAffinePartial2D(landmarks.astype(np.float32), template * size, method=cv2.LMEDS)
+    if matrix is None:
+        raise ValueError("landmarks are degenerate: no similarity transform")
+    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _key(record: VideoRecord) -> str:
+    """A file name for a video's record, unique per (dataset, label, video id)."""
+    digest = hashlib.sha1(f"{record.dataset}|{record.label}|{record.video_id}".encode()).hexdigest()[:12]
+    return f"{record.video_id.replace('/', '__')}.{record.label}.{digest}"
+
+
+def _record_path(out: Path, record: VideoRecord) -> Path:
+    return out / "records" / record.dataset / f"{_key(record)}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _row(record: VideoRecord, out: Path, **fields: Any) -> dict[str, Any]:
+    row = {"dataset": record.dataset, "split": record.split, "label": record.label, "method": record.method,
+           "video_id": record.video_id, "original_id": record.original_id, "video_path": str(record.video_path),
+           "frame_index": "", "crop_path": "", "det_prob": "", "box": "", "status": "ok"}
+    row.update(fields)
+    return row
+
+
+def extract_video(record: VideoRecord, out: Path, settings: ExtractionSettings, detector: Detector | None,
+                  reuse_boxes: dict[str, Any] | None = None,
+                  preread: tuple[list[int], list[np.ndarray], str] | None = None) -> list[dict[str, Any]]:
+    """Extract one video's faces; write its crops and its record atomically; return its manifest rows.
+
+    A video that yields nothing gets one row with an empty path and a status (missing, unreadable, empty,
+    no_face). ``reuse_boxes`` (frame index → box and landmarks of the original video) skips detection for aligned
+    fakes. ``preread`` is :func:`read_frames`'s result when a reader thread already has it.
+    """
+    if record.status == "missing":
+        rows = [_row(record, out, status="missing")]
+    else:
+        indices, frames, status = preread or read_frames(record.video_path, settings.frames)
+        if status != "ok":
+            rows = [_row(record, out, status=status)]
+        else:
+            rows = _crop_frames(record, out, settings, detector, indices, frames, reuse_boxes)
+    _write_atomic(_record_path(out, record), json.dumps({"settings": settings.digest(), "rows": rows}))
+    return rows
+
+
+def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, detector: Detector,
+                 indices: list[int], frames: list[np.ndarray], reuse_boxes: dict[str, Any] | None) -> list[dict]:
+    if reuse_boxes is not None and all(str(i) in reuse_boxes for i in indices):
+        detections = [(np.array([reuse_boxes[str(i)]["box"]], np.float32), np.array([1.0], np.float32),
+                        np.array([reuse_boxes[str(i)]["landmarks"]], np.float32)) for i in indices]
+    else:
+        detections = detector(frames)
+    chosen = _track(detections, settings.min_prob)
+    folder = out / record.dataset / record.split / ("fake" if record.label else "real") / record.video_id
+    tmp = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = []
+    for index, frame, (boxes, probs, points), pick in zip(indices, frames, detections, chosen):
+        if pick is None:
+            continue
+        if settings.crop == "aligned":
+            crop = crop_aligned(frame, points[pick], settings.size, settings.scale)
+        else:
+            crop = crop_box(frame, boxes[pick], settings.size, settings.scale)
+        name = f"{index:05d}.{settings.image_format}"
+        params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
+        cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
+        rows.append(_row(record, out, frame_index=index, crop_path=(folder / name).relative_to(out).as_posix(),
+                         det_prob=round(float(probs[pick]), 4),
+                         box=" ".join(f"{v:.1f}" for v in boxes[pick]),
+                         landmarks=points[pick].round(1).tolist()))
+    if not rows:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return [_row(record, out, status="no_face")]
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return rows
+
+
+def original_boxes(record: VideoRecord, out: Path,
+                   records: dict[tuple[str, int, str], VideoRecord]) -> dict[str, Any] | None:
+    """Frame index → box and landmarks of the real video ``record`` was made from, if it was extracted."""
+    original = records.get((record.dataset, 0, record.original_id))
+    if original is None or not _record_path(out, original).is_file():
+        return None
+    rows = json.loads(_record_path(out, original).read_text())["rows"]
+    return {str(r["frame_index"]): {"box": [float(v) for v in r["box"].split()], "landmarks": r["landmarks"]}
+            for r in rows if r["status"] == "ok"}
+
+
+def done(record: VideoRecord, out: Path, settings: ExtractionSettings) -> bool:
+    """Has this video been extracted with these settings already?"""
+    path = _record_path(out, record)
+    return path.is_file() and json.loads(path.read_text()).get("settings") == settings.digest()
+
+
+def build_manifest(out: Path, records: Sequence[VideoRecord] | None = None) -> Path:
+    """Rebuild ``manifest.csv`` from the per-video records (of ``records`` only, or of every finished video), in a
+    fixed order, so interrupted, resumed and sharded runs give the same file."""
+    if records is None:
+        files = sorted((out / "records").glob("*/*.json"))
+    else:
+        files = [_record_path(out, r) for r in records if _record_path(out, r).is_file()]
+    rows = [row for f in files for row in json.loads(f.read_text())["rows"]]
+    rows.sort(key=lambda r: (r["dataset"], r["split"], r["label"], r["video_id"], str(r["frame_index"]).zfill(8)))
+    manifest = out / MANIFEST_NAME
+    write_manifest(manifest, rows)
+    return manifest

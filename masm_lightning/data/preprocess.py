@@ -1,0 +1,156 @@
+"""The ``preprocess`` job: index a dataset, extract faces from every video, write one manifest."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from .extract import (
+    ExtractionSettings,
+    MTCNNDetector,
+    build_manifest,
+    done,
+    extract_video,
+    original_boxes,
+    read_frames,
+)
+from .indexers import DatasetName, VideoRecord, index_dataset
+
+__all__ = ["preprocess"]
+
+
+def _shard(records: list[VideoRecord], shard: int, num_shards: int) -> list[VideoRecord]:
+    """Deterministic partition: videos sorted by key, every ``num_shards``-th from ``shard``."""
+    ordered = sorted(records, key=lambda r: (r.dataset, r.label, r.video_id))
+    return ordered[shard::num_shards]
+
+
+def preprocess(
+    dataset: DatasetName,
+    root: Path,
+    out: Path,
+    splits: Path | None = None,
+    compression: Literal["raw", "c23", "c40"] = "c23",
+    methods: list[str] | None = None,
+    frames: int = 32,
+    crop: Literal["box", "aligned"] = "box",
+    size: int = 256,
+    image_format: Literal["png", "jpg"] = "png",
+    jpeg_quality: int = 95,
+    workers: int = 2,
+    device: str | None = None,
+    shard: int = 0,
+    num_shards: int = 1,
+    reuse_original_boxes: bool = False,
+) -> Path:
+    """Extract faces from a dataset as downloaded and write ``<out>/manifest.csv``.
+
+    Args:
+        dataset: ffpp, dfd, celebdf-v1, celebdf-v2, dfdc, dfdcp or folder.
+        root: the dataset's root folder.
+        out: output folder (crops, per-video records, settings, manifest).
+        splits: FF++ only: folder with the official train/val/test.json (default ``<root>/splits``).
+        compression: FF++/DFD only: raw, c23 or c40.
+        methods: FF++ only: manipulations to include (default the four of the paper).
+        frames: frames per video, spread uniformly over the whole video.
+        crop: ``box`` (square around the detection) or ``aligned`` (5-point similarity to the template).
+        size: crop side in pixels.
+        image_format: png or jpg.
+        jpeg_quality: JPEG quality when ``image_format`` is jpg.
+        workers: threads reading videos ahead of the detector.
+        device: cpu or cuda (default: cuda when available).
+        shard: this process's shard, in [0, num_shards).
+        num_shards: number of shards (e.g. a SLURM array); run once more with the defaults to combine.
+        reuse_original_boxes: crop a fake where its original (FF++ target video, DFDC original) was cropped,
+            frame by frame, instead of detecting again — the fake and its source stay aligned. Falls back to
+            detection when the original has not been extracted (e.g. it is in another shard).
+    """
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard must be in [0, --num-shards={num_shards}), got {shard}")
+    options: dict[str, object] = {}
+    if dataset == "ffpp":
+        options = {"splits": splits, "compression": compression}
+        if methods:
+            options["methods"] = tuple(methods)
+    elif dataset == "dfd":
+        options = {"compression": compression}
+    records = index_dataset(dataset, root, **options)
+    settings = ExtractionSettings(frames=frames, crop=crop, size=size, image_format=image_format,
+                                  jpeg_quality=jpeg_quality)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(
+        {"hash": settings.digest(), "dataset": dataset, "root": str(root), "settings": asdict(settings)}, indent=2))
+    mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
+    by_key = {(r.dataset, r.label, r.video_id): r for r in records}
+    todo = [r for r in mine if not done(r, out, settings)]
+    detector = MTCNNDetector(device=device, short_side=settings.detect_short_side) if any(
+        r.status != "missing" for r in todo) else None
+    statuses: Counter[str] = Counter()
+    frames_done, start = 0, time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(todo), unit="video", desc=f"{dataset} shard {shard}/{num_shards}", mininterval=1.0,
+                 disable=None) as bar:  # disable=None: no bar when output is not a terminal
+        # Reading runs ahead in threads (OpenCV releases the GIL) while the detector works on the current video.
+        def read(record: VideoRecord) -> Future | None:
+            return None if record.status == "missing" else pool.submit(read_frames, record.video_path,
+                                                                       settings.frames)
+
+        pending = deque(read(r) for r in todo[: max(1, workers)])
+        for i, record in enumerate(todo):
+            future = pending.popleft()
+            if i + len(pending) + 1 < len(todo):
+                pending.append(read(todo[i + len(pending) + 1]))
+            reuse = original_boxes(record, out, by_key) if reuse_original_boxes and record.label == 1 else None
+            rows = extract_video(record, out, settings, detector, reuse_boxes=reuse,
+                                 preread=future.result() if future else None)
+            statuses[rows[0]["status"]] += 1
+            frames_done += sum(1 for r in rows if r["crop_path"])
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(videos_s=f"{(i + 1) / elapsed:.2f}", frames_s=f"{frames_done / elapsed:.1f}")
+            bar.update()
+    manifest = build_manifest(out, records if num_shards == 1 else mine)
+    if num_shards > 1:
+        manifest = manifest.rename(out / f"manifest.shard{shard}-of-{num_shards}.csv")
+    _summary(manifest, statuses, len(mine) - len(todo))
+    return manifest
+
+
+def _summary(manifest: Path, statuses: Counter[str], reused: int) -> None:
+    import csv
+
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    videos = {(r["dataset"], r["label"], r["video_id"]): r for r in rows}
+    by_status = Counter(r["status"] for r in videos.values())
+    by_split = Counter((r["split"], "fake" if r["label"] == "1" else "real") for r in videos.values()
+                       if r["status"] == "ok")
+    print(f"\nmanifest: {manifest}  ({len(videos)} videos, {sum(1 for r in rows if r['crop_path'])} crops; "
+          f"{reused} videos already done, {sum(statuses.values())} processed now)")
+    print("videos by status: " + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
+    print("usable videos by split/label: " + ", ".join(f"{s}/{lbl} {v}" for (s, lbl), v in sorted(by_split.items())))
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m masm_lightning preprocess …`` (also accepts ``--config file.yaml``)."""
+    from jsonargparse import CLI
+
+    try:
+        manifest = CLI(preprocess, args=args, as_positional=False, env_prefix="MASM_PREPROCESS")
+    except (FileNotFoundError, ValueError) as error:  # wrong root, split files, arguments: a message, exit 2
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    import csv
+
+    with Path(manifest).open(newline="") as f:
+        if not any(row["crop_path"] for row in csv.DictReader(f)):
+            print("preprocess: error: no video gave a face crop", file=sys.stderr)
+            sys.exit(1)

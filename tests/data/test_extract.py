@@ -1,0 +1,163 @@
+"""Face extraction on the real clips of ../shared/data and on generated bad files."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from masm_lightning.data import extract as extract_module
+from masm_lightning.data.extract import FACE_TEMPLATE_112, MTCNNDetector, crop_aligned, crop_box, sample_indices
+from masm_lightning.data.preprocess import preprocess
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real sample data not found at {SHARED}")
+FFPP = dict(dataset="ffpp", root=SHARED / "FaceForensics++", methods=["Deepfakes", "FaceSwap"], frames=3,
+            workers=1, device="cpu")
+
+
+def _rows(manifest: Path) -> list[dict[str, str]]:
+    with manifest.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_frames_are_spread_over_the_whole_video_not_the_first_k():
+    assert sample_indices(300, 4) == [37, 112, 187, 262]
+    assert sample_indices(3, 8) == [0, 1, 2]
+    assert sample_indices(0, 8) == []
+
+
+def test_box_crop_is_square_centred_and_padded_past_the_frame():
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[40:60, 150:170] = 255  # a 20x20 "face"
+    crop = crop_box(frame, np.array([150, 40, 170, 60], np.float32), size=52, scale=1.3)
+    assert crop.shape == (52, 52, 3)
+    ys, xs = np.nonzero(crop[..., 0] > 128)
+    assert abs(xs.mean() - 25.5) < 1.5 and abs(ys.mean() - 25.5) < 1.5
+    assert 38 <= xs.max() - xs.min() + 1 <= 42  # 20 px face × (52 / 26) = 40 px
+    edge = crop_box(frame, np.array([190, 0, 210, 20], np.float32), size=32, scale=1.3)
+    assert edge.shape == (32, 32, 3)  # off-frame parts are padded, not an error
+
+
+def test_aligned_crop_puts_the_landmarks_on_the_template():
+    size, scale = 128, 1.3
+    template = ((FACE_TEMPLATE_112 / 112.0 - 0.5) / scale + 0.5) * size
+    frame = np.zeros((300, 300, 3), np.uint8)
+    landmarks = FACE_TEMPLATE_112 * 2 + 40  # a face twice the template's size, shifted
+    for x, y in landmarks.round().astype(int):
+        cv2.circle(frame, (int(x), int(y)), 3, (255, 255, 255), -1)
+    crop = crop_aligned(frame, landmarks, size, scale)
+    for x, y in template.round().astype(int):
+        assert crop[y, x, 0] > 100
+
+
+@needs_shared
+def test_ffpp_sample_gives_a_face_crop_for_every_sampled_frame(tmp_path):
+    manifest = preprocess(out=tmp_path, **FFPP)
+    rows = [r for r in _rows(manifest) if r["status"] == "ok"]
+    videos = {(r["split"], r["label"], r["video_id"]) for r in rows}
+    assert videos == {("train", "0", "519"), ("train", "1", "Deepfakes/519_515"), ("test", "0", "634"),
+                      ("test", "1", "FaceSwap/634_660")}
+    assert len(rows) == 4 * 3 and all(float(r["det_prob"]) >= 0.9 for r in rows)
+    detector = MTCNNDetector(device="cpu")
+    crops = [cv2.cvtColor(cv2.imread(str(tmp_path / r["crop_path"])), cv2.COLOR_BGR2RGB) for r in rows]
+    assert all(c.shape == (256, 256, 3) for c in crops)
+    for (boxes, probs, _), row in zip(detector(crops), rows):
+        assert len(probs) and probs.max() > 0.9, f"no face in {row['crop_path']}"
+        centre = boxes[probs.argmax()].reshape(2, 2).mean(0)
+        assert np.all(np.abs(centre - 128) < 40), f"face not centred in {row['crop_path']}"
+    missing = [r for r in _rows(manifest) if r["status"] == "missing"]
+    assert missing and all(r["crop_path"] == "" for r in missing)
+
+
+@needs_shared
+def test_dfdc_part_records_the_missing_video_and_extracts_the_present_one(tmp_path):
+    manifest = preprocess(dataset="dfdc", root=SHARED / "DFDC", out=tmp_path, frames=2, workers=1, device="cpu")
+    by_video = {}
+    for row in _rows(manifest):
+        by_video.setdefault(row["video_id"], []).append(row)
+    assert [r["status"] for r in by_video["awnfpubqmo"]] == ["missing"]
+    assert [r["status"] for r in by_video["brtujopkby"]] == ["ok", "ok"]
+    assert by_video["brtujopkby"][0]["original_id"] == "gnmmhlbzge"
+
+
+def _noise_video(path: Path, frames: int = 12) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 96))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    writer.release()
+
+
+def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path):
+    real = tmp_path / "data" / "real"
+    real.mkdir(parents=True)
+    (real / "zero_byte.mp4").write_bytes(b"")
+    (real / "not_a_video.mp4").write_text("this is text, not H.264")
+    _noise_video(real / "no_face.mp4")
+    _noise_video(tmp_path / "full.mp4")
+    (real / "truncated.mp4").write_bytes((tmp_path / "full.mp4").read_bytes()[:600])
+    (tmp_path / "data" / "fake").mkdir()
+    manifest = preprocess(dataset="folder", root=tmp_path / "data", out=tmp_path / "out", frames=4, workers=2,
+                          device="cpu")
+    status = {r["video_id"]: r["status"] for r in _rows(manifest)}
+    assert status == {"zero_byte": "unreadable", "not_a_video": "unreadable", "no_face": "no_face",
+                      "truncated": "unreadable"}
+    result = subprocess.run([sys.executable, "-m", "masm_lightning", "preprocess", "--dataset", "folder",
+                             "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out2"), "--frames", "2"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1 and "no video gave a face crop" in result.stderr
+
+
+def test_a_wrong_root_exits_2_with_a_message(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "masm_lightning", "preprocess", "--dataset", "ffpp",
+                             "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "FF++ root" in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_shared
+def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch):
+    reference = preprocess(out=tmp_path / "straight", **FFPP).read_text()
+
+    real_extract = extract_module.extract_video
+    calls = {"n": 0}
+
+    def dies_on_the_third_real_video(record, *args, **kwargs):
+        if record.status != "missing":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt  # as if killed
+        return real_extract(record, *args, **kwargs)
+
+    monkeypatch.setattr("masm_lightning.data.preprocess.extract_video", dies_on_the_third_real_video)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(out=tmp_path / "resumed", **FFPP)
+    monkeypatch.setattr("masm_lightning.data.preprocess.extract_video", real_extract)
+    assert preprocess(out=tmp_path / "resumed", **FFPP).read_text() == reference
+
+
+@needs_shared
+def test_two_shards_combine_to_the_single_run_manifest(tmp_path):
+    single = preprocess(out=tmp_path / "single", **FFPP).read_text()
+    for shard in (0, 1):
+        part = preprocess(out=tmp_path / "sharded", shard=shard, num_shards=2, **FFPP)
+        assert part.name == f"manifest.shard{shard}-of-2.csv"
+    combined = preprocess(out=tmp_path / "sharded", **FFPP)  # everything is done: only combines
+    assert combined.read_text() == single
+
+
+@needs_shared
+def test_fakes_can_reuse_their_originals_boxes(tmp_path):
+    manifest = preprocess(out=tmp_path, reuse_original_boxes=True, **FFPP)
+    rows = [r for r in _rows(manifest) if r["status"] == "ok"]
+    boxes = {(r["video_id"], r["frame_index"]): r["box"] for r in rows}
+    for video, original in (("Deepfakes/519_515", "519"), ("FaceSwap/634_660", "634")):
+        fake = {f: b for (v, f), b in boxes.items() if v == video}
+        assert fake and all(boxes[(original, f)] == b for f, b in fake.items())
