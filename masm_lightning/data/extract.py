@@ -59,7 +59,8 @@ class ExtractionSettings:
     crop: Literal["box", "aligned"] = "box"
     size: int = 256  # crop side in pixels
     scale: float = 1.3  # margin: crop side = scale × face size
-    detect_short_side: int = 480  # frames are downscaled to this shorter side for detection (never upscaled)
+    detect_short_side: int = 360  # frames are downscaled to this shorter side for detection (never upscaled)
+    min_face: float = 0.1  # smallest face searched, as a share of the short side (bounds MTCNN's image pyramid)
     min_prob: float = 0.9  # detections below this confidence are ignored
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = 95
@@ -112,15 +113,19 @@ def read_frames(path: Path, count: int) -> tuple[list[int], list[np.ndarray], st
 
 class MTCNNDetector:
     """facenet-pytorch MTCNN (weights ship in the wheel), batched per video, on frames downscaled so the shorter
-    side is at most ``short_side``; boxes and landmarks are mapped back to full resolution."""
+    side is at most ``short_side``; boxes and landmarks are mapped back to full resolution.
 
-    def __init__(self, device: str | None = None, short_side: int = 480) -> None:
+    Deepfake datasets film one or two large faces: searching only faces of at least ``min_face`` × the short side
+    cuts MTCNN's image pyramid (its cost) several-fold versus its default 20 px minimum.
+    """
+
+    def __init__(self, device: str | None = None, short_side: int = 360, min_face: float = 0.1) -> None:
         import torch
         from facenet_pytorch import MTCNN
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.short_side = short_side
-        self.mtcnn = MTCNN(keep_all=True, device=self.device)
+        self.mtcnn = MTCNN(keep_all=True, device=self.device, min_face_size=max(20, round(min_face * short_side)))
 
     def __call__(self, frames: list[np.ndarray]) -> list[Detection]:
         h, w = frames[0].shape[:2]

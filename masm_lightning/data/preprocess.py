@@ -92,7 +92,8 @@ def preprocess(
     mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
     by_key = {(r.dataset, r.label, r.video_id): r for r in records}
     todo = [r for r in mine if not done(r, out, settings)]
-    detector = MTCNNDetector(device=device, short_side=settings.detect_short_side) if any(
+    detector = MTCNNDetector(device=device, short_side=settings.detect_short_side,
+                             min_face=settings.min_face) if any(
         r.status != "missing" for r in todo) else None
     statuses: Counter[str] = Counter()
     frames_done, start = 0, time.perf_counter()
