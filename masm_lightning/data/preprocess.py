@@ -140,10 +140,19 @@ def _summary(manifest: Path, statuses: Counter[str], reused: int) -> None:
     print("usable videos by split/label: " + ", ".join(f"{s}/{lbl} {v}" for (s, lbl), v in sorted(by_split.items())))
 
 
+def _underscored(arg: str) -> str:
+    """``--num-shards=2`` → ``--num_shards=2``: both spellings work on the command line."""
+    if not arg.startswith("--"):
+        return arg
+    name, eq, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + eq + value
+
+
 def main(args: list[str] | None = None) -> None:
     """``python -m masm_lightning preprocess …`` (also accepts ``--config file.yaml``)."""
     from jsonargparse import CLI
 
+    args = [_underscored(a) for a in (sys.argv[2:] if args is None else args)]
     try:
         manifest = CLI(preprocess, args=args, as_positional=False, env_prefix="MASM_PREPROCESS")
     except (FileNotFoundError, ValueError) as error:  # wrong root, split files, arguments: a message, exit 2

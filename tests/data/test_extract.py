@@ -110,7 +110,8 @@ def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path):
     assert status == {"zero_byte": "unreadable", "not_a_video": "unreadable", "no_face": "no_face",
                       "truncated": "unreadable"}
     result = subprocess.run([sys.executable, "-m", "masm_lightning", "preprocess", "--dataset", "folder",
-                             "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out2"), "--frames", "2"],
+                             "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out2"), "--frames", "2",
+                             "--num-shards", "1", "--reuse-original-boxes=false"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 1 and "no video gave a face crop" in result.stderr
 
