@@ -285,7 +285,7 @@ def done(record: VideoRecord, out: Path, settings: ExtractionSettings) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("settings") == settings.digest()
 
 
-def build_manifest(out: Path, records: Sequence[VideoRecord] | None = None) -> Path:
+def build_manifest(out: Path, records: Sequence[VideoRecord] | None = None, name: str = MANIFEST_NAME) -> Path:
     """Rebuild ``manifest.csv`` from the per-video records (of ``records`` only, or of every finished video), in a
     fixed order, so interrupted, resumed and sharded runs give the same file."""
     if records is None:
@@ -294,6 +294,6 @@ def build_manifest(out: Path, records: Sequence[VideoRecord] | None = None) -> P
         files = [_record_path(out, r) for r in records if _record_path(out, r).is_file()]
     rows = [row for f in files for row in json.loads(f.read_text())["rows"]]
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["label"], r["video_id"], str(r["frame_index"]).zfill(8)))
-    manifest = out / MANIFEST_NAME
+    manifest = out / name
     write_manifest(manifest, rows)
     return manifest

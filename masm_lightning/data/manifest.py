@@ -40,7 +40,7 @@ class FrameRecord(NamedTuple):
 def write_manifest(path: str | Path, rows: Iterable[dict[str, object]]) -> None:
     """Write rows atomically (temporary file, then rename), so a reader never sees half a manifest."""
     path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FRAME_COLUMNS, extrasaction="ignore")
         writer.writeheader()

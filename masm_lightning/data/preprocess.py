@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -118,16 +119,14 @@ def preprocess(
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(videos_s=f"{(i + 1) / elapsed:.2f}", frames_s=f"{frames_done / elapsed:.1f}")
             bar.update()
-    manifest = build_manifest(out, records if num_shards == 1 else mine)
-    if num_shards > 1:
-        manifest = manifest.rename(out / f"manifest.shard{shard}-of-{num_shards}.csv")
+    # Shards write their own file (no two processes share a temporary name); a 1-shard run writes the whole one.
+    manifest = (build_manifest(out, records) if num_shards == 1
+                else build_manifest(out, mine, name=f"manifest.shard{shard}-of-{num_shards}.csv"))
     _summary(manifest, statuses, len(mine) - len(todo))
     return manifest
 
 
 def _summary(manifest: Path, statuses: Counter[str], reused: int) -> None:
-    import csv
-
     with manifest.open(newline="") as f:
         rows = list(csv.DictReader(f))
     videos = {(r["dataset"], r["label"], r["video_id"]): r for r in rows}
@@ -158,8 +157,6 @@ def main(args: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as error:  # wrong root, split files, arguments: a message, exit 2
         print(f"preprocess: error: {error}", file=sys.stderr)
         sys.exit(2)
-    import csv
-
     with Path(manifest).open(newline="") as f:
         if not any(row["crop_path"] for row in csv.DictReader(f)):
             print("preprocess: error: no video gave a face crop", file=sys.stderr)
