@@ -57,6 +57,7 @@ class ExtractionSettings:
 
     frames: int = 32  # frames per video, spread uniformly over the whole video
     crop: Literal["box", "aligned"] = "box"
+    faces: Literal["largest", "all"] = "largest"  # one tracked face per frame, or every confident face
     size: int = 256  # crop side in pixels
     scale: float = 1.3  # margin: crop side = scale × face size
     detect_short_side: int = 360  # frames are downscaled to this shorter side for detection (never upscaled)
@@ -247,19 +248,21 @@ def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, d
     tmp.mkdir(parents=True)
     rows = []
     for index, frame, (boxes, probs, points), pick in zip(indices, frames, detections, chosen):
-        if pick is None:
-            continue
-        if settings.crop == "aligned":
-            crop = crop_aligned(frame, points[pick], settings.size, settings.scale)
+        if settings.faces == "all":
+            picks = [int(i) for i in np.flatnonzero(probs >= settings.min_prob)]
         else:
-            crop = crop_box(frame, boxes[pick], settings.size, settings.scale)
-        name = f"{index:05d}.{settings.image_format}"
-        params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
-        cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
-        rows.append(_row(record, out, frame_index=index, crop_path=(folder / name).relative_to(out).as_posix(),
-                         det_prob=round(float(probs[pick]), 4),
-                         box=" ".join(f"{v:.1f}" for v in boxes[pick]),
-                         landmarks=points[pick].round(1).tolist()))
+            picks = [] if pick is None else [pick]
+        for face, i in enumerate(picks):
+            if settings.crop == "aligned":
+                crop = crop_aligned(frame, points[i], settings.size, settings.scale)
+            else:
+                crop = crop_box(frame, boxes[i], settings.size, settings.scale)
+            name = f"{index:05d}" + (f"_{face}" if settings.faces == "all" else "") + f".{settings.image_format}"
+            params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
+            cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
+            rows.append(_row(record, out, frame_index=index, crop_path=(folder / name).relative_to(out).as_posix(),
+                             det_prob=round(float(probs[i]), 4), box=" ".join(f"{v:.1f}" for v in boxes[i]),
+                             landmarks=points[i].round(1).tolist()))
     if not rows:
         shutil.rmtree(tmp, ignore_errors=True)
         return [_row(record, out, status="no_face")]

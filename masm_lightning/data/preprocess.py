@@ -43,6 +43,7 @@ def preprocess(
     methods: list[str] | None = None,
     frames: int = 32,
     crop: Literal["box", "aligned"] = "box",
+    faces: Literal["largest", "all"] = "largest",
     size: int = 256,
     image_format: Literal["png", "jpg"] = "png",
     jpeg_quality: int = 95,
@@ -63,6 +64,7 @@ def preprocess(
         methods: FF++ only: manipulations to include (default the four of the paper).
         frames: frames per video, spread uniformly over the whole video.
         crop: ``box`` (square around the detection) or ``aligned`` (5-point similarity to the template).
+        faces: ``largest`` (one face per frame, followed across the video) or ``all`` confident faces.
         size: crop side in pixels.
         image_format: png or jpg.
         jpeg_quality: JPEG quality when ``image_format`` is jpg.
@@ -84,7 +86,7 @@ def preprocess(
     elif dataset == "dfd":
         options = {"compression": compression}
     records = index_dataset(dataset, root, **options)
-    settings = ExtractionSettings(frames=frames, crop=crop, size=size, image_format=image_format,
+    settings = ExtractionSettings(frames=frames, crop=crop, faces=faces, size=size, image_format=image_format,
                                   jpeg_quality=jpeg_quality)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -162,3 +162,24 @@ def test_fakes_can_reuse_their_originals_boxes(tmp_path):
     for video, original in (("Deepfakes/519_515", "519"), ("FaceSwap/634_660", "634")):
         fake = {f: b for (v, f), b in boxes.items() if v == video}
         assert fake and all(boxes[(original, f)] == b for f, b in fake.items())
+
+
+def _two_faces(frames: list[np.ndarray]) -> list:
+    """A stand-in detector: a big face on the left and a smaller one on the right of every frame."""
+    boxes = np.array([[4, 10, 44, 50], [60, 20, 84, 44]], np.float32)
+    points = np.stack([np.tile(b.reshape(2, 2).mean(0), (5, 1)) + np.arange(5)[:, None] for b in boxes])
+    return [(boxes, np.array([0.99, 0.95], np.float32), points) for _ in frames]
+
+
+@pytest.mark.parametrize(("faces", "expected"), [("largest", 1), ("all", 2)])
+def test_largest_face_by_default_all_faces_on_request(tmp_path, faces, expected):
+    from masm_lightning.data.extract import ExtractionSettings, extract_video
+    from masm_lightning.data.indexers import VideoRecord
+
+    _noise_video(tmp_path / "clip.mp4", frames=6)
+    record = VideoRecord("mine", "test", 0, "real", "clip", "", tmp_path / "clip.mp4", "listed")
+    rows = extract_video(record, tmp_path / "out", ExtractionSettings(frames=3, faces=faces, size=32), _two_faces)
+    assert len(rows) == 3 * expected and all(r["status"] == "ok" for r in rows)
+    assert {r["box"] for r in rows} == ({"4.0 10.0 44.0 50.0"} if faces == "largest"
+                                       else {"4.0 10.0 44.0 50.0", "60.0 20.0 84.0 44.0"})
+    assert all((tmp_path / "out" / r["crop_path"]).is_file() for r in rows)
