@@ -131,7 +131,9 @@ class MASMDetector(LightningModule):
                           stacklevel=2)
         if self.hparams.pretrained:
             return timm.create_model(self.backbone_name, pretrained=True, **kwargs)
-        with torch.random.fork_rng(devices=[]):
+        # Drawn on the CPU from a forked RNG: the same weights whichever device trains (Lightning may make the
+        # GPU the default device here), and the training RNG streams are left untouched.
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())), torch.device("cpu"):
             torch.manual_seed(self.hparams.backbone_seed)
             return timm.create_model(self.backbone_name, pretrained=False, **kwargs)
 
@@ -255,7 +257,8 @@ class MASMDetector(LightningModule):
             return full
         prefix = kwargs.get("prefix", "")
         keep = self._trained_keys()
-        for key in [k for k in full if k[len(prefix):] not in keep]:
+        # Only our own entries: `full` may be a parent's shared destination dict.
+        for key in [k for k in full if k.startswith(prefix) and k[len(prefix):] not in keep]:
             del full[key]
         return full
 

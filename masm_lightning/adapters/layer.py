@@ -133,7 +133,7 @@ class MASMLinear(nn.Module):
             u = torch.block_diag(*(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1)
                                    for b in range(self.num_blocks)))  # (m, B·T)
         # addmm accumulates into the frozen path's output instead of allocating a second (tokens×m) tensor.
-        return torch.addmm(out.flatten(0, -2), (x @ v).flatten(0, -2), u.mT).view_as(out)
+        return torch.addmm(out.reshape(-1, self.out_features), (x @ v).reshape(-1, v.shape[1]), u.mT).view_as(out)
 
     def _linear(self, weight: Tensor) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,

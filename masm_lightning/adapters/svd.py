@@ -15,7 +15,7 @@ class SpectralSplit(NamedTuple):
     """One matrix ``W`` (m×n) split as ``W = semantic + Σ_k U_k diag(s_k) V_kᵀ``."""
 
     semantic: Tensor  # (m, n): W minus the artifact triplets, in W's dtype
-    semantic_floor: Tensor  # (): σ_r, the smallest singular value kept in the semantic part
+    semantic_floor: Tensor  # (): the smallest singular value kept frozen (σ_r, or below it when r < p − T)
     energy: Tensor  # (): ‖W‖²_F, computed in float32
     factors: list[tuple[Tensor, Tensor, Tensor]]  # per subspace: U_k (m, d_k), s_k (d_k,), V_k (n, d_k)
 
@@ -54,12 +54,13 @@ def split_spectrum(
 ) -> SpectralSplit:
     """SVD ``weight`` once in float32 on its own device and split off ``len(ranks)`` trailing subspaces.
 
-    Subspace 0 takes the ``ranks[0]`` triplets just below the kept ones, subspace K-1 the smallest singular values.
+    The artifact subspaces are the trailing ``sum(ranks)`` triplets: subspace K-1 holds the smallest singular values.
+    Triplets between the top ``semantic_rank`` and the tail (if any) stay frozen with the semantic part.
     Raises ``ValueError`` as :func:`check_ranks` does.
     """
     m, n = weight.shape
     full_rank, tail = min(m, n), sum(ranks)
-    kept = check_ranks((m, n), ranks, semantic_rank, name)
+    check_ranks((m, n), ranks, semantic_rank, name)
     w32 = weight.detach().to(torch.float32)
     u, s, vh = torch.linalg.svd(w32, full_matrices=False)  # u (m, p), s (p,), vh (p, n)
     v = vh.mT  # (n, p)
@@ -73,7 +74,7 @@ def split_spectrum(
     semantic = w32 - (u_tail * s_tail) @ v_tail.mT  # (m, n)
     return SpectralSplit(
         semantic=semantic.to(weight.dtype),
-        semantic_floor=s[kept - 1].clone(),
+        semantic_floor=s[full_rank - tail - 1].clone(),  # W_sem keeps every triplet above the artifact tail
         energy=w32.square().sum(),
         factors=[tuple(f.to(weight.dtype) for f in triplet) for triplet in factors],
     )

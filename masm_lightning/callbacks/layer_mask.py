@@ -199,6 +199,8 @@ class SelectiveLayerMask(Callback):
         if any(p.grad is None for p in factors):
             return  # a step without gradients for some factor carries no learning signal to record
         g = torch.cat([p.grad.reshape(-1) for p in factors]).float()
+        if not torch.isfinite(g).all():
+            return  # an fp16 overflow step (the scaler will skip it): recording it would poison the averages
         delta = g - self.mean_grad
         self.mean_grad.add_(delta, alpha=alpha)
         sq = torch.segment_reduce(delta.square(), "sum", lengths=self._lengths)
@@ -233,8 +235,10 @@ class SelectiveLayerMask(Callback):
             release = (gsnr > self.min_gsnr * (1 + self.hysteresis)) & (
                 strength < self.max_strength * (1 - self.hysteresis))
             rule_masked = trip | (self.rule_masked & ~release)
-        # Statistics are identical on every rank already; broadcasting makes divergence impossible anyway.
-        self.layer_kept, self.rule_masked = trainer.strategy.broadcast((layer_kept, rule_masked), src=0)
+        # Statistics are identical on every rank already; broadcasting makes divergence impossible anyway. CPU
+        # copies: a pickled CUDA tensor would land on rank 0's device.
+        kept, ruled = trainer.strategy.broadcast((layer_kept.cpu(), rule_masked.cpu()), src=0)
+        self.layer_kept, self.rule_masked = kept.to(gsnr.device), ruled.to(gsnr.device)
 
     # --- what users see ---
 

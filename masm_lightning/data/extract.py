@@ -26,7 +26,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from .indexers import VideoRecord
+from .indexers import IMAGE_SUFFIXES, VideoRecord
 from .manifest import MANIFEST_NAME, write_manifest
 
 __all__ = [
@@ -84,13 +84,23 @@ def read_frames(path: Path, count: int) -> tuple[list[int], list[np.ndarray], st
     """Read ``count`` frames spread over the video as RGB arrays; returns (indices, frames, status).
 
     Far-apart targets are reached by seeking; close ones by ``grab()`` (demux and decode, no colour conversion),
-    so a 32-frame sample of a long video never converts every frame. Status: ok, unreadable, empty.
+    so a 32-frame sample of a long video never converts every frame. An image file is one frame. A container that
+    does not report its length is decoded sequentially. Status: ok, unreadable, empty.
     """
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        return ([0], [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], "ok") if image is not None else ([], [], "unreadable")
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
             return [], [], "unreadable"
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if total <= 0:  # length unknown: count by decoding, then sample
+            total = 0
+            while capture.grab():
+                total += 1
+            capture.release()
+            capture = cv2.VideoCapture(str(path))
         wanted = sample_indices(total, count)
         indices, frames, position = [], [], 0
         for index in wanted:
@@ -200,7 +210,7 @@ def _record_path(out: Path, record: VideoRecord) -> Path:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -243,7 +253,7 @@ def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, d
         detections = detector(frames)
     chosen = _track(detections, settings.min_prob)
     folder = out / record.dataset / record.split / ("fake" if record.label else "real") / record.video_id
-    tmp = folder.with_name(f".{folder.name}.partial")
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows = []
@@ -253,13 +263,15 @@ def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, d
         else:
             picks = [] if pick is None else [pick]
         for face, i in enumerate(picks):
-            if settings.crop == "aligned":
-                crop = crop_aligned(frame, points[i], settings.size, settings.scale)
-            else:
+            try:
+                crop = (crop_aligned(frame, points[i], settings.size, settings.scale) if settings.crop == "aligned"
+                        else crop_box(frame, boxes[i], settings.size, settings.scale))
+            except ValueError:  # degenerate landmarks: the square crop still holds the face
                 crop = crop_box(frame, boxes[i], settings.size, settings.scale)
             name = f"{index:05d}" + (f"_{face}" if settings.faces == "all" else "") + f".{settings.image_format}"
             params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
-            cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
+            if not cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
+                raise OSError(f"could not write {tmp / name} (disk full or folder removed?)")
             rows.append(_row(record, out, frame_index=index, crop_path=(folder / name).relative_to(out).as_posix(),
                              det_prob=round(float(probs[i]), 4), box=" ".join(f"{v:.1f}" for v in boxes[i]),
                              landmarks=points[i].round(1).tolist()))

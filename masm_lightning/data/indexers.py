@@ -16,6 +16,7 @@ from typing import Literal, NamedTuple
 
 __all__ = [
     "FFPP_METHODS",
+    "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "VideoRecord",
     "index_celebdf",

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .extract import (
     ExtractionSettings,
     MTCNNDetector,
+    _write_atomic,
     build_manifest,
     done,
     extract_video,
@@ -90,7 +91,7 @@ def preprocess(
                                   jpeg_quality=jpeg_quality)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").write_text(json.dumps(
+    _write_atomic(out / "settings.json", json.dumps(
         {"hash": settings.digest(), "dataset": dataset, "root": str(root), "settings": asdict(settings)}, indent=2))
     mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
     by_key = {(r.dataset, r.label, r.video_id): r for r in records}

@@ -184,3 +184,21 @@ def test_returned_names_are_the_wrapped_modules(make_vit):
     names = inject_adapters(model, MASMConfig(targets=("attn.qkv",)))
     assert names == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
     assert [n for n, m in model.named_modules() if isinstance(m, MASMLinear)] == names
+
+
+def test_unbatched_input_works_like_nn_linear(make_vit):
+    model = make_vit()
+    linear = model.blocks[0].mlp.fc1
+    x = torch.randn(linear.in_features)
+    expected = linear(x)
+    inject_adapters(model, MASMConfig(targets=("mlp.fc1",)))
+    torch.testing.assert_close(model.blocks[0].mlp.fc1(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_semantic_floor_is_the_smallest_frozen_singular_value(make_vit):
+    model = make_vit()
+    weight = model.blocks[0].attn.proj.weight.detach().clone()
+    inject_adapters(model, MASMConfig(num_subspaces=2, subspace_rank=2, semantic_rank=8, targets=("attn.proj",)))
+    values = torch.linalg.svdvals(weight)  # 32 values: top 8 semantic, 20 frozen in between, 4 trainable
+    torch.testing.assert_close(model.blocks[0].attn.proj.semantic_floor[0], values[-5])
+    assert spectral_consistency_loss(model).item() == pytest.approx(0.0, abs=1e-8)

@@ -227,3 +227,14 @@ def test_a_model_without_adapters_is_refused_clearly():
     with pytest.raises(ValueError, match="SelectiveLayerMask found no MASM adapters in NoAdapters; remove the "
                                          "callback"):
         trainer.fit(NoAdapters())
+
+
+def test_an_overflow_step_does_not_poison_the_statistics():
+    model = ControlledGradients()
+    callback = SelectiveLayerMask()
+    callback._discover(model)
+    for _, p in model._factors():
+        p.grad = torch.full_like(p, float("inf"))
+    callback._update_statistics()
+    assert torch.equal(callback.variances, torch.zeros_like(callback.variances))
+    assert torch.equal(callback.mean_grad, torch.zeros_like(callback.mean_grad))

@@ -183,3 +183,14 @@ def test_largest_face_by_default_all_faces_on_request(tmp_path, faces, expected)
     assert {r["box"] for r in rows} == ({"4.0 10.0 44.0 50.0"} if faces == "largest"
                                        else {"4.0 10.0 44.0 50.0", "60.0 20.0 84.0 44.0"})
     assert all((tmp_path / "out" / r["crop_path"]).is_file() for r in rows)
+
+
+def test_images_in_a_folder_dataset_are_single_frames(tmp_path):
+    from masm_lightning.data.extract import ExtractionSettings, extract_video
+    from masm_lightning.data.indexers import index_folder
+
+    (tmp_path / "data" / "fake").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "data" / "fake" / "face.png"), np.full((96, 96, 3), 127, np.uint8))
+    (record,) = index_folder(tmp_path / "data")
+    rows = extract_video(record, tmp_path / "out", ExtractionSettings(frames=8, size=32), _two_faces)
+    assert [(r["status"], r["frame_index"]) for r in rows] == [("ok", 0)]
