@@ -303,5 +303,3 @@ class MASMDetector(LightningModule):
                 f"checkpoint was trained on a {checkpoint[CHECKPOINT_KEY]['backbone']!r} backbone with weight "
                 f"fingerprint {saved}, but this model's {self.backbone_name!r} backbone has {self.fingerprint}: "
                 "load the same base weights as in training (model.pretrained / model.checkpoint_path)")
-        if "state_dict" in checkpoint:
-            checkpoint["state_dict"] = self._normalise_keys(checkpoint["state_dict"])

@@ -215,7 +215,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _row(record: VideoRecord, out: Path, **fields: Any) -> dict[str, Any]:
+def _row(record: VideoRecord, **fields: Any) -> dict[str, Any]:
     row = {"dataset": record.dataset, "split": record.split, "label": record.label, "method": record.method,
            "video_id": record.video_id, "original_id": record.original_id, "video_path": str(record.video_path),
            "frame_index": "", "crop_path": "", "det_prob": "", "box": "", "status": "ok"}
@@ -233,11 +233,11 @@ def extract_video(record: VideoRecord, out: Path, settings: ExtractionSettings, 
     fakes. ``preread`` is :func:`read_frames`'s result when a reader thread already has it.
     """
     if record.status == "missing":
-        rows = [_row(record, out, status="missing")]
+        rows = [_row(record, status="missing")]
     else:
         indices, frames, status = preread or read_frames(record.video_path, settings.frames)
         if status != "ok":
-            rows = [_row(record, out, status=status)]
+            rows = [_row(record, status=status)]
         else:
             rows = _crop_frames(record, out, settings, detector, indices, frames, reuse_boxes)
     _write_atomic(_record_path(out, record), json.dumps({"settings": settings.digest(), "rows": rows}))
@@ -272,12 +272,12 @@ def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, d
             params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
             if not cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
                 raise OSError(f"could not write {tmp / name} (disk full or folder removed?)")
-            rows.append(_row(record, out, frame_index=index, crop_path=(folder / name).relative_to(out).as_posix(),
+            rows.append(_row(record, frame_index=index, crop_path=(folder / name).relative_to(out).as_posix(),
                              det_prob=round(float(probs[i]), 4), box=" ".join(f"{v:.1f}" for v in boxes[i]),
                              landmarks=points[i].round(1).tolist()))
     if not rows:
         shutil.rmtree(tmp, ignore_errors=True)
-        return [_row(record, out, status="no_face")]
+        return [_row(record, status="no_face")]
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return rows
