@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from .data.datamodule import FaceForgeryDataModule
@@ -14,7 +14,15 @@ __all__ = ["MASMCLI", "main"]
 
 
 class MASMCLI(LightningCLI):
-    """LightningCLI whose configuration errors end like parse errors: a message and a non-zero exit."""
+    """LightningCLI whose configuration errors end like parse errors: a message and a non-zero exit.
+
+    The data module's resize/normalisation is linked from the model's backbone (``model.data_config``), so the
+    two cannot disagree.
+    """
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.data_config", "data.init_args.input_config", apply_on="instantiate")
 
     @override
     def instantiate_classes(self) -> None:

@@ -161,7 +161,9 @@ class MASMDetector(LightningModule):
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self(batch["image"])
-        terms = {"ce": F.cross_entropy(logits, batch["label"])}
+        weights = self._class_weights()
+        terms = {"ce": F.cross_entropy(logits, batch["label"],
+                                       weight=None if weights is None else weights.to(logits))}
         loss = terms["ce"]
         if self.adapter_config is not None:
             if self.hparams.lambda_orth:
@@ -178,6 +180,11 @@ class MASMDetector(LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         return loss
+
+    def _class_weights(self) -> Tensor | None:
+        """Cross-entropy class weights the data module asks for (``data.balance: loss``), else None."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "class_weights", None)
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -293,7 +300,12 @@ class MASMDetector(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
                                       "fingerprint": self.fingerprint, "adapters": self.hparams.adapters,
-                                      "data_config": self.data_config}
+                                      "data_config": self.data_config, "face_crop": self._face_crop()}
+
+    def _face_crop(self) -> dict[str, Any] | None:
+        """How the training faces were cropped, so inference crops the same way (None if unknown)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "face_crop", None)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

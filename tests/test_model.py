@@ -171,11 +171,12 @@ def test_data_module_follows_the_backbone_and_refuses_a_disagreement(tmp_path):
     from masm_lightning.data import DemoDataModule
 
     model = MASMDetector(**TINY)
-    data = DemoDataModule(root=str(tmp_path), image_size=64, num_workers=0)
+    data = DemoDataModule(root=str(tmp_path), num_workers=0,
+                          input_config={"image_size": 64, "mean": (0.5,) * 3, "std": (0.5,) * 3})
     trainer = Trainer(logger=False, enable_checkpointing=False)
     trainer.strategy.connect(model)
     data.trainer = trainer
-    with pytest.raises(ValueError, match=r"data.image_size=64 disagrees with the backbone's 32; remove data.image_size"):
+    with pytest.raises(ValueError, match=r"data.input_config .* disagrees with the model's data_config"):
         data._input_config()
-    data.hparams.image_size = None
-    assert data._input_config()[0] == 32
+    data.hparams.input_config = None
+    assert data._input_config() == {**model.data_config}

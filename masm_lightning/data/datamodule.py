@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
-from .manifest import FrameRecord, read_manifest
+from .extract import ExtractionSettings
+from .manifest import FrameRecord
+from .sources import DataSource, load_source, prepare_source
 from .synthetic import generate_demo_dataset
-from .transforms import Preset, eval_transform, train_transform
+from .transforms import Preset, crop_face_mask, eval_transform, self_blend, train_transform
 
-__all__ = ["DemoDataModule", "FaceForgeryDataModule", "FrameDataset", "spread_frames"]
+__all__ = ["DemoDataModule", "FaceForgeryDataModule", "FrameDataset", "VideoFrameSampler", "spread_frames"]
+
+FrameDraw = Literal["uniform", "random"]
+Balance = Literal["none", "sampler", "loss"]
+SelfBlend = Literal["off", "add", "only"]
 
 
 def spread_frames(records: Sequence[FrameRecord], per_video: int | None) -> list[FrameRecord]:
@@ -41,11 +52,15 @@ class FrameDataset(Dataset):
     """Face crops with their label, video key index and sample index.
 
     Each item is ``{"image", "label", "video", "index"}``; ``video`` indexes ``self.videos``, the sorted unique
-    (dataset, label, video id) keys, which is what the video-level metrics group by.
+    (dataset, label, video id) keys, which is what the video-level metrics group by. Items flagged in
+    ``self_blended`` are real crops turned into pseudo-fakes (label 1, video id ``sbi/<id>``) on the fly.
     """
 
-    def __init__(self, records: Sequence[FrameRecord], transform: Callable[..., dict[str, Any]]) -> None:
-        self.records = list(records)
+    def __init__(self, records: Sequence[FrameRecord], transform: Callable[..., dict[str, Any]],
+                 self_blended: Sequence[bool] | None = None) -> None:
+        self.blended = list(self_blended) if self_blended is not None else [False] * len(records)
+        self.records = [r._replace(label=1, method="self_blend", video_id=f"sbi/{r.video_id}") if b else r
+                        for r, b in zip(records, self.blended)]
         self.transform = transform
         self.videos = sorted({r.video_key for r in self.records})
         index = {key: i for i, key in enumerate(self.videos)}
@@ -60,110 +75,301 @@ class FrameDataset(Dataset):
         if image is None:
             raise OSError(f"cannot read frame {str(record.path)!r} (video {record.video_key})")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        if self.blended[i]:
+            # Seeded from torch's per-worker generator: reproducible under seed_everything(workers=True).
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            image = self_blend(image, crop_face_mask(*image.shape[:2]), rng)
         return {"image": self.transform(image=image)["image"], "label": record.label,
                 "video": self.video_index[i], "index": i}
 
+    def video_groups(self) -> list[list[int]]:
+        """Item indices of each video, in frame order (the order of ``self.videos``)."""
+        groups: list[list[int]] = [[] for _ in self.videos]
+        for i, video in enumerate(self.video_index):
+            groups[video].append(i)
+        for group in groups:
+            group.sort(key=lambda i: self.records[i].frame_index)
+        return groups
+
+
+class VideoFrameSampler(DistributedSampler):
+    """Training sampler: ``frames_per_video`` frames of every video per epoch, optionally class-balanced, split
+    across DDP ranks.
+
+    ``draw="uniform"`` takes the same frames every epoch, spread evenly over the video's extracted frames (the
+    reference recipe); ``"random"`` re-draws them every epoch, one at random in each of ``frames_per_video``
+    equal segments, so training sees every extracted frame over the epochs while each epoch still covers the
+    whole video. ``balance=True`` draws the epoch's samples with replacement, with probability ∝ 1 / (frames of
+    the sample's class), so real and fake are seen equally often (FF++ has 4 fakes per real).
+
+    Every draw comes from a generator seeded by (seed, epoch): identical on every rank (each keeps every
+    ``num_replicas``-th sample) and across resumed runs. Being a ``DistributedSampler``, Lightning keeps it
+    under DDP instead of wrapping it, and calls :meth:`set_epoch` every epoch.
+    """
+
+    def __init__(self, groups: Sequence[Sequence[int]], labels: Sequence[int], frames_per_video: int | None,
+                 draw: FrameDraw = "uniform", balance: bool = False, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        if draw not in ("uniform", "random"):
+            raise ValueError(f"frame draw {draw!r} is not 'uniform' or 'random'")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
+        self.groups = [list(g) for g in groups if len(g)]
+        self.labels = list(labels)  # per item
+        self.frames_per_video = frames_per_video
+        self.draw, self.balance, self.shuffle = draw, balance, shuffle
+        self.seed, self.epoch = seed, 0
+        self.num_replicas, self.rank, self.drop_last = num_replicas, rank, False
+        self.total = sum(len(g) if frames_per_video is None else min(len(g), frames_per_video) for g in self.groups)
+        self.num_samples = math.ceil(self.total / num_replicas)
+
+    def _frames(self, group: list[int], rng: np.random.Generator) -> list[int]:
+        count = len(group) if self.frames_per_video is None else min(len(group), self.frames_per_video)
+        if count == len(group):
+            return group
+        if self.draw == "uniform":
+            picks = np.linspace(0, len(group) - 1, count).round().astype(int)
+        else:
+            edges = np.linspace(0, len(group), count + 1)
+            picks = np.minimum((edges[:-1] + rng.random(count) * np.diff(edges)).astype(int), len(group) - 1)
+        return [group[i] for i in picks]
+
+    def epoch_indices(self) -> list[int]:
+        """This epoch's samples across all ranks, before the split by rank."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chosen = [i for g in self.groups for i in self._frames(g, rng)]
+        if self.balance:
+            counts = Counter(self.labels[i] for i in chosen)
+            weights = np.array([1.0 / counts[self.labels[i]] for i in chosen])
+            chosen = [chosen[i] for i in rng.choice(len(chosen), size=len(chosen), p=weights / weights.sum())]
+        elif self.shuffle:
+            chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+        return chosen
+
+    def __iter__(self) -> Iterator[int]:
+        chosen = self.epoch_indices()
+        padded = chosen + chosen[: self.num_samples * self.num_replicas - len(chosen)]
+        return iter(padded[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
 
 class FaceForgeryDataModule(LightningDataModule):
-    """Training, validation and named test sets read from frame manifests.
+    """Train on one dataset, select models on its validation split, test across datasets.
 
-    Image size, mean and std come from the model (``MASMDetector.data_config``) when left unset, so data and
-    backbone cannot disagree; set explicitly, they must match it.
+    ``prepare_data`` extracts the faces of every source that needs it (official trees, video folders) into
+    ``cache_dir/<name>/`` unless a completed extraction with the same settings and video selection is there;
+    ``setup`` reads the frame records. Splits come from the datasets' own lists (see :mod:`.indexers`).
+
+    Resize, mean, std and interpolation follow the backbone's pretrained configuration: the CLI links
+    ``model.data_config`` into ``input_config``; used from Python, the trainer's model provides it.
 
     Args:
-        manifest: frame manifest with ``train`` and ``val`` rows (and ``test`` rows, used when ``test_manifests``
-            is not given).
-        test_manifests: test-set name → manifest; each contributes its ``test`` rows (all rows if none is marked
-            ``test``), logged as ``test/<name>/…``.
-        train_frames: frames per training video (spread uniformly); None = all.
-        eval_frames: frames per validation/test video; None = all.
+        train: the training dataset; its ``train`` split trains, its ``val`` split selects models.
+        test: the test datasets, logged as ``test/<name>/…``; each contributes its ``test`` rows (every row when
+            none is marked ``test``, e.g. a DFDC training part used for testing).
+        cache_dir: where extracted faces are kept (one sub-folder per source).
+        extraction: frame count, crop kind/size/margin, detector settings of the extraction.
+        extract_workers: video-reading threads of the extraction.
+        extract_device: MTCNN device (default: cuda when available).
+        train_frames: frames per training video and epoch; None = all extracted frames.
+        eval_frames: frames per validation/test video, spread evenly over its extracted frames; None = all.
+        frame_draw: training frames the same each epoch (``uniform``, the reference recipe) or re-drawn at random
+            each epoch (``random``); see :class:`VideoFrameSampler`.
+        balance: ``none`` (the reference recipe: FF++ trains 1 real : 4 fakes), ``sampler`` (classes drawn
+            equally often) or ``loss`` (cross-entropy class weights ``n / (2 n_c)``, read by the model).
+        self_blend: self-blended pseudo-fakes made from real training frames (SBI): ``off``; ``add`` (every real
+            frame also yields a pseudo-fake); ``only`` (train on real videos and their pseudo-fakes alone).
+        augmentation: training preset (``effort``, ``light``, ``none``); evaluation is deterministic.
+        input_config: image_size, mean, std, interpolation of the backbone (linked by the CLI).
         batch_size: per-process batch size.
-        num_workers: data-loading worker processes.
-        augmentation: training preset (``none``, ``light``, ``effort``).
-        image_size, mean, std: override the model's input configuration.
+        num_workers: data-loading worker processes (persistent; memory pinned when a GPU is used).
+        seed: seed of frame draws and splits; default the ``seed_everything`` seed.
     """
 
     def __init__(
         self,
-        manifest: str | None = None,
-        test_manifests: dict[str, str] | None = None,
+        train: DataSource | None = None,
+        test: list[DataSource] | None = None,
+        cache_dir: str = "outputs/faces",
+        extraction: ExtractionSettings = ExtractionSettings(),  # noqa: B008 - frozen dataclass
+        extract_workers: int = 2,
+        extract_device: str | None = None,
         train_frames: int | None = 8,
         eval_frames: int | None = 32,
+        frame_draw: FrameDraw = "uniform",
+        balance: Balance = "none",
+        self_blend: SelfBlend = "off",
+        augmentation: Preset = "effort",
+        input_config: dict[str, Any] | None = None,
         batch_size: int = 32,
         num_workers: int = 4,
-        augmentation: Preset = "effort",
-        image_size: int | None = None,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.manifest = manifest
-        self.test_manifests = test_manifests
+        for name, value, allowed in (("frame_draw", frame_draw, FrameDraw), ("balance", balance, Balance),
+                                     ("self_blend", self_blend, SelfBlend), ("augmentation", augmentation, Preset)):
+            if value not in allowed.__args__:
+                raise ValueError(f"data.{name}={value!r} is not one of {list(allowed.__args__)}")
+        for name, value in (("train_frames", train_frames), ("eval_frames", eval_frames),
+                            ("batch_size", batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be >= 1 (or null for all frames), got {value}")
+        self.train_source = train
+        self.test_sources = list(test or [])
+        self._check_names()
+        self.cache_dir = Path(cache_dir)
+        self.extraction = extraction
+        self.save_hyperparameters(ignore=["train", "test", "extraction"])
         self.test_names: list[str] = []
         self.datasets: dict[str, FrameDataset] = {}
+        self.class_weights: torch.Tensor | None = None
 
-    def _input_config(self) -> tuple[int, Sequence[float], Sequence[float]]:
-        model_config = getattr(self.trainer.lightning_module, "data_config", None) if self.trainer else None
-        chosen = {"image_size": self.hparams.image_size, "mean": self.hparams.mean, "std": self.hparams.std}
-        if model_config is None:
-            missing = [k for k, v in chosen.items() if v is None]
-            if missing:
-                raise ValueError(f"set {missing} on the data module: the model does not provide a data_config")
-            return chosen["image_size"], chosen["mean"], chosen["std"]
-        for key, value in chosen.items():
-            if value is not None and tuple(np.atleast_1d(value)) != tuple(np.atleast_1d(model_config[key])):
-                raise ValueError(f"data.{key}={value!r} disagrees with the backbone's {model_config[key]!r}; "
-                                 f"remove data.{key} to use the backbone's value")
-        return model_config["image_size"], model_config["mean"], model_config["std"]
+    def _check_names(self) -> None:
+        """Two sources may share a name (and cache folder) only if they are the same selection of videos."""
+        seen: dict[str, DataSource] = {}
+        for source in [self.train_source, *self.test_sources]:
+            if source is None:
+                continue
+            other = seen.setdefault(source.display_name, source)
+            if other is not source and other.needs_extraction and other.selection() != source.selection():
+                raise ValueError(f"two data sources are named {source.display_name!r} but select different videos; "
+                                 "give them distinct `name`s")
+
+    @property
+    def seed(self) -> int:
+        return self.hparams.seed if self.hparams.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    @property
+    def face_crop(self) -> dict[str, Any] | None:
+        """The crop settings the training faces were made with (saved in checkpoints for inference): ours when we
+        extract, those recorded beside a preprocess manifest, else unknown (None)."""
+        source = self.train_source
+        if source is None:
+            return None
+        if source.needs_extraction:
+            return asdict(self.extraction)
+        if source.dataset == "manifest":
+            recorded = Path(source.manifest).parent / "settings.json"
+            if recorded.is_file():
+                return json.loads(recorded.read_text()).get("settings")
+        return None
+
+    @override
+    def prepare_data(self) -> None:
+        done: set[str] = set()
+        for source in [self.train_source, *self.test_sources]:
+            if source is not None and source.display_name not in done:
+                prepare_source(source, self.cache_dir, self.extraction, self.hparams.extract_workers,
+                               self.hparams.extract_device)
+                done.add(source.display_name)
+
+    def _input_config(self) -> dict[str, Any]:
+        linked = self.hparams.input_config
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        own = getattr(model, "data_config", None)
+        if linked is not None and own is not None and {k: own[k] for k in linked} != dict(linked):
+            raise ValueError(f"data.input_config {dict(linked)!r} disagrees with the model's data_config {own!r}; "
+                             "leave data.input_config unset (the CLI links it from the model)")
+        config = linked or own
+        if config is None:
+            raise ValueError("no input configuration: set data.input_config {image_size, mean, std[, "
+                             "interpolation]} or use a model with a data_config")
+        missing = {"image_size", "mean", "std"} - config.keys()
+        if missing:
+            raise ValueError(f"data.input_config lacks {sorted(missing)}")
+        return {"interpolation": "bicubic", **config}
+
+    def _load(self, source: DataSource) -> list[FrameRecord]:
+        return load_source(source, self.cache_dir, self.seed)
 
     @override
     def setup(self, stage: str) -> None:
-        size, mean, std = self._input_config()
-        train_tf = train_transform(size, mean, std, self.hparams.augmentation)
-        eval_tf = eval_transform(size, mean, std)
-        records = read_manifest(self.manifest) if self.manifest else []
-        by_split: dict[str, list[FrameRecord]] = defaultdict(list)
-        for record in records:
-            by_split[record.split].append(record)
+        config = self._input_config()
+        size, mean, std, interpolation = (config[k] for k in ("image_size", "mean", "std", "interpolation"))
+        eval_tf = eval_transform(size, mean, std, interpolation)
         self.datasets = {}
-        if stage == "fit":
-            self.datasets["train"] = FrameDataset(spread_frames(by_split["train"], self.hparams.train_frames), train_tf)
-            if not self.datasets["train"].records:
-                raise ValueError(f"manifest {self.manifest!r} has no 'train' rows to fit on")
         if stage in ("fit", "validate"):
-            self.datasets["val"] = FrameDataset(spread_frames(by_split["val"], self.hparams.eval_frames), eval_tf)
-            if not self.datasets["val"].records:
-                warnings.warn(f"manifest {self.manifest!r} has no 'val' rows: validation is skipped", stacklevel=2)
+            if self.train_source is None:
+                raise ValueError(f"`{stage}` needs data.train (the training dataset and its validation split)")
+            records = self._load(self.train_source)
+            by_split: dict[str, list[FrameRecord]] = defaultdict(list)
+            for record in records:
+                by_split[record.split].append(record)
+            if stage == "fit":
+                self.datasets["train"] = self._train_dataset(by_split["train"], config)
+            val = FrameDataset(spread_frames(by_split["val"], self.hparams.eval_frames), eval_tf)
+            if len(val):
+                self.datasets["val"] = val
+            else:
+                rank_zero_warn(f"data source {self.train_source.display_name!r} has no usable 'val' videos: "
+                               "validation is skipped (and checkpoint callbacks monitoring val/* save nothing "
+                               "but `last`)")
         if stage in ("test", "predict"):
-            sources = {name: read_manifest(path) for name, path in (self.test_manifests or {}).items()}
-            if not sources and by_split["test"]:
-                sources = {by_split["test"][0].dataset: by_split["test"]}
-            if not sources:
-                raise ValueError("no test data: set data.test_manifests or give the manifest 'test' rows")
-            self.test_names = list(sources)
-            for name, rows in sources.items():
+            if not self.test_sources:
+                raise ValueError(f"`{stage}` needs data.test (a list of test datasets)")
+            self.test_names = []
+            for source in self.test_sources:
+                rows = self._load(source)
                 chosen = [r for r in rows if r.split == "test"] or rows
-                self.datasets[f"test/{name}"] = FrameDataset(spread_frames(chosen, self.hparams.eval_frames), eval_tf)
+                dataset = FrameDataset(spread_frames(chosen, self.hparams.eval_frames), eval_tf)
+                if not len(dataset):
+                    rank_zero_warn(f"test set {source.display_name!r} has no usable videos: skipped")
+                    continue
+                self.test_names.append(source.display_name)
+                self.datasets[f"test/{source.display_name}"] = dataset
 
-    def _loader(self, dataset: FrameDataset, train: bool) -> DataLoader:
+    def _train_dataset(self, records: list[FrameRecord], config: dict[str, Any]) -> FrameDataset:
+        if not records:
+            raise ValueError(f"data source {self.train_source.display_name!r} has no usable 'train' videos to fit on")
+        mode = self.hparams.self_blend
+        if mode == "only":
+            records = [r for r in records if r.label == 0]
+        reals = [r for r in records if r.label == 0] if mode != "off" else []
+        if mode != "off" and not reals:
+            raise ValueError(f"data.self_blend={mode!r} needs real training videos; "
+                             f"{self.train_source.display_name!r} has none")
+        transform = train_transform(config["image_size"], config["mean"], config["std"],
+                                    self.hparams.augmentation, config["interpolation"])
+        dataset = FrameDataset(records + reals, transform, [False] * len(records) + [True] * len(reals))
+        self.class_weights = None
+        if self.hparams.balance == "loss":
+            counts = Counter(dataset.records[i].label for i in self._sampler(dataset).epoch_indices())
+            total = sum(counts.values())
+            self.class_weights = torch.tensor([total / (2 * max(counts[c], 1)) for c in (0, 1)])
+        videos = Counter(label for _, label, _ in dataset.videos)
+        rank_zero_info(f"training on {videos[0]} real and {videos[1]} fake videos "
+                       f"({len(dataset)} frames; {self.hparams.train_frames} per video and epoch, "
+                       f"{self.hparams.frame_draw} draw, balance {self.hparams.balance}, self-blend {mode})")
+        return dataset
+
+    def _sampler(self, dataset: FrameDataset) -> VideoFrameSampler:
+        trainer = self.trainer
+        return VideoFrameSampler(
+            dataset.video_groups(), [r.label for r in dataset.records], self.hparams.train_frames,
+            self.hparams.frame_draw, self.hparams.balance == "sampler", seed=self.seed,
+            num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
+
+    def _loader(self, dataset: FrameDataset, sampler: VideoFrameSampler | None = None) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=train, drop_last=False,
-                          num_workers=workers, persistent_workers=workers > 0,
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, shuffle=False,
+                          drop_last=False, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     @override
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["train"], train=True)
+        dataset = self.datasets["train"]
+        return self._loader(dataset, self._sampler(dataset))
 
     @override
     def val_dataloader(self) -> DataLoader | list:
         val = self.datasets.get("val")
-        return self._loader(val, train=False) if val is not None and len(val) else []
+        return self._loader(val) if val is not None else []
 
     @override
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.datasets[f"test/{name}"], train=False) for name in self.test_names]
+        return [self._loader(self.datasets[f"test/{name}"]) for name in self.test_names]
 
     @override
     def predict_dataloader(self) -> list[DataLoader]:
@@ -171,7 +377,8 @@ class FaceForgeryDataModule(LightningDataModule):
 
 
 class DemoDataModule(FaceForgeryDataModule):
-    """The generated demo dataset (procedural faces vs their self-blended fakes), made on first use.
+    """The generated demo dataset (procedural faces vs their self-blended fakes), made on first use; it trains on
+    the ``train`` split, validates on ``val`` and tests on ``test`` (test set name ``demo``).
 
     Args:
         root: where the frames and manifest are written (reused when made with the same settings).
@@ -191,7 +398,8 @@ class DemoDataModule(FaceForgeryDataModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(manifest=str(Path(root) / "manifest.csv"), **kwargs)
+        manifest = DataSource("manifest", manifest=str(Path(root) / "manifest.csv"), name="demo")
+        super().__init__(train=manifest, test=[manifest], **kwargs)
         self.generation = {"root": root, "videos": videos, "frames_per_video": frames_per_video, "size": size,
                            "seed": seed}
 

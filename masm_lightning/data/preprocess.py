@@ -26,7 +26,7 @@ from .extract import (
 )
 from .indexers import DatasetName, VideoRecord, index_dataset
 
-__all__ = ["preprocess"]
+__all__ = ["extract_dataset", "preprocess"]
 
 
 def _shard(records: list[VideoRecord], shard: int, num_shards: int) -> list[VideoRecord]:
@@ -77,8 +77,6 @@ def preprocess(
             frame by frame, instead of detecting again — the fake and its source stay aligned. Falls back to
             detection when the original has not been extracted (e.g. it is in another shard).
     """
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard must be in [0, --num-shards={num_shards}), got {shard}")
     options: dict[str, object] = {}
     if dataset == "ffpp":
         options = {"splits": splits, "compression": compression}
@@ -86,9 +84,29 @@ def preprocess(
             options["methods"] = tuple(methods)
     elif dataset == "dfd":
         options = {"compression": compression}
-    records = index_dataset(dataset, root, **options)
     settings = ExtractionSettings(frames=frames, crop=crop, faces=faces, size=size, image_format=image_format,
                                   jpeg_quality=jpeg_quality)
+    return extract_dataset(dataset, root, out, settings, options, workers=workers, device=device, shard=shard,
+                           num_shards=num_shards, reuse_original_boxes=reuse_original_boxes)
+
+
+def extract_dataset(
+    dataset: DatasetName,
+    root: Path,
+    out: Path,
+    settings: ExtractionSettings,
+    index_options: dict[str, object] | None = None,
+    workers: int = 2,
+    device: str | None = None,
+    shard: int = 0,
+    num_shards: int = 1,
+    reuse_original_boxes: bool = False,
+) -> Path:
+    """:func:`preprocess` with the settings as one object (what the data module calls); ``index_options`` go to
+    the dataset's indexer."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard must be in [0, --num-shards={num_shards}), got {shard}")
+    records = index_dataset(dataset, root, **(index_options or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "settings.json", json.dumps(

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-__all__ = ["ellipse_mask", "eval_transform", "self_blend", "train_transform"]
+__all__ = ["crop_face_mask", "ellipse_mask", "eval_transform", "self_blend", "train_transform"]
 
 Preset = Literal["none", "light", "effort"]
 
@@ -60,16 +60,29 @@ def self_blend(image: np.ndarray, face_mask: np.ndarray, rng: np.random.Generato
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
-def _resize_and_normalize(size: int, mean: Sequence[float], std: Sequence[float]) -> list[A.BasicTransform]:
+INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
+                  "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+
+
+def _resize_and_normalize(size: int, mean: Sequence[float], std: Sequence[float],
+                          interpolation: str) -> list[A.BasicTransform]:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
     return [
-        A.Resize(size, size, interpolation=cv2.INTER_CUBIC),
+        A.Resize(size, size, interpolation=INTERPOLATIONS[interpolation]),
         A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
         ToTensorV2(),
     ]
 
 
-def train_transform(size: int, mean: Sequence[float], std: Sequence[float], preset: Preset = "effort") -> A.Compose:
-    """Augmentation for training; ``effort`` follows the Effort/DeepfakeBench recipe."""
+def train_transform(size: int, mean: Sequence[float], std: Sequence[float], preset: Preset = "effort",
+                    interpolation: str = "bicubic") -> A.Compose:
+    """Augmentation for training, then resize and normalisation as the backbone was pretrained.
+
+    ``effort`` is the Effort/DeepfakeBench recipe (flip, rotation ±10°, blur, brightness/contrast or PCA colour or
+    hue/saturation, JPEG quality 40–100) plus motion blur and Gaussian noise as alternatives to its blur, for
+    robustness to the degradations of cross-dataset videos; ``light`` is a horizontal flip; ``none`` nothing.
+    """
     if preset == "none":
         augment: list[A.BasicTransform] = []
     elif preset == "light":
@@ -78,15 +91,23 @@ def train_transform(size: int, mean: Sequence[float], std: Sequence[float], pres
         augment = [
             A.HorizontalFlip(p=0.5),
             A.Rotate(limit=10, p=0.5),
-            A.GaussianBlur(blur_limit=(3, 7), p=0.1),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7)),
+                     A.GaussNoise(std_range=(0.02, 0.08))], p=0.2),
             A.OneOf([A.RandomBrightnessContrast(0.1, 0.1), A.FancyPCA(), A.HueSaturationValue()], p=0.5),
             A.ImageCompression(quality_range=(40, 100), p=0.5),
         ]
     else:
         raise ValueError(f"augmentation preset {preset!r} is not one of 'none', 'light', 'effort'")
-    return A.Compose(augment + _resize_and_normalize(size, mean, std))
+    return A.Compose(augment + _resize_and_normalize(size, mean, std, interpolation))
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bicubic") -> A.Compose:
     """Deterministic resize and normalisation for validation, test and prediction."""
-    return A.Compose(_resize_and_normalize(size, mean, std))
+    return A.Compose(_resize_and_normalize(size, mean, std, interpolation))
+
+
+def crop_face_mask(height: int, width: int) -> np.ndarray:
+    """Where the face is in our crops: an ellipse over the central face box (crops are the detection box, or the
+    aligned template, enlarged by the 1.3 margin), a little below centre to cover the chin rather than the hair."""
+    return ellipse_mask(height, width, (width / 2, height * 0.53), (width * 0.34, height * 0.41))

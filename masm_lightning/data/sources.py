@@ -1,0 +1,272 @@
+"""Data sources: where a dataset's face crops come from, and how they become frame records.
+
+A :class:`DataSource` names one dataset as the user downloaded it. ``prepare_source`` (one process) extracts its
+faces into a cache folder unless a completed extraction with the same settings is already there; ``load_source``
+reads the frame records. Four kinds of source:
+
+- an official tree (``ffpp``, ``dfd``, ``celebdf-v1``, ``celebdf-v2``, ``dfdc``, ``dfdcp``): indexed by
+  :mod:`.indexers` (official splits) and extracted by :mod:`.preprocess` into ``<cache_dir>/<name>/``;
+- ``folder``: ``real/`` and ``fake/`` sub-folders of videos (extracted) or of face crops (``crops: true``, used as
+  they are), with video-level splits;
+- ``deepfakebench``: DeepfakeBench-preprocessed frames and its dataset JSON, used as they are;
+- ``manifest``: a frame manifest written by ``python -m masm_lightning preprocess`` (e.g. sharded on a cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .extract import ExtractionSettings, _write_atomic
+from .indexers import FFPP_METHODS, IMAGE_SUFFIXES, _inside
+from .manifest import MANIFEST_NAME, FrameRecord, read_manifest
+
+__all__ = ["DataSource", "assign_video_splits", "load_source", "prepare_source", "read_deepfakebench",
+           "read_image_folder"]
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["ffpp", "dfd", "celebdf-v1", "celebdf-v2", "dfdc", "dfdcp", "folder", "deepfakebench",
+                     "manifest"]
+EXTRACTED = ("ffpp", "dfd", "celebdf-v1", "celebdf-v2", "dfdc", "dfdcp")
+STAMP_NAME = "prepared.json"  # written after a completed extraction: what was extracted, with which settings
+
+
+@dataclass
+class DataSource:
+    """One dataset for training, validation or testing.
+
+    Args:
+        dataset: the kind of source (see the module docstring).
+        root: the dataset's root as downloaded; for ``deepfakebench`` the folder its frame paths are relative to;
+            unused for ``manifest``.
+        name: the name in metric keys (``test/<name>/video_auc``) and the cache sub-folder; default from the
+            dataset (``ffpp_c23``, ``celebdf-v2``, the folder's name, …).
+        splits: ``ffpp`` only: folder of the official ``train/val/test.json`` (default ``<root>/splits``).
+        compression: ``ffpp``/``dfd``/``deepfakebench`` (FF++ JSONs): ``raw``, ``c23`` or ``c40``.
+        methods: ``ffpp`` (manipulations, default the paper's four) and ``deepfakebench`` (label names such as
+            ``FF-DF``; default all) — what is kept.
+        dataset_json: ``deepfakebench`` only: the dataset JSON (e.g. ``dataset_json/FaceForensics++.json``).
+        manifest: ``manifest`` only: the frame manifest CSV.
+        crops: ``folder`` only: the images are face crops already; use them as they are (no detection).
+        split: ``folder`` only: one split for every video (``test``), or video-level ratios such as
+            ``{train: 0.8, val: 0.1, test: 0.1}`` (per class, seeded): frames of one video never straddle splits.
+        frame_pattern: ``folder`` crops directly under ``real/``/``fake/``: a regex on the file stem whose
+            ``video`` group names the video (default: ``<video>_<frame number>``); crops in per-video
+            sub-folders are grouped by folder.
+        label_names: ``deepfakebench`` only: label name → 0/1 for names that do not end in ``real`` (real) —
+            every other name is fake by default.
+    """
+
+    dataset: SourceKind
+    root: str | None = None
+    name: str | None = None
+    splits: str | None = None
+    compression: Literal["raw", "c23", "c40"] = "c23"
+    methods: list[str] | None = None
+    dataset_json: str | None = None
+    manifest: str | None = None
+    crops: bool = False
+    split: str | dict[str, float] = "test"
+    frame_pattern: str = r"^(?P<video>.+?)[_-](?P<frame>\d+)$"
+    label_names: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        needs = {"manifest": "manifest", "deepfakebench": "dataset_json"}
+        field = needs.get(self.dataset, "root")
+        if getattr(self, field) is None:
+            raise ValueError(f"data source {self.dataset!r} needs `{field}` (got none)")
+        if isinstance(self.split, dict):
+            unknown = set(self.split) - {"train", "val", "test"}
+            if unknown or not self.split or any(v < 0 for v in self.split.values()) or sum(self.split.values()) <= 0:
+                raise ValueError(f"source {self.display_name!r}: split ratios {self.split!r} must be non-negative "
+                                 "weights over train/val/test")
+        re.compile(self.frame_pattern)
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.dataset in ("ffpp", "dfd"):
+            return f"{self.dataset}_{self.compression}"
+        if self.dataset == "folder":
+            return Path(self.root).name
+        if self.dataset == "manifest":
+            return Path(self.manifest).parent.name
+        if self.dataset == "deepfakebench":
+            return Path(self.dataset_json).stem
+        return self.dataset
+
+    @property
+    def needs_extraction(self) -> bool:
+        return self.dataset in EXTRACTED or (self.dataset == "folder" and not self.crops)
+
+    def selection(self) -> dict[str, object]:
+        """What the extraction covers (besides the crop settings): a change re-runs it."""
+        methods = self.methods if self.dataset != "ffpp" else list(self.methods or FFPP_METHODS)
+        return {"dataset": self.dataset, "root": str(Path(self.root).resolve()), "splits": self.splits,
+                "compression": self.compression if self.dataset in ("ffpp", "dfd") else None, "methods": methods}
+
+
+def _stamp(source: DataSource, settings: ExtractionSettings) -> dict[str, object]:
+    return {"selection": source.selection(), "settings": asdict(settings), "hash": settings.digest()}
+
+
+def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSettings, workers: int = 2,
+                   device: str | None = None) -> bool:
+    """Extract ``source`` into ``cache_dir/<name>`` unless a completed extraction of the same videos with the same
+    settings is there; returns whether extraction ran. Interrupted extractions resume (per-video records)."""
+    if not source.needs_extraction:
+        return False
+    from .preprocess import extract_dataset  # MTCNN and the video stack only when something is extracted
+
+    out = Path(cache_dir) / source.display_name
+    expected = _stamp(source, settings)
+    stamp = out / STAMP_NAME
+    if (out / MANIFEST_NAME).is_file() and stamp.is_file() and json.loads(stamp.read_text()) == expected:
+        log.info("faces of %s already extracted with these settings (%s): reusing them", source.display_name, out)
+        return False
+    log.info("extracting faces of %s into %s (settings %s)", source.display_name, out, settings.digest())
+    stamp.unlink(missing_ok=True)  # stale until this extraction completes
+    extract_dataset(source.dataset, Path(source.root), out, settings, _index_options(source), workers=workers,
+                    device=device)
+    _write_atomic(stamp, json.dumps(expected, indent=2))
+    return True
+
+
+def _index_options(source: DataSource) -> dict[str, object]:
+    if source.dataset == "ffpp":
+        options: dict[str, object] = {"splits": source.splits, "compression": source.compression}
+        return options | ({"methods": tuple(source.methods)} if source.methods else {})
+    if source.dataset == "dfd":
+        return {"compression": source.compression}
+    if source.dataset == "folder":
+        return {"dataset": source.display_name}
+    return {}
+
+
+def load_source(source: DataSource, cache_dir: Path, seed: int = 0) -> list[FrameRecord]:
+    """The usable frame records of ``source`` (videos without crops are counted in a log line and left out);
+    ``folder`` sources get their splits here."""
+    if source.dataset == "manifest":
+        records = read_manifest(source.manifest)
+    elif source.dataset == "deepfakebench":
+        records = read_deepfakebench(source.dataset_json, source.root, source.name, source.compression,
+                                     source.methods, source.label_names)
+    elif source.dataset == "folder" and source.crops:
+        records = read_image_folder(source.root, source.display_name, source.frame_pattern)
+    else:
+        manifest = Path(cache_dir) / source.display_name / MANIFEST_NAME
+        if not manifest.is_file():
+            raise FileNotFoundError(f"no extracted faces for {source.display_name!r} at {str(manifest)!r}: run "
+                                    "`fit`/`test` (prepare_data extracts them) or `python -m masm_lightning "
+                                    "preprocess`")
+        records = read_manifest(manifest)
+    if source.dataset == "folder":
+        records = assign_video_splits(records, source.split, seed)
+    return [r._replace(dataset=source.display_name) for r in records] if source.name else records
+
+
+def assign_video_splits(records: Sequence[FrameRecord], split: str | dict[str, float],
+                        seed: int = 0) -> list[FrameRecord]:
+    """Give every video one split: all to ``split`` if it is a name, else split the videos of each class by the
+    ratios (a seeded shuffle of the sorted video keys), so all frames of a video land in the same split."""
+    if isinstance(split, str):
+        return [r._replace(split=split) for r in records]
+    names = [s for s in ("train", "val", "test") if split.get(s, 0) > 0]
+    weights = np.array([split[s] for s in names], float)
+    chosen: dict[tuple[str, int, str], str] = {}
+    for label in (0, 1):
+        videos = sorted({r.video_key for r in records if r.label == label})
+        order = np.random.default_rng([seed, label]).permutation(len(videos))
+        bounds = np.round(np.cumsum(weights) / weights.sum() * len(videos)).astype(int)
+        for rank, i in enumerate(order):
+            chosen[videos[i]] = names[int(np.searchsorted(bounds, rank, side="right"))]
+    return [r._replace(split=chosen[r.video_key]) for r in records]
+
+
+def read_image_folder(root: str | Path, dataset: str, frame_pattern: str) -> list[FrameRecord]:
+    """Face crops under ``root/real`` and ``root/fake``, used as they are. A crop's video is its sub-folder, or,
+    for crops directly in the class folder, the ``video`` group of ``frame_pattern`` on its stem."""
+    root = Path(root)
+    pattern = re.compile(frame_pattern)
+    records = []
+    for label, folder in ((0, "real"), (1, "fake")):
+        base = root / folder
+        for path in sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if base.is_dir() else []:
+            relative = path.relative_to(base)
+            match = pattern.match(path.stem)
+            if len(relative.parts) > 1:
+                video = relative.parent.as_posix()
+            else:
+                video = match.group("video") if match else path.stem
+            frame = int(match.group("frame")) if match and "frame" in pattern.groupindex else 0
+            records.append(FrameRecord(dataset, "test", label, folder, video, frame, path))
+    if not records:
+        raise FileNotFoundError(f"no images under {str(root)!r}/real or /fake")
+    return records
+
+
+def _frame_number(path: str, position: int) -> int:
+    digits = re.findall(r"\d+", Path(path).stem)
+    return int(digits[-1]) if digits else position
+
+
+def read_deepfakebench(dataset_json: str | Path, root: str | Path | None, name: str | None = None,
+                       compression: str = "c23", methods: Sequence[str] | None = None,
+                       label_names: dict[str, int] | None = None) -> list[FrameRecord]:
+    """DeepfakeBench-preprocessed frames listed by its dataset JSON, adopted without re-extraction.
+
+    The JSON is ``{dataset: {label_name: {mode: [{compression:] {video: {"label": ..., "frames": [...]}}}}}`` with
+    modes train/val/test and a compression level only for FF++-family datasets. Its known traps are fixed: every
+    frame is kept (spread per video later, never the first K), and a video is keyed by (dataset, label,
+    ``<label_name>/<video>``), so FF++'s ``000_003`` of Deepfakes and of FaceSwap stay two videos. Frame paths
+    are absolute, or relative to ``root``; listed frames absent from disk are counted and left out.
+    """
+    path = Path(dataset_json)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepfakeBench dataset JSON {str(path)!r} does not exist")
+    info = json.loads(path.read_text())
+    if not isinstance(info, dict) or len(info) != 1:
+        raise ValueError(f"{path}: expected one top-level dataset name, got {list(info)[:5] if isinstance(info, dict) else type(info).__name__}")
+    (top, labels), = info.items()
+    dataset = name or top
+    base = Path(root) if root is not None else path.parent
+    records: list[FrameRecord] = []
+    absent: Counter[str] = Counter()
+    for label_name, modes in labels.items():
+        if methods and label_name not in methods and not label_name.lower().endswith("real"):
+            continue
+        label = (label_names or {}).get(label_name, 0 if label_name.lower().endswith("real") else 1)
+        for mode, videos in modes.items():
+            if mode not in ("train", "val", "test"):
+                raise ValueError(f"{path}: {label_name!r} has mode {mode!r}; expected train, val or test")
+            if videos and set(videos) <= {"raw", "c23", "c40"}:
+                if compression not in videos:
+                    raise ValueError(f"{path}: {label_name}/{mode} has compressions {sorted(videos)}, not "
+                                     f"{compression!r}; set the source's compression")
+                videos = videos[compression]
+            for video, entry in videos.items():
+                for position, frame in enumerate(entry["frames"]):
+                    file = Path(frame) if Path(frame).is_absolute() else _inside(base, frame, str(path))
+                    if not file.is_file():
+                        absent[label_name] += 1
+                        continue
+                    records.append(FrameRecord(dataset, mode, label, label_name, f"{label_name}/{video}",
+                                               _frame_number(frame, position), file))
+    if absent:
+        log.warning("%s: %d listed frames are not on disk and are left out (%s)", path, sum(absent.values()),
+                    ", ".join(f"{k}: {v}" for k, v in sorted(absent.items())))
+    by_split = defaultdict(set)
+    for r in records:
+        by_split[r.split].add(r.video_key)
+    log.info("%s: %s", path, ", ".join(f"{s} {len(v)} videos" for s, v in sorted(by_split.items())))
+    return records
