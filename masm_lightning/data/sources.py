@@ -99,8 +99,9 @@ class DataSource:
             return f"{self.dataset}_{self.compression}"
         if self.dataset == "folder":
             return Path(self.root).name
-        if self.dataset == "manifest":
-            return Path(self.manifest).parent.name
+        if self.dataset == "manifest":  # outputs/faces/dfdc/manifest.csv → dfdc; shards/celebdf.csv → celebdf
+            path = Path(self.manifest)
+            return path.parent.name if path.stem == "manifest" else path.stem
         if self.dataset == "deepfakebench":
             return Path(self.dataset_json).stem
         return self.dataset

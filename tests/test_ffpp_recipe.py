@@ -1,0 +1,69 @@
+"""configs/ffpp.yaml end to end on the real FF++ sample: extraction → data module → fit → test, via the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from masm_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FFPP = SHARED / "FaceForensics++"
+pytestmark = pytest.mark.skipif(not FFPP.is_dir(), reason=f"real FF++ sample not found at {FFPP}")
+
+
+def recipe_args(tmp_path: Path) -> list[str]:
+    """configs/ffpp.yaml with a tiny random ViT, CPU float32, a CSV logger and outputs in tmp_path."""
+    ffpp = {"dataset": "ffpp", "root": str(FFPP), "methods": ["Deepfakes", "FaceSwap"]}
+    crops = {"dataset": "folder", "root": str(SHARED / "dfdc_faces"), "crops": True, "name": "dfdc_crops"}
+    return [
+        "--config", str(ROOT / "configs" / "ffpp.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.max_steps", "3",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                        "init_args": {"save_dir": str(tmp_path), "name": "ffpp"}}),
+        "--model.backbone", "vit_base_patch16_clip_quickgelu_224", "--model.pretrained", "false",
+        "--model.backbone_kwargs", json.dumps({"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32,
+                                               "patch_size": 8}),
+        "--data.init_args.train", json.dumps(ffpp),
+        "--data.init_args.test", json.dumps([ffpp, crops]),
+        "--data.init_args.cache_dir", str(tmp_path / "faces"),
+        "--data.init_args.extraction.frames", "3", "--data.init_args.extraction.size", "64",
+        "--data.init_args.extract_workers", "1", "--data.init_args.extract_device", "cpu",
+        "--data.init_args.train_frames", "2", "--data.init_args.eval_frames", "3",
+        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+    ]
+
+
+def test_ffpp_recipe_extracts_once_fits_and_tests_across_datasets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's checkpoint folder is relative: outputs/ffpp/checkpoints
+    with pytest.warns(UserWarning, match="no usable 'val' videos: validation is skipped"):
+        fit = main(["fit", *recipe_args(tmp_path)])  # the sample has no val pair on disk
+    data = fit.datamodule
+    assert data.hparams.input_config == fit.model.data_config, "the CLI links the backbone's input config"
+    train = data.datasets["train"]
+    assert train.videos == [("ffpp", 0, "519"), ("ffpp", 1, "Deepfakes/519_515")]
+    assert len(train) == 6 and fit.trainer.global_step == 3
+    manifest = tmp_path / "faces" / "ffpp_c23" / "manifest.csv"
+    stamp = json.loads((manifest.parent / "prepared.json").read_text())
+    assert stamp["settings"]["frames"] == 3 and stamp["settings"]["crop"] == "aligned"
+    last = tmp_path / "outputs" / "ffpp" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["masm"]["face_crop"]["crop"] == "aligned", "inference will crop as training did"
+
+    extracted_at = manifest.stat().st_mtime_ns
+    test = main(["test", *recipe_args(tmp_path), "--ckpt_path", str(last)])
+    assert manifest.stat().st_mtime_ns == extracted_at, "same settings: the faces are not extracted again"
+    assert test.datamodule.test_names == ["ffpp_c23", "dfdc_crops"]
+    ffpp_test = test.datamodule.datasets["test/ffpp_c23"]
+    assert ffpp_test.videos == [("ffpp", 0, "634"), ("ffpp", 1, "FaceSwap/634_660")]
+    assert sorted({r.frame_index for r in ffpp_test.records}) != [0, 1, 2], "frames spread over the video"
+    metrics = test.trainer.callback_metrics
+    for name in ("ffpp_c23", "dfdc_crops"):
+        assert {f"test/{name}/video_auc", f"test/{name}/frame_auc"} <= metrics.keys()
+    keys = set(ffpp_test.videos) | set(test.datamodule.datasets["test/dfdc_crops"].videos)
+    assert len(keys) == len(ffpp_test.videos) + len(test.datamodule.datasets["test/dfdc_crops"].videos)
