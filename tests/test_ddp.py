@@ -19,6 +19,7 @@ def test_two_process_ddp_fit_ends_with_identical_weights_on_both_ranks(tmp_path)
     callback = {"class_path": "tests.helpers.SaveRankState", "init_args": {"folder": str(tmp_path / "ranks")}}
     command = [sys.executable, "-m", "masm_lightning", "fit", *tiny_args(tmp_path),
                "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "6",
+               "--data.init_args.frame_draw", "random", "--data.init_args.train_frames", "2",
                f"--trainer.callbacks+={json.dumps(callback)}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
@@ -32,6 +33,11 @@ def test_two_process_ddp_fit_ends_with_identical_weights_on_both_ranks(tmp_path)
     assert moved, "training must have changed the artifact factors"
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=0, atol=0, msg=f"{key} differs between ranks")
+    # Training frames: each epoch's draw is split between the ranks (disjoint, 8 videos x 2 frames), and re-drawn
+    # every epoch (Lightning calls the sampler's set_epoch).
+    epochs = [sorted(ranks[0]["samples"][e] + ranks[1]["samples"][e]) for e in range(6)]
+    assert all(len(e) == len(set(e)) == 16 for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1
     # Validation metrics are computed on the gathered, de-duplicated samples: the same on both ranks.
     for key in ("val/video_auc", "val/num_frames", "val/num_videos"):
         torch.testing.assert_close(ranks[0]["metrics"][key], ranks[1]["metrics"][key])

@@ -252,8 +252,10 @@ class FaceForgeryDataModule(LightningDataModule):
             return asdict(self.extraction)
         if source.dataset == "manifest":
             recorded = Path(source.manifest).parent / "settings.json"
-            if recorded.is_file():
-                return json.loads(recorded.read_text()).get("settings")
+            try:  # written by `preprocess`; other tools' settings files do not fit
+                return asdict(ExtractionSettings(**json.loads(recorded.read_text())["settings"]))
+            except (OSError, KeyError, TypeError, ValueError):
+                return None
         return None
 
     @override

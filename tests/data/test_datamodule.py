@@ -228,3 +228,17 @@ def test_extraction_runs_once_and_again_only_when_settings_or_videos_change(tmp_
     (cache / "videos" / "prepared.json").unlink()  # as after an interrupted extraction
     assert prepare_source(source, cache, ExtractionSettings(frames=8))
     assert [c[0] for c in calls] == [4, 8, 8]
+
+
+def test_face_crop_settings_are_known_for_inference_when_they_can_be(tmp_path):
+    extracted = FaceForgeryDataModule(train=DataSource("folder", root=str(tmp_path)),
+                                      extraction=ExtractionSettings(crop="aligned", size=224))
+    assert extracted.face_crop["crop"] == "aligned" and extracted.face_crop["size"] == 224
+    manifest = tmp_path / "faces" / "manifest.csv"
+    manifest.parent.mkdir()
+    settings = manifest.parent / "settings.json"
+    settings.write_text(json.dumps({"hash": "x", "settings": {"frames": 16, "crop": "box", "size": 128}}))
+    from_preprocess = FaceForgeryDataModule(train=DataSource("manifest", manifest=str(manifest)))
+    assert from_preprocess.face_crop["frames"] == 16 and from_preprocess.face_crop["size"] == 128
+    settings.write_text(json.dumps({"hash": "x", "settings": {"videos": 8, "seed": 0}}))  # another tool's file
+    assert from_preprocess.face_crop is None
