@@ -36,7 +36,7 @@ def test_two_process_ddp_fit_ends_with_identical_weights_on_both_ranks(tmp_path)
     # Training frames: each epoch's draw is split between the ranks (disjoint, 8 videos x 2 frames), and re-drawn
     # every epoch (Lightning calls the sampler's set_epoch).
     epochs = [sorted(ranks[0]["samples"][e] + ranks[1]["samples"][e]) for e in range(6)]
-    assert all(len(e) == len(set(e)) == 16 for e in epochs)
+    assert all(len(e) == len(set(e)) == 16 for e in epochs), epochs
     assert len({tuple(e) for e in epochs}) > 1
     # Validation metrics are computed on the gathered, de-duplicated samples: the same on both ranks.
     for key in ("val/video_auc", "val/num_frames", "val/num_videos"):

@@ -130,8 +130,9 @@ class VideoFrameSampler(DistributedSampler):
         if self.draw == "uniform":
             picks = np.linspace(0, len(group) - 1, count).round().astype(int)
         else:
-            edges = np.linspace(0, len(group), count + 1)
-            picks = np.minimum((edges[:-1] + rng.random(count) * np.diff(edges)).astype(int), len(group) - 1)
+            # Integer segment bounds: segments never share a frame (count <= len(group): none is empty).
+            edges = np.linspace(0, len(group), count + 1).round().astype(int)
+            picks = edges[:-1] + rng.integers(0, np.diff(edges))
         return [group[i] for i in picks]
 
     def epoch_indices(self) -> list[int]:

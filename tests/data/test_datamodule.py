@@ -71,6 +71,15 @@ def test_random_draw_covers_every_segment_changes_per_epoch_and_is_reproducible_
             per_video[dataset.records[i].video_id].append(dataset.records[i].frame_index // 10)
         for positions in per_video.values():  # one frame in each quarter of the video
             assert sorted(p // 10 for p in positions) == [0, 1, 2, 3]
+    uneven = FrameDataset(_records({("c", 0): 3}, tmp_path / "c"), lambda image: {"image": image})
+    sampler = _sampler(uneven, frames_per_video=2, draw="random", seed=0)
+    seen = set()
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(set(drawn)) == 2, "segments of an uneven split never share a frame"
+        seen.update(drawn)
+    assert seen == {0, 1, 2}
 
 
 def test_balanced_sampler_sees_both_classes_equally_and_ddp_ranks_split_one_epoch(tmp_path):
