@@ -25,7 +25,8 @@ from torch import nn
 from .adapters import merge_adapters
 from .data.extract import ExtractionSettings, _write_atomic
 
-__all__ = ["export", "export_model", "face_crop_settings", "load_checkpoint", "load_exported"]
+__all__ = ["CheckpointError", "export", "export_model", "extraction_settings", "face_crop_settings", "load_checkpoint",
+           "load_exported"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -44,6 +45,11 @@ def face_crop_settings(checkpoint: dict[str, Any], source: str | Path) -> Extrac
         warnings.warn(f"{source}: the checkpoint does not record its face-crop settings; using the extraction "
                       f"defaults {dataclasses.asdict(ExtractionSettings())}", stacklevel=2)
         return ExtractionSettings()
+    return extraction_settings(saved)
+
+
+def extraction_settings(saved: dict[str, Any]) -> ExtractionSettings:
+    """:class:`ExtractionSettings` from a saved dict, ignoring fields this version does not know."""
     known = {f.name for f in dataclasses.fields(ExtractionSettings)}
     return ExtractionSettings(**{k: v for k, v in saved.items() if k in known})
 
