@@ -272,7 +272,7 @@ def detect(
         raise ValueError(f"--aggregate {aggregation!r} is not one of 'mean', 'confident'")
     if threshold is not None and not 0 < threshold < 1:
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
-    if frames is not None and frames < 1 or batch_size < 1:
+    if (frames is not None and frames < 1) or batch_size < 1:
         raise ValueError(f"--frames and --batch-size must be >= 1, got {frames} and {batch_size}")
     output = _Output(Path(out) if out is not None else None, per_frame)
     classifier = load_classifier(ckpt, device)
