@@ -54,7 +54,8 @@ class DetectionMetrics(Metric):
     """Accumulates (probability, label, video key, sample index) for one evaluation set.
 
     ``compute()`` returns ``frame_{auc,ap,eer,acc}``, ``video_{auc,ap,eer,acc}``, ``num_frames`` and
-    ``num_videos``, and leaves the scores behind them in ``curves["frame"|"video"] = (probs, labels)``.
+    ``num_videos``, and leaves the scores behind them in ``curves["frame"|"video"] = (probs, labels)``, with the
+    video keys of ``curves["video"]`` and their frame counts in ``video_keys`` and ``video_frames``.
     """
 
     full_state_update = False
@@ -66,6 +67,7 @@ class DetectionMetrics(Metric):
         for name in ("probs", "labels", "videos", "samples"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self.curves: dict[str, tuple[Tensor, Tensor]] = {}
+        self.video_keys = self.video_frames = torch.zeros(0)
 
     def update(self, probs: Tensor, labels: Tensor, videos: Tensor, samples: Tensor) -> None:
         self.probs.append(probs.detach().float())
@@ -95,6 +97,7 @@ class DetectionMetrics(Metric):
                              "video (dataset, label, video id)")
         # Kept for ROC plots: the synchronised, de-duplicated scores behind the numbers.
         self.curves = {"frame": (probs, labels), "video": (video_probs, video_labels)}
+        self.video_keys, self.video_frames = keys, count.long()
         out = {f"frame_{k}": v for k, v in scores(probs, labels, self.threshold).items()}
         out |= {f"video_{k}": v for k, v in scores(video_probs, video_labels, self.threshold).items()}
         out["num_frames"] = torch.tensor(float(probs.numel()), device=probs.device)

@@ -217,6 +217,7 @@ class MASMDetector(LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every rank: a collective under DDP
+        results = {}
         for name, metric in self.test_metrics.items():
             if not metric.update_count:
                 continue
@@ -224,6 +225,17 @@ class MASMDetector(LightningModule):
             self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False,
                           sync_dist=True)
             self._save_roc(name, metric, folder)
+            results[name] = {k: float(v) for k, v in values.items()}
+        if results:
+            self._save_results(results, folder)
+
+    @rank_zero_only
+    def _save_results(self, results: dict[str, dict[str, float]], folder: Path) -> None:
+        from .report import results_markdown
+
+        path = folder / "results.md"
+        path.write_text(results_markdown(results, self.hparams.threshold, self.trainer.ckpt_path or ""))
+        rank_zero_info(f"test results table: {path}")
 
     @rank_zero_only
     def _save_roc(self, name: str, metric: DetectionMetrics, folder: Path) -> None:

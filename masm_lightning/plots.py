@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc, binary_roc  # noqa: E402
 
-__all__ = ["roc_figure"]
+__all__ = ["robustness_figure", "roc_figure"]
 
 
 def roc_figure(curves: dict[str, tuple[Tensor, Tensor]], title: str, path: str | Path) -> Path:
@@ -53,6 +53,37 @@ def mask_heatmap(history: list[dict], path: str | Path) -> Path:
     ax.set_yticks(range(len(layers)), layers, fontsize=max(4, min(8, 400 // max(len(layers), 1))))
     ax.set(xlabel="optimizer step", title="MASM selective layer mask: share of subspaces updating")
     fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def robustness_figure(rows: list[dict], names: dict[str, str], path: str | Path) -> Path:
+    """AUC vs severity level, one panel per perturbation type; a line per test set and level (frame, video).
+
+    ``rows`` are :class:`~masm_lightning.robustness.RobustnessSweep` rows; the level-0 (clean) row of each set
+    starts every panel's lines.
+    """
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    columns = min(4, len(names))
+    grid_rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.2 * columns, 2.8 * grid_rows), dpi=110, squeeze=False)
+    for ax, (kind, title) in zip(axes.flat, names.items()):
+        for i, dataset in enumerate(datasets):
+            clean = [r for r in rows if r["dataset"] == dataset and r["level"] == 0]
+            points = clean + [r for r in rows if r["dataset"] == dataset and r["type"] == kind]
+            levels = [r["level"] for r in points]
+            colour = f"C{i}"
+            ax.plot(levels, [r["video_auc"] for r in points], "o-", color=colour, label=f"{dataset} video")
+            ax.plot(levels, [r["frame_auc"] for r in points], "s--", color=colour, alpha=0.6,
+                    label=f"{dataset} frame")
+        ax.set(title=f"{title} ({kind})", xlabel="level (0 = clean)", ylabel="AUC", ylim=(0, 1.02))
+        ax.axhline(0.5, color="k", linestyle=":", linewidth=0.8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

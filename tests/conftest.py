@@ -10,6 +10,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import timm  # noqa: E402
@@ -34,3 +35,14 @@ def make_vit() -> Callable[..., nn.Module]:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint from a one-epoch fit of configs/tiny.yaml, shared by the inference, export and report tests."""
+    from masm_lightning.cli import main
+    from tests.test_cli import tiny_args
+
+    folder = tmp_path_factory.mktemp("tiny_fit")
+    cli = main(["fit", *tiny_args(folder, "--trainer.max_epochs", "1")])
+    return Path(cli.trainer.checkpoint_callback.best_model_path)

@@ -36,10 +36,12 @@ __all__ = [
     "build_manifest",
     "crop_aligned",
     "crop_box",
+    "crop_face",
     "extract_video",
     "original_boxes",
     "read_frames",
     "sample_indices",
+    "select_faces",
 ]
 
 Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (k, 4) xyxy, probs (k,), landmarks (k, 5, 2)
@@ -198,6 +200,24 @@ def crop_aligned(frame: np.ndarray, landmarks: np.ndarray, size: int, scale: flo
     return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
+def select_faces(detections: Sequence[Detection], settings: ExtractionSettings) -> list[list[int]]:
+    """Per frame, the indices of the detections to crop: the tracked face (``faces="largest"``) or every face
+    of at least ``min_prob`` (``faces="all"``)."""
+    if settings.faces == "all":
+        return [[int(i) for i in np.flatnonzero(probs >= settings.min_prob)] for _, probs, _ in detections]
+    return [[] if pick is None else [pick] for pick in _track(list(detections), settings.min_prob)]
+
+
+def crop_face(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
+    """One face crop as ``settings`` asks (``box`` or ``aligned``, side ``size``, margin ``scale``)."""
+    if settings.crop == "aligned":
+        try:
+            return crop_aligned(frame, landmarks, settings.size, settings.scale)
+        except ValueError:  # degenerate landmarks: the square crop still holds the face
+            pass
+    return crop_box(frame, box, settings.size, settings.scale)
+
+
 def _key(record: VideoRecord) -> str:
     """A file name for a video's record, unique per (dataset, label, video id)."""
     digest = hashlib.sha1(f"{record.dataset}|{record.label}|{record.video_id}".encode()).hexdigest()[:12]
@@ -251,23 +271,15 @@ def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, d
                         np.array([reuse_boxes[str(i)]["landmarks"]], np.float32)) for i in indices]
     else:
         detections = detector(frames)
-    chosen = _track(detections, settings.min_prob)
     folder = out / record.dataset / record.split / ("fake" if record.label else "real") / record.video_id
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows = []
-    for index, frame, (boxes, probs, points), pick in zip(indices, frames, detections, chosen):
-        if settings.faces == "all":
-            picks = [int(i) for i in np.flatnonzero(probs >= settings.min_prob)]
-        else:
-            picks = [] if pick is None else [pick]
+    for index, frame, (boxes, probs, points), picks in zip(indices, frames, detections,
+                                                           select_faces(detections, settings)):
         for face, i in enumerate(picks):
-            try:
-                crop = (crop_aligned(frame, points[i], settings.size, settings.scale) if settings.crop == "aligned"
-                        else crop_box(frame, boxes[i], settings.size, settings.scale))
-            except ValueError:  # degenerate landmarks: the square crop still holds the face
-                crop = crop_box(frame, boxes[i], settings.size, settings.scale)
+            crop = crop_face(frame, boxes[i], points[i], settings)
             name = f"{index:05d}" + (f"_{face}" if settings.faces == "all" else "") + f".{settings.image_format}"
             params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
             if not cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):

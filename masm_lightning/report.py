@@ -1,0 +1,39 @@
+"""``results.md``: the test metrics of every test set as Markdown tables, written next to the ROC plots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+__all__ = ["results_markdown"]
+
+_COLUMNS = (("AUC", "auc"), ("AP", "ap"), ("EER", "eer"), ("ACC", "acc"))
+
+
+def _cell(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def results_markdown(results: Mapping[str, Mapping[str, float]], threshold: float, source: str = "") -> str:
+    """One table per test set: frame and video rows of AUC, AP, EER and accuracy, with the counts behind them.
+
+    Args:
+        results: test-set name → :meth:`~masm_lightning.metrics.DetectionMetrics.compute` values as floats.
+        threshold: the fake-probability threshold accuracy was computed at.
+        source: what was tested (a checkpoint path), printed under the title.
+    """
+    lines = ["# Test results", ""]
+    if source:
+        lines += [f"Checkpoint: `{source}`", ""]
+    lines += [f"Accuracy at threshold {threshold:g}; a video's score is the mean of its frames' fake probabilities. "
+              "n/a: the set holds one class only, so ranking metrics are undefined. ROC curves: "
+              "`roc_<set>.png` in this folder.", ""]
+    for name, values in results.items():
+        lines += [f"## {name}", "",
+                  "| per | " + " | ".join(title for title, _ in _COLUMNS) + " | count |",
+                  "|---|" + "---:|" * (len(_COLUMNS) + 1)]
+        for level, count in (("frame", "num_frames"), ("video", "num_videos")):
+            cells = " | ".join(_cell(float(values[f"{level}_{key}"])) for _, key in _COLUMNS)
+            lines.append(f"| {level} | {cells} | {int(values[count])} |")
+        lines.append("")
+    return "\n".join(lines)
