@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,12 @@ def test_ffpp_recipe_extracts_once_fits_and_tests_across_datasets(tmp_path, monk
         assert {f"test/{name}/video_auc", f"test/{name}/frame_auc"} <= metrics.keys()
     keys = set(ffpp_test.videos) | set(test.datamodule.datasets["test/dfdc_crops"].videos)
     assert len(keys) == len(ffpp_test.videos) + len(test.datamodule.datasets["test/dfdc_crops"].videos)
+
+    # `detect` crops as training did: the checkpoint's face-crop record is used (no fallback warning).
+    out = tmp_path / "detect.json"
+    clip = FFPP / "original_sequences" / "youtube" / "c23" / "videos" / "634.mp4"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*does not record its face-crop settings.*")
+        main(["detect", str(clip), "--ckpt", str(last), "--frames", "2", "--out", str(out)])
+    (record,) = json.loads(out.read_text())
+    assert record["status"] == "ok" and record["frames"] == 2 and 0 <= record["score"] <= 1
