@@ -176,9 +176,7 @@ class _Scorer:
     @property
     def detector(self) -> MTCNNDetector:
         if self._detector is None:  # built on first use: not at all for --no-face-crop
-            settings = self.classifier.face_crop
-            self._detector = MTCNNDetector(str(self.classifier.device), settings.detect_short_side,
-                                           settings.min_face)
+            self._detector = MTCNNDetector.from_settings(self.classifier.face_crop, str(self.classifier.device))
         return self._detector
 
     def __call__(self, path: Path) -> dict[str, Any]:

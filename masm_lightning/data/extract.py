@@ -65,6 +65,10 @@ class ExtractionSettings:
     detect_short_side: int = 360  # frames are downscaled to this shorter side for detection (never upscaled)
     min_face: float = 0.1  # smallest face searched, as a share of the short side (bounds MTCNN's image pyramid)
     min_prob: float = 0.9  # detections below this confidence are ignored
+    # MTCNN's first two stage thresholds (facenet-pytorch: 0.6, 0.7); the last stage uses min_prob. Raised, fewer
+    # candidate boxes reach the later stages (each is cropped and resampled in a Python loop): detection is ~22%
+    # faster on the shared clips, with the same faces found and the same boxes (median IoU 1.0 vs the defaults).
+    stage_thresholds: tuple[float, float] = (0.7, 0.8)
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = 95
 
@@ -132,13 +136,21 @@ class MTCNNDetector:
     cuts MTCNN's image pyramid (its cost) several-fold versus its default 20 px minimum.
     """
 
-    def __init__(self, device: str | None = None, short_side: int = 360, min_face: float = 0.1) -> None:
+    def __init__(self, device: str | None = None, short_side: int = 360, min_face: float = 0.1,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7)) -> None:
         import torch
         from facenet_pytorch import MTCNN
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.short_side = short_side
-        self.mtcnn = MTCNN(keep_all=True, device=self.device, min_face_size=max(20, round(min_face * short_side)))
+        self.mtcnn = MTCNN(keep_all=True, device=self.device, min_face_size=max(20, round(min_face * short_side)),
+                           thresholds=list(thresholds))
+
+    @classmethod
+    def from_settings(cls, settings: ExtractionSettings, device: str | None = None) -> MTCNNDetector:
+        """The detector an extraction with ``settings`` uses (preprocess and ``detect`` alike)."""
+        return cls(device, settings.detect_short_side, settings.min_face,
+                   (*settings.stage_thresholds, settings.min_prob))
 
     def __call__(self, frames: list[np.ndarray]) -> list[Detection]:
         h, w = frames[0].shape[:2]

@@ -114,9 +114,7 @@ def extract_dataset(
     mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
     by_key = {(r.dataset, r.label, r.video_id): r for r in records}
     todo = [r for r in mine if not done(r, out, settings)]
-    detector = MTCNNDetector(device=device, short_side=settings.detect_short_side,
-                             min_face=settings.min_face) if any(
-        r.status != "missing" for r in todo) else None
+    detector = MTCNNDetector.from_settings(settings, device) if any(r.status != "missing" for r in todo) else None
     statuses: Counter[str] = Counter()
     frames_done, start = 0, time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \

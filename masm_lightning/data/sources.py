@@ -118,7 +118,8 @@ class DataSource:
 
 
 def _stamp(source: DataSource, settings: ExtractionSettings) -> dict[str, object]:
-    return {"selection": source.selection(), "settings": asdict(settings), "hash": settings.digest()}
+    stamp = {"selection": source.selection(), "settings": asdict(settings), "hash": settings.digest()}
+    return json.loads(json.dumps(stamp))  # as read back from disk (tuples become lists)
 
 
 def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSettings, workers: int = 2,
