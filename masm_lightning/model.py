@@ -199,10 +199,9 @@ class MASMDetector(LightningModule):
         self.val_metrics.reset()
 
     def _test_names(self) -> list[str]:
-        loaders = self.trainer.test_dataloaders
-        count = len(loaders) if isinstance(loaders, (list, tuple)) else 1
-        names = list(getattr(self.trainer.datamodule, "test_names", None) or [])
-        return names if len(names) == count else [f"set{i}" for i in range(count)]
+        from .data.datamodule import named_loaders
+
+        return [name for name, _ in named_loaders(self.trainer.test_dataloaders, self.trainer.datamodule)]
 
     @override
     def on_test_start(self) -> None:

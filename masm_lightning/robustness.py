@@ -45,6 +45,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from .data.datamodule import named_loaders
 from .metrics import DetectionMetrics
 
 __all__ = ["LEVELS", "PerturbedTransform", "RobustnessSweep", "perturb"]
@@ -173,15 +174,11 @@ class RobustnessSweep(Callback):
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        loaders = trainer.test_dataloaders
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        names = list(getattr(trainer.datamodule, "test_names", None) or [])
-        names = names if len(names) == len(loaders) else [f"set{i}" for i in range(len(loaders))]
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: a collective under DDP
         rows: list[dict[str, Any]] = []
         training = pl_module.training
         pl_module.eval()
-        for name, loader in zip(names, loaders):
+        for name, loader in named_loaders(trainer.test_dataloaders, trainer.datamodule):
             if not hasattr(loader.dataset, "transform"):
                 raise TypeError(f"test set {name!r}: its dataset ({type(loader.dataset).__name__}) has no "
                                 "`transform` attribute to perturb the images through")

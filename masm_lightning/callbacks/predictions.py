@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
+from ..data.datamodule import named_loaders
 from ..metrics import DetectionMetrics
 
 __all__ = ["VideoPredictionWriter"]
@@ -46,14 +47,11 @@ class VideoPredictionWriter(Callback):
 
     @override
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        loaders = trainer.predict_dataloaders
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        names = list(getattr(trainer.datamodule, "test_names", None) or [])
-        names = names if len(names) == len(loaders) else [f"set{i}" for i in range(len(loaders))]
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: a collective under DDP
         threshold = pl_module.hparams.threshold
         records = []
-        for name, loader, metric in zip(names, loaders, self.metrics):
+        for (name, loader), metric in zip(named_loaders(trainer.predict_dataloaders, trainer.datamodule),
+                                          self.metrics):
             metric.compute()  # gathers every rank's outputs
             probs, _ = metric.curves["video"]
             videos = loader.dataset.videos

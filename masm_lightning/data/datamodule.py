@@ -26,7 +26,8 @@ from .sources import DataSource, load_source, prepare_source
 from .synthetic import generate_demo_dataset
 from .transforms import Preset, crop_face_mask, eval_transform, self_blend, train_transform
 
-__all__ = ["DemoDataModule", "FaceForgeryDataModule", "FrameDataset", "VideoFrameSampler", "spread_frames"]
+__all__ = ["DemoDataModule", "FaceForgeryDataModule", "FrameDataset", "VideoFrameSampler", "named_loaders",
+           "spread_frames"]
 
 FrameDraw = Literal["uniform", "random"]
 Balance = Literal["none", "sampler", "loss"]
@@ -46,6 +47,16 @@ def spread_frames(records: Sequence[FrameRecord], per_video: int | None) -> list
             frames = [frames[i] for i in picks]
         kept += frames
     return kept
+
+
+def named_loaders(loaders: Any, datamodule: Any) -> list[tuple[str, DataLoader]]:
+    """An evaluation stage's loaders with their test-set names: the data module's ``test_names`` when they match
+    the loaders one to one, else ``set0``, ``set1``, …"""
+    loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+    names = list(getattr(datamodule, "test_names", None) or [])
+    if len(names) != len(loaders):
+        names = [f"set{i}" for i in range(len(loaders))]
+    return list(zip(names, loaders))
 
 
 class FrameDataset(Dataset):
