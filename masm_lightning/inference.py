@@ -53,8 +53,10 @@ class ConfidentRule:
     frames are confidently fake (``p > fake_threshold``), the score is the mean of those frames; otherwise, if
     more than ``real_share · n`` frames are confidently real (``p < real_threshold``), the mean of those;
     otherwise the mean of all. A few confidently fake frames flag a video that is only partly manipulated, where a
-    plain mean would dilute them. The original uses 0.8, 0.2, ``n // 2.5`` (≈ 0.4 n) and 0.9 n, plus "more than
-    11 fake frames", which ``n // 2.5`` already implies at its 32 frames; the defaults here are those.
+    plain mean would dilute them. The original uses 0.8, 0.2, ``n // 2.5`` (≈ 0.4 n) and 0.9 n — the defaults
+    here — plus an absolute "more than 11 confidently fake frames", which its 32 frames make redundant; we drop
+    it so the rule scales with ``--frames`` (with 8 frames, 4 confident fakes suffice, where the original rule
+    could never fire).
     """
 
     fake_threshold: float = 0.8
@@ -101,9 +103,10 @@ class Classifier:
     threshold: float
     source: str
     device: torch.device
+    interpolation: str = "bicubic"  # the backbone's resize, as in training
 
     def __post_init__(self) -> None:
-        self.transform = eval_transform(self.image_size, self.mean, self.std)
+        self.transform = eval_transform(self.image_size, self.mean, self.std, self.interpolation)
 
     @torch.inference_mode()
     def fake_probability(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -126,12 +129,14 @@ def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
     if path.is_dir():
         model, config = load_exported(path, device)
         return Classifier(model, config["image_size"], tuple(config["mean"]), tuple(config["std"]),
-                          extraction_settings(config["face_crop"]), config["threshold"], str(path), device)
+                          extraction_settings(config["face_crop"]), config["threshold"], str(path), device,
+                          config.get("interpolation", "bicubic"))
     detector, checkpoint = load_checkpoint(path, device)
     merge_adapters(detector.backbone)  # plain Linear layers: the adapters cost nothing at inference
     data = detector.data_config
     return Classifier(detector, data["image_size"], tuple(data["mean"]), tuple(data["std"]),
-                      face_crop_settings(checkpoint, path), float(detector.hparams.threshold), str(path), device)
+                      face_crop_settings(checkpoint, path), float(detector.hparams.threshold), str(path), device,
+                      data["interpolation"])
 
 
 def _inputs(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str, str]]:
@@ -272,8 +277,8 @@ def detect(
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if (frames is not None and frames < 1) or batch_size < 1:
         raise ValueError(f"--frames and --batch-size must be >= 1, got {frames} and {batch_size}")
+    classifier = load_classifier(ckpt, device)  # before the output: a bad checkpoint must not clobber old results
     output = _Output(Path(out) if out is not None else None, per_frame)
-    classifier = load_classifier(ckpt, device)
     if threshold is not None:
         classifier.threshold = threshold
     scorer = _Scorer(classifier, frames or classifier.face_crop.frames, face_crop, batch_size, aggregation,

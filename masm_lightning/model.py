@@ -181,10 +181,14 @@ class MASMDetector(LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         return loss
 
+    def _from_datamodule(self, name: str) -> Any:
+        """An attribute the data module may offer (``class_weights``, ``face_crop``); None without one."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, name, None)
+
     def _class_weights(self) -> Tensor | None:
         """Cross-entropy class weights the data module asks for (``data.balance: loss``), else None."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return getattr(datamodule, "class_weights", None)
+        return self._from_datamodule("class_weights")
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -315,8 +319,7 @@ class MASMDetector(LightningModule):
 
     def _face_crop(self) -> dict[str, Any] | None:
         """How the training faces were cropped, so inference crops the same way (None if unknown)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return getattr(datamodule, "face_crop", None)
+        return self._from_datamodule("face_crop")
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

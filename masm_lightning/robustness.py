@@ -192,7 +192,8 @@ class RobustnessSweep(Callback):
                 rank_zero_info(f"robustness {name} {kind}: video AUC {clean['video_auc']:.3f} clean, "
                                + ", ".join(f"{r['video_auc']:.3f}" for r in rows[-len(self.levels) + 1:]))
         pl_module.train(training)
-        self._write(trainer, rows, folder)
+        if rows:  # every test set may have been skipped (no usable videos)
+            self._write(trainer, rows, folder)
 
     @staticmethod
     def _score(model: LightningModule, loader: DataLoader, transform: Callable[..., Any]) -> dict[str, float]:

@@ -34,6 +34,14 @@ Balance = Literal["none", "sampler", "loss"]
 SelfBlend = Literal["off", "add", "only"]
 
 
+def spread_positions(total: int, count: int | None) -> list[int]:
+    """``count`` positions among ``total`` ordered frames, evenly spread from the first to the last (all of them
+    when ``count`` is None or not smaller)."""
+    if count is None or total <= count:
+        return list(range(total))
+    return np.linspace(0, total - 1, count).round().astype(int).tolist()
+
+
 def spread_frames(records: Sequence[FrameRecord], per_video: int | None) -> list[FrameRecord]:
     """Keep ``per_video`` frames of every video, spread uniformly over its extracted frames (not the first K)."""
     videos: dict[tuple[str, int, str], list[FrameRecord]] = defaultdict(list)
@@ -42,10 +50,7 @@ def spread_frames(records: Sequence[FrameRecord], per_video: int | None) -> list
     kept = []
     for frames in videos.values():
         frames.sort(key=lambda r: r.frame_index)
-        if per_video is not None and len(frames) > per_video:
-            picks = np.linspace(0, len(frames) - 1, per_video).round().astype(int)
-            frames = [frames[i] for i in picks]
-        kept += frames
+        kept += [frames[i] for i in spread_positions(len(frames), per_video)]
     return kept
 
 
@@ -139,7 +144,7 @@ class VideoFrameSampler(DistributedSampler):
         if count == len(group):
             return group
         if self.draw == "uniform":
-            picks = np.linspace(0, len(group) - 1, count).round().astype(int)
+            picks = spread_positions(len(group), count)
         else:
             # Integer segment bounds: segments never share a frame (count <= len(group): none is empty).
             edges = np.linspace(0, len(group), count + 1).round().astype(int)
@@ -245,12 +250,18 @@ class FaceForgeryDataModule(LightningDataModule):
             if source is None:
                 continue
             other = seen.setdefault(source.display_name, source)
-            if other is not source and other.needs_extraction and other.selection() != source.selection():
-                raise ValueError(f"two data sources are named {source.display_name!r} but select different videos; "
+            same = (other.selection() == source.selection() if other.needs_extraction and source.needs_extraction
+                    else asdict(other) == asdict(source))
+            if not same:
+                raise ValueError(f"two data sources are named {source.display_name!r} but read different data; "
                                  "give them distinct `name`s")
+        names = [s.display_name for s in self.test_sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.test lists a test set twice: {names}")
 
     @property
     def seed(self) -> int:
+        """The frame-draw seed: ``data.seed``, else the run's ``seed_everything`` seed, else 0."""
         return self.hparams.seed if self.hparams.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     @property
@@ -296,7 +307,7 @@ class FaceForgeryDataModule(LightningDataModule):
         return {"interpolation": "bicubic", **config}
 
     def _load(self, source: DataSource) -> list[FrameRecord]:
-        return load_source(source, self.cache_dir, self.seed)
+        return load_source(source, self.cache_dir)
 
     @override
     def setup(self, stage: str) -> None:
@@ -360,9 +371,11 @@ class FaceForgeryDataModule(LightningDataModule):
 
     def _sampler(self, dataset: FrameDataset) -> VideoFrameSampler:
         trainer = self.trainer
+        # Rank 0's seed on every rank: processes started by srun/torchrun may each have drawn their own.
+        seed = trainer.strategy.broadcast(self.seed, src=0) if trainer else self.seed
         return VideoFrameSampler(
             dataset.video_groups(), [r.label for r in dataset.records], self.hparams.train_frames,
-            self.hparams.frame_draw, self.hparams.balance == "sampler", seed=self.seed,
+            self.hparams.frame_draw, self.hparams.balance == "sampler", seed=seed,
             num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
 
     def _loader(self, dataset: FrameDataset, sampler: VideoFrameSampler | None = None) -> DataLoader:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -47,9 +48,10 @@ class VideoRecord(NamedTuple):
 
 
 def _inside(root: Path, relative: str, source: str) -> Path:
-    """``root / relative``, refusing names that escape the root (``..``, absolute paths, symlinks out)."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
+    """``root / relative``, refusing names that escape the root (``..``, absolute paths). The check is on the
+    names, not on resolved links: a sub-folder symlinked to another disk (common for large datasets) is fine."""
+    path = Path(os.path.normpath(Path(root).absolute() / relative))
+    if not path.is_relative_to(Path(os.path.normpath(Path(root).absolute()))):
         raise ValueError(f"{source} names {relative!r}, which resolves outside the dataset root {str(root)!r}")
     return path
 

@@ -25,6 +25,7 @@ from .extract import (
     read_frames,
 )
 from .indexers import DatasetName, VideoRecord, index_dataset
+from .sources import DataSource, index_options, write_stamp
 
 __all__ = ["extract_dataset", "preprocess"]
 
@@ -77,17 +78,15 @@ def preprocess(
             frame by frame, instead of detecting again — the fake and its source stay aligned. Falls back to
             detection when the original has not been extracted (e.g. it is in another shard).
     """
-    options: dict[str, object] = {}
-    if dataset == "ffpp":
-        options = {"splits": splits, "compression": compression}
-        if methods:
-            options["methods"] = tuple(methods)
-    elif dataset == "dfd":
-        options = {"compression": compression}
+    source = DataSource(dataset, root=str(root), splits=None if splits is None else str(splits),
+                        compression=compression, methods=methods)
     settings = ExtractionSettings(frames=frames, crop=crop, faces=faces, size=size, image_format=image_format,
                                   jpeg_quality=jpeg_quality)
-    return extract_dataset(dataset, root, out, settings, options, workers=workers, device=device, shard=shard,
-                           num_shards=num_shards, reuse_original_boxes=reuse_original_boxes)
+    manifest = extract_dataset(dataset, root, out, settings, index_options(source), workers=workers, device=device,
+                               shard=shard, num_shards=num_shards, reuse_original_boxes=reuse_original_boxes)
+    if num_shards == 1:  # complete: a data module with the same source and settings reuses it as it is
+        write_stamp(Path(out), source, settings)
+    return manifest
 
 
 def extract_dataset(

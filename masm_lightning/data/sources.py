@@ -29,8 +29,8 @@ from .extract import ExtractionSettings, _write_atomic
 from .indexers import FFPP_METHODS, IMAGE_SUFFIXES, _inside
 from .manifest import MANIFEST_NAME, FrameRecord, read_manifest
 
-__all__ = ["DataSource", "assign_video_splits", "load_source", "prepare_source", "read_deepfakebench",
-           "read_image_folder"]
+__all__ = ["DataSource", "assign_video_splits", "index_options", "load_source", "prepare_source",
+           "read_deepfakebench", "read_image_folder", "write_stamp"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class DataSource:
         crops: ``folder`` only: the images are face crops already; use them as they are (no detection).
         split: ``folder`` only: one split for every video (``test``), or video-level ratios such as
             ``{train: 0.8, val: 0.1, test: 0.1}`` (per class, seeded): frames of one video never straddle splits.
+        split_seed: ``folder`` only: the seed of those ratios — fixed, not the run's seed, so ``fit`` and
+            ``test`` (and every seed of a study) see the same split.
         frame_pattern: ``folder`` crops directly under ``real/``/``fake/``: a regex on the file stem whose
             ``video`` group names the video (default: ``<video>_<frame number>``); crops in per-video
             sub-folders are grouped by folder.
@@ -76,6 +78,7 @@ class DataSource:
     manifest: str | None = None
     crops: bool = False
     split: str | dict[str, float] = "test"
+    split_seed: int = 0
     frame_pattern: str = r"^(?P<video>.+?)[_-](?P<frame>\d+)$"
     label_names: dict[str, int] | None = None
 
@@ -112,7 +115,9 @@ class DataSource:
 
     def selection(self) -> dict[str, object]:
         """What the extraction covers (besides the crop settings): a change re-runs it."""
-        methods = self.methods if self.dataset != "ffpp" else list(self.methods or FFPP_METHODS)
+        methods = sorted(self.methods) if self.methods else self.methods
+        if self.dataset == "ffpp":
+            methods = sorted(methods or FFPP_METHODS)
         return {"dataset": self.dataset, "root": str(Path(self.root).resolve()), "splits": self.splits,
                 "compression": self.compression if self.dataset in ("ffpp", "dfd") else None, "methods": methods}
 
@@ -120,6 +125,11 @@ class DataSource:
 def _stamp(source: DataSource, settings: ExtractionSettings) -> dict[str, object]:
     stamp = {"selection": source.selection(), "settings": asdict(settings), "hash": settings.digest()}
     return json.loads(json.dumps(stamp))  # as read back from disk (tuples become lists)
+
+
+def write_stamp(out: Path, source: DataSource, settings: ExtractionSettings) -> None:
+    """Mark ``out`` as a completed extraction of ``source`` with ``settings`` (read by :func:`prepare_source`)."""
+    _write_atomic(Path(out) / STAMP_NAME, json.dumps(_stamp(source, settings), indent=2))
 
 
 def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSettings, workers: int = 2,
@@ -138,13 +148,14 @@ def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSett
         return False
     log.info("extracting faces of %s into %s (settings %s)", source.display_name, out, settings.digest())
     stamp.unlink(missing_ok=True)  # stale until this extraction completes
-    extract_dataset(source.dataset, Path(source.root), out, settings, _index_options(source), workers=workers,
+    extract_dataset(source.dataset, Path(source.root), out, settings, index_options(source), workers=workers,
                     device=device)
-    _write_atomic(stamp, json.dumps(expected, indent=2))
+    write_stamp(out, source, settings)
     return True
 
 
-def _index_options(source: DataSource) -> dict[str, object]:
+def index_options(source: DataSource) -> dict[str, object]:
+    """What the dataset's indexer takes from the source (splits, compression, methods, name)."""
     if source.dataset == "ffpp":
         options: dict[str, object] = {"splits": source.splits, "compression": source.compression}
         return options | ({"methods": tuple(source.methods)} if source.methods else {})
@@ -155,7 +166,7 @@ def _index_options(source: DataSource) -> dict[str, object]:
     return {}
 
 
-def load_source(source: DataSource, cache_dir: Path, seed: int = 0) -> list[FrameRecord]:
+def load_source(source: DataSource, cache_dir: Path) -> list[FrameRecord]:
     """The usable frame records of ``source`` (videos without crops are counted in a log line and left out);
     ``folder`` sources get their splits here."""
     if source.dataset == "manifest":
@@ -173,7 +184,7 @@ def load_source(source: DataSource, cache_dir: Path, seed: int = 0) -> list[Fram
                                     "preprocess`")
         records = read_manifest(manifest)
     if source.dataset == "folder":
-        records = assign_video_splits(records, source.split, seed)
+        records = assign_video_splits(records, source.split, source.split_seed)
     return [r._replace(dataset=source.display_name) for r in records] if source.name else records
 
 
@@ -210,7 +221,10 @@ def read_image_folder(root: str | Path, dataset: str, frame_pattern: str) -> lis
                 video = relative.parent.as_posix()
             else:
                 video = match.group("video") if match else path.stem
-            frame = int(match.group("frame")) if match and "frame" in pattern.groupindex else 0
+            if match and "frame" in pattern.groupindex and match.group("frame") is not None:
+                frame = int(match.group("frame"))
+            else:  # e.g. real/<video>/12.png: the last number in the name
+                frame = _frame_number(path.name, 0)
             records.append(FrameRecord(dataset, "test", label, folder, video, frame, path))
     if not records:
         raise FileNotFoundError(f"no images under {str(root)!r}/real or /fake")

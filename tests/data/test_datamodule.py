@@ -148,8 +148,14 @@ def test_bad_options_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match="split ratios"):
         DataSource("folder", root="/x", split={"train": 0.8, "holdout": 0.2})
     same = dict(dataset="ffpp", root="/data/ff")
-    with pytest.raises(ValueError, match="two data sources are named 'ffpp_c23' but select different videos"):
+    with pytest.raises(ValueError, match="two data sources are named 'ffpp_c23' but read different data"):
         FaceForgeryDataModule(train=DataSource(**same), test=[DataSource(**same, methods=["FaceSwap"])])
+    with pytest.raises(ValueError, match="two data sources are named 'faces' but read different data"):
+        FaceForgeryDataModule(test=[DataSource("folder", root="/a/faces", crops=True),
+                                    DataSource("folder", root="/b/faces", crops=True)])
+    with pytest.raises(ValueError, match="data.test lists a test set twice"):
+        FaceForgeryDataModule(test=[DataSource(**same), DataSource(**same)])
+    FaceForgeryDataModule(train=DataSource(**same), test=[DataSource(**same)])  # train's own test split: fine
 
 
 # --- sources ---
@@ -187,6 +193,27 @@ def test_deepfakebench_frames_are_adopted_as_they_are_with_unique_keys_and_sprea
     assert drawn == [0, 3, 6, 9], "spread over the 10 listed frames, not the first 4"
 
 
+def test_deepfakebench_frames_in_a_symlinked_folder_are_read(tmp_path):
+    elsewhere = tmp_path / "other_disk" / "FaceForensics++"
+    _image(elsewhere / "v" / "000.png")
+    root = tmp_path / "rgb"
+    root.mkdir()
+    (root / "FaceForensics++").symlink_to(elsewhere, target_is_directory=True)
+    listing = tmp_path / "x.json"
+    listing.write_text(json.dumps({"X": {"X_real": {"test": {"v": {"label": "X_real",
+                                                                  "frames": ["FaceForensics++/v/000.png"]}}}}}))
+    (record,) = load_source(DataSource("deepfakebench", root=str(root), dataset_json=str(listing)), tmp_path)
+    assert record.video_key == ("X", 0, "X_real/v") and record.path.is_file()
+
+
+def test_crops_in_per_video_folders_keep_their_frame_order(tmp_path):
+    for frame in (2, 10, 1):
+        _image(tmp_path / "faces" / "real" / "clip" / f"{frame}.png")
+    records = load_source(DataSource("folder", root=str(tmp_path / "faces"), crops=True), tmp_path)
+    assert {r.video_id for r in records} == {"clip"}
+    assert sorted(r.frame_index for r in records) == [1, 2, 10]
+
+
 def test_deepfakebench_paths_outside_the_root_are_rejected(tmp_path):
     listing = tmp_path / "x.json"
     listing.write_text(json.dumps({"X": {"X_real": {"test": {"v": {"label": "X_real",
@@ -202,7 +229,7 @@ def test_folder_of_crops_keeps_every_video_in_one_split():
     pattern = r"^(?:train|test|valid)_(?P<video>[a-z]+)(?:_[a-z]+)?_(?P<frame>\d+)$"
     source = DataSource("folder", root=str(SHARED / "dfdc_faces"), crops=True, frame_pattern=pattern,
                         split={"train": 0.6, "val": 0.2, "test": 0.2})
-    records = load_source(source, Path("unused"), seed=0)
+    records = load_source(source, Path("unused"))
     assert len(records) == 166
     # MANIFEST.tsv says which DFDC video each crop came from: its frames must share one split.
     lines = (SHARED / "dfdc_faces" / "MANIFEST.tsv").read_text().splitlines()[1:]
@@ -215,7 +242,7 @@ def test_folder_of_crops_keeps_every_video_in_one_split():
     assert len(videos) == len(splits), "crops are grouped into the videos they came from"
     share = Counter(s for s, in splits.values())
     assert share["train"] > share["val"] > 0 and share["test"] > 0
-    assert load_source(source, Path("unused"), seed=0) == records, "the split is reproducible"
+    assert load_source(source, Path("unused")) == records, "the split is reproducible"
 
 
 def test_extraction_runs_once_and_again_only_when_settings_or_videos_change(tmp_path, monkeypatch):
@@ -237,6 +264,26 @@ def test_extraction_runs_once_and_again_only_when_settings_or_videos_change(tmp_
     (cache / "videos" / "prepared.json").unlink()  # as after an interrupted extraction
     assert prepare_source(source, cache, ExtractionSettings(frames=8))
     assert [c[0] for c in calls] == [4, 8, 8]
+    # The selected videos: FF++ methods (order does not matter, the set does).
+    ffpp = dict(dataset="ffpp", root=str(tmp_path / "videos"))
+    assert prepare_source(DataSource(**ffpp, methods=["Deepfakes", "FaceSwap"]), cache, ExtractionSettings())
+    assert not prepare_source(DataSource(**ffpp, methods=["FaceSwap", "Deepfakes"]), cache, ExtractionSettings())
+    assert prepare_source(DataSource(**ffpp, methods=["FaceSwap"]), cache, ExtractionSettings())
+    assert calls[-1][1]["methods"] == ("FaceSwap",)
+
+
+def test_a_preprocess_run_is_reused_by_the_data_module(tmp_path, monkeypatch):
+    def fake_extract(dataset, root, out, settings, options, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        write_manifest(out / "manifest.csv", [])
+        return out / "manifest.csv"
+
+    monkeypatch.setattr(preprocess_module, "extract_dataset", fake_extract)
+    (tmp_path / "videos" / "real").mkdir(parents=True)
+    preprocess_module.preprocess("folder", tmp_path / "videos", tmp_path / "cache" / "videos")
+    monkeypatch.setattr(preprocess_module, "extract_dataset", lambda *a, **k: pytest.fail("extracted again"))
+    assert not prepare_source(DataSource("folder", root=str(tmp_path / "videos")), tmp_path / "cache",
+                              ExtractionSettings())
 
 
 def test_face_crop_settings_are_known_for_inference_when_they_can_be(tmp_path):
