@@ -272,6 +272,8 @@ class FaceForgeryDataModule(LightningDataModule):
             return None
         if source.needs_extraction:
             return asdict(self.extraction)
+        if source.dataset == "deepfakebench":  # its preprocessing: 5-point alignment, scale 1.3, 256 px
+            return asdict(ExtractionSettings(crop="aligned", size=256, scale=1.3))
         if source.dataset == "manifest":
             recorded = Path(source.manifest).parent / "settings.json"
             try:  # written by `preprocess`; other tools' settings files do not fit

@@ -118,7 +118,8 @@ class DataSource:
         methods = sorted(self.methods) if self.methods else self.methods
         if self.dataset == "ffpp":
             methods = sorted(methods or FFPP_METHODS)
-        return {"dataset": self.dataset, "root": str(Path(self.root).resolve()), "splits": self.splits,
+        splits = str(Path(self.splits).resolve()) if self.splits else None  # relative or absolute: same lists
+        return {"dataset": self.dataset, "root": str(Path(self.root).resolve()), "splits": splits,
                 "compression": self.compression if self.dataset in ("ffpp", "dfd") else None, "methods": methods}
 
 

@@ -298,3 +298,7 @@ def test_face_crop_settings_are_known_for_inference_when_they_can_be(tmp_path):
     assert from_preprocess.face_crop["frames"] == 16 and from_preprocess.face_crop["size"] == 128
     settings.write_text(json.dumps({"hash": "x", "settings": {"videos": 8, "seed": 0}}))  # another tool's file
     assert from_preprocess.face_crop is None
+    listing = _deepfakebench_tree(tmp_path / "dfb")
+    deepfakebench = FaceForgeryDataModule(train=DataSource("deepfakebench", root=str(tmp_path / "dfb"),
+                                                           dataset_json=str(listing)))
+    assert deepfakebench.face_crop["crop"] == "aligned" and deepfakebench.face_crop["size"] == 256
