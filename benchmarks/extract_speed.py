@@ -1,17 +1,20 @@
-"""Sampled frames/s of our extractor vs the naive loop of the reference pipelines, on the shared real clips.
+"""Sampled frames/s of ``preprocess`` vs the naive loop of the reference pipelines, on the shared real clips.
 
-Naive: decode every frame sequentially up to each sampled index, run MTCNN on each sampled frame at full resolution,
-one frame at a time. Ours: `extract_video` (seek/grab sampling, one batched MTCNN call per video on frames
-downscaled to a 480 px short side, face tracking, crops written to disk). Both sample the same frame indices, in
-the same process, alternating video by video. Also checks that we find a face wherever the naive loop does, with
-boxes agreeing (IoU >= 0.9).
+Naive: decode every frame sequentially up to each sampled index, run MTCNN (facenet-pytorch defaults) on each
+sampled frame at full resolution, one frame at a time. Ours: the real ``preprocess`` code path
+(:func:`extract_dataset` on a folder dataset of links to the same clips, each listed ``--copies`` times so that
+``--workers`` threads run in steady state), crops written to disk. Both sample the same frame indices, in the same
+process, alternating naive and ours for ``--rounds`` rounds. Also checks that we find a face wherever the naive
+loop does, with boxes agreeing (IoU >= 0.9).
 
-    python benchmarks/extract_speed.py [--frames 32]
+    python benchmarks/extract_speed.py [--frames 32] [--workers 2] [--copies 2] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +24,9 @@ import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 
-from masm_lightning.data.extract import ExtractionSettings, MTCNNDetector, extract_video, sample_indices
+from masm_lightning.data.extract import ExtractionSettings, sample_indices
 from masm_lightning.data.indexers import index_dfdc, index_ffpp
+from masm_lightning.data.preprocess import extract_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -55,42 +59,61 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="preprocess --workers (videos extracted at once)")
+    parser.add_argument("--copies", type=int, default=2, help="times each clip is listed in ours' dataset")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--short-side", type=int, default=ExtractionSettings.detect_short_side,
                         help="detection resolution (shorter side, px) of ours")
     parser.add_argument("--min-face", type=float, default=ExtractionSettings.min_face)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    records = [r for r in index_ffpp(SHARED / "FaceForensics++", methods=("Deepfakes", "FaceSwap"))
-               + index_dfdc(SHARED / "DFDC") if r.status == "listed"]
+    torch.set_num_threads(os.cpu_count() or 1)
+    clips = [r for r in index_ffpp(SHARED / "FaceForensics++", methods=("Deepfakes", "FaceSwap"))
+             + index_dfdc(SHARED / "DFDC") if r.status == "listed"]
     settings = ExtractionSettings(frames=args.frames, detect_short_side=args.short_side, min_face=args.min_face)
-    detector = MTCNNDetector.from_settings(settings, device="cpu")
     reference_mtcnn = MTCNN(keep_all=True, device="cpu")  # the reference pipelines' defaults (20 px minimum face)
+    sampled = {c.video_id: len(sample_indices(int(cv2.VideoCapture(str(c.video_path)).get(7)), args.frames))
+               for c in clips}
     naive_time = ours_time = 0.0
-    naive_frames = ours_frames = faces_naive = faces_missed = 0
-    ious: list[float] = []
+    naive_frames = ours_frames = 0
+    reference: dict[str, dict[int, np.ndarray | None]] = {}
+    ours: dict[str, dict[int, np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for record in records:
+        dataset = Path(tmp) / "clips"
+        for clip in clips:  # links, named <clip>__<copy>, under real/ or fake/ as labelled
+            for copy in range(args.copies):
+                link = dataset / ("fake" if clip.label else "real") / f"{clip.video_id}__{copy}{clip.video_path.suffix}"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(clip.video_path.resolve())
+        for round_ in range(args.rounds):
+            for clip in clips:
+                start = time.perf_counter()
+                reference[clip.video_id] = naive(clip.video_path, args.frames, reference_mtcnn)
+                naive_time += time.perf_counter() - start
+                naive_frames += len(reference[clip.video_id])
             start = time.perf_counter()
-            reference = naive(record.video_path, args.frames, reference_mtcnn)
-            naive_time += time.perf_counter() - start
-            naive_frames += len(reference)
-            start = time.perf_counter()
-            rows = extract_video(record, Path(tmp), settings, detector)
+            manifest = extract_dataset("folder", dataset, Path(tmp) / f"out{round_}", settings,
+                                       workers=args.workers, device="cpu")
             ours_time += time.perf_counter() - start
-            ours_frames += len(sample_indices(int(cv2.VideoCapture(str(record.video_path)).get(7)), args.frames))
-            found = {int(r["frame_index"]): np.array(r["box"].split(), float) for r in rows if r["status"] == "ok"}
-            for index, box in reference.items():
-                if box is None:
-                    continue
-                faces_naive += 1
-                if index not in found:
-                    faces_missed += 1
-                else:
-                    ious.append(iou(box, found[index]))
-            print(f"{record.dataset}/{record.video_id}: naive {len(reference)} frames, ours {len(found)} crops")
+            ours_frames += args.copies * sum(sampled.values())
+            with manifest.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    if row["status"] == "ok":
+                        clip_id = row["video_id"].rsplit("__", 1)[0]
+                        ours.setdefault(clip_id, {})[int(row["frame_index"])] = np.array(row["box"].split(), float)
+    faces_naive = faces_missed = 0
+    ious: list[float] = []
+    for clip_id, boxes in reference.items():
+        for index, box in boxes.items():
+            if box is None:
+                continue
+            faces_naive += 1
+            if index not in ours.get(clip_id, {}):
+                faces_missed += 1
+            else:
+                ious.append(iou(box, ours[clip_id][index]))
     naive_fps, ours_fps = naive_frames / naive_time, ours_frames / ours_time
-    print(f"\nnaive: {naive_fps:.2f} sampled frames/s   ours: {ours_fps:.2f} sampled frames/s   "
-          f"speed-up {ours_fps / naive_fps:.1f}x")
+    print(f"\n{len(clips)} clips; naive: {naive_fps:.2f} sampled frames/s   ours (--workers {args.workers}): "
+          f"{ours_fps:.2f} sampled frames/s   speed-up {ours_fps / naive_fps:.2f}x")
     print(f"faces found by the naive loop: {faces_naive}; missed by ours: {faces_missed}; "
           f"box IoU min {min(ious):.3f}, median {float(np.median(ious)):.3f}, share >= 0.9: "
           f"{np.mean(np.array(ious) >= 0.9):.3f}, >= 0.85: {np.mean(np.array(ious) >= 0.85):.3f}")

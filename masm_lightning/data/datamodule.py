@@ -187,7 +187,7 @@ class FaceForgeryDataModule(LightningDataModule):
             none is marked ``test``, e.g. a DFDC training part used for testing).
         cache_dir: where extracted faces are kept (one sub-folder per source).
         extraction: frame count, crop kind/size/margin, detector settings of the extraction.
-        extract_workers: video-reading threads of the extraction.
+        extract_workers: videos extracted at once (threads) by the extraction.
         extract_device: MTCNN device (default: cuda when available).
         train_frames: frames per training video and epoch; None = all extracted frames.
         eval_frames: frames per validation/test video, spread evenly over its extracted frames; None = all.

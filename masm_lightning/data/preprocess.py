@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import threading
 import time
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
+import torch
 from tqdm import tqdm
 
 from .extract import (
@@ -22,7 +24,6 @@ from .extract import (
     done,
     extract_video,
     original_boxes,
-    read_frames,
 )
 from .indexers import DatasetName, VideoRecord, index_dataset
 from .sources import DataSource, index_options, write_stamp
@@ -70,7 +71,7 @@ def preprocess(
         size: crop side in pixels.
         image_format: png or jpg.
         jpeg_quality: JPEG quality when ``image_format`` is jpg.
-        workers: threads reading videos ahead of the detector.
+        workers: videos extracted at once (threads; about the number of cores; for many more, run shards).
         device: cpu or cuda (default: cuda when available).
         shard: this process's shard, in [0, num_shards).
         num_shards: number of shards (e.g. a SLURM array); run once more with the defaults to combine.
@@ -115,28 +116,44 @@ def extract_dataset(
     todo = [r for r in mine if not done(r, out, settings)]
     detector = MTCNNDetector.from_settings(settings, device) if any(r.status != "missing" for r in todo) else None
     statuses: Counter[str] = Counter()
-    frames_done, start = 0, time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+    workers = max(1, workers)
+    # Each thread extracts whole videos (decode, detect, crop, write), one decoding thread per video and an equal
+    # share of torch's threads: on a CPU several single-threaded pipelines scale far better than one pipeline with
+    # threads inside the decoder and the convolutions (1.56x on 2 cores, docs/benchmarks.md); OpenCV and torch
+    # release the GIL. Processes (shards) take over where the GIL would limit threads.
+    decode_threads = 1 if workers > 1 else 0
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, torch_threads // workers))
+    frames_done, start, lock = 0, time.perf_counter(), threading.Lock()
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(todo), unit="video", desc=f"{dataset} shard {shard}/{num_shards}", mininterval=1.0,
                  disable=None) as bar:  # disable=None: no bar when output is not a terminal
-        # Reading runs ahead in threads (OpenCV releases the GIL) while the detector works on the current video.
-        def read(record: VideoRecord) -> Future | None:
-            return None if record.status == "missing" else pool.submit(read_frames, record.video_path,
-                                                                       settings.frames)
-
-        pending = deque(read(r) for r in todo[: max(1, workers)])
-        for i, record in enumerate(todo):
-            future = pending.popleft()
-            if i + len(pending) + 1 < len(todo):
-                pending.append(read(todo[i + len(pending) + 1]))
+        def extract(record: VideoRecord) -> None:
+            nonlocal frames_done
             reuse = original_boxes(record, out, by_key) if reuse_original_boxes and record.label == 1 else None
-            rows = extract_video(record, out, settings, detector, reuse_boxes=reuse,
-                                 preread=future.result() if future else None)
-            statuses[rows[0]["status"]] += 1
-            frames_done += sum(1 for r in rows if r["crop_path"])
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(videos_s=f"{(i + 1) / elapsed:.2f}", frames_s=f"{frames_done / elapsed:.1f}")
-            bar.update()
+            rows = extract_video(record, out, settings, detector, reuse_boxes=reuse, decode_threads=decode_threads)
+            with lock:
+                statuses[rows[0]["status"]] += 1
+                frames_done += sum(1 for r in rows if r["crop_path"])
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(videos_s=f"{(bar.n + 1) / elapsed:.2f}", frames_s=f"{frames_done / elapsed:.1f}")
+                bar.update()
+
+        try:
+            # Fakes reusing their originals' boxes wait until every real video is done.
+            phases = ([[r for r in todo if r.label == 0], [r for r in todo if r.label != 0]] if reuse_original_boxes
+                      else [todo])
+            for phase in phases:
+                futures = [pool.submit(extract, record) for record in phase]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:  # disk full, Ctrl-C, …: stop; finished videos stay done for the rerun
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            torch.set_num_threads(torch_threads)
     # Shards write their own file (no two processes share a temporary name); a 1-shard run writes the whole one.
     manifest = (build_manifest(out, records) if num_shards == 1
                 else build_manifest(out, mine, name=f"manifest.shard{shard}-of-{num_shards}.csv"))
