@@ -28,7 +28,7 @@ import numpy as np
 
 from .indexers import IMAGE_SUFFIXES, VideoRecord
 from .manifest import MANIFEST_NAME, write_manifest
-from .mtcnn import detect_faces, use_strided_pooling
+from .mtcnn import detect_faces, pyramid_levels, use_strided_pooling
 
 __all__ = [
     "Detection",
@@ -88,48 +88,117 @@ def sample_indices(total: int, count: int) -> list[int]:
 
 
 def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[int], list[np.ndarray], str]:
-    """Read ``count`` frames spread over the video as RGB arrays; returns (indices, frames, status).
+    """Read ``count`` frames spread over the video as upright RGB arrays; returns (indices, frames, status).
 
-    Far-apart targets are reached by seeking; close ones by ``grab()`` (demux and decode, no colour conversion),
-    so a 32-frame sample of a long video never converts every frame. An image file is one frame. A container that
-    does not report its length is decoded sequentially. Status: ok, unreadable, empty. ``decode_threads``: FFmpeg's
-    decoding threads (0: its default, one per core); 1 when several videos are decoded at once, which on a CPU
-    scales better than threads inside one decoder.
+    An image file is one frame. Videos are read with PyAV: one pass over the packets (no decoding) gives the
+    exact frame count (OpenCV's is an estimate from the header) and the group-of-pictures layout; the decoding
+    pass then skips groups without a sampled frame and never decodes a non-reference frame that is not sampled —
+    no other frame depends on it, so the sampled frames are bit-identical to decoding everything. Status: ok,
+    unreadable, empty. ``decode_threads``: FFmpeg's decoding threads (0: one per core); 1 when several videos are
+    decoded at once, which on a CPU scales better than threads inside one decoder.
     """
     if path.suffix.lower() in IMAGE_SUFFIXES:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         return ([0], [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], "ok") if image is not None else ([], [], "unreadable")
-    open_video = lambda: cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, decode_threads])  # noqa: E731
-    capture = open_video()
+    import av
+
     try:
-        if not capture.isOpened():
-            return [], [], "unreadable"
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if total <= 0:  # length unknown: count by decoding, then sample
-            total = 0
-            while capture.grab():
-                total += 1
-            capture.release()
-            capture = open_video()
-        wanted = sample_indices(total, count)
-        indices, frames, position = [], [], 0
-        for index in wanted:
-            if index - position > 30:
-                capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-                position = index
-            while position < index and capture.grab():
-                position += 1
-            ok, frame = capture.read()
-            position += 1
-            if not ok:
-                break  # truncated file: keep what was read
-            indices.append(index)
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        if not frames:
-            return [], [], "unreadable" if total <= 0 else "empty"
-        return indices, frames, "ok"
-    finally:
-        capture.release()
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return [], [], "unreadable"
+            layout = [(p.pts, p.is_keyframe) for p in _packets(container)]
+        if not layout:
+            return [], [], "empty"
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "SLICE" if decode_threads == 1 else "AUTO"
+            stream.codec_context.thread_count = decode_threads
+            got = _decode_sample(container, stream, layout, count)
+    except (av.FFmpegError, OSError):
+        return [], [], "unreadable"
+    if not got:
+        return [], [], "empty"
+    indices = sorted(got)
+    return indices, [got[i] for i in indices], "ok"
+
+
+def _packets(container: Any) -> Any:
+    """The video packets with data, up to the first demuxing error (a truncated file keeps what came before)."""
+    import av
+
+    try:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size:
+                yield packet
+    except av.FFmpegError:
+        return
+
+
+def _decode_sample(container: Any, stream: Any, layout: list[tuple[int | None, bool]],
+                   count: int) -> dict[int, np.ndarray]:
+    """Decode the frames :func:`sample_indices` picks (index = rank in presentation order) from packets laid out
+    as ``layout`` (presentation timestamp, keyframe) in decoding order."""
+    import av
+
+    timestamps = [pts for pts, _ in layout]
+    if any(pts is None for pts in timestamps):  # no timestamps (rare containers): decode all, count frames
+        wanted = {i: i for i in sample_indices(len(layout), count)}  # key (output order) → frame index
+        skip = None
+    else:
+        ranked = sorted(timestamps)
+        wanted = {ranked[i]: i for i in sample_indices(len(ranked), count)}  # key (timestamp) → frame index
+        skip = _groups_to_skip(layout, set(wanted))
+    context = stream.codec_context
+    got: dict[int, np.ndarray] = {}
+    shown = 0  # frames output so far
+
+    def keep(frames: Any) -> None:
+        nonlocal shown
+        for frame in frames:
+            key = shown if skip is None else frame.pts
+            shown += 1
+            if key in wanted:
+                image = frame.to_ndarray(format="rgb24")
+                turns = round((frame.rotation or 0) / 90) % 4  # phone videos: upright, as players show them
+                got[wanted[key]] = np.ascontiguousarray(np.rot90(image, turns))
+
+    for position, packet in enumerate(_packets(container)):
+        if skip is not None:
+            if position in skip:
+                continue
+            context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+        try:
+            keep(packet.decode())
+        except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may still decode
+            continue
+        if len(got) == len(wanted):
+            return got
+    try:
+        keep(context.decode(None))  # frames still inside the decoder
+    except av.FFmpegError:
+        pass
+    return got
+
+
+def _groups_to_skip(layout: list[tuple[int, bool]], wanted: set[int]) -> set[int]:
+    """Packet positions of the groups of pictures (keyframe to keyframe, decoding order) that hold no sampled
+    frame and that no sampled frame may depend on (the leading frames of the next group, shown before its
+    keyframe, can refer to this group)."""
+    starts = [i for i, (_, key) in enumerate(layout) if key] or [0]
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    groups = [range(a, b) for a, b in zip(starts, starts[1:] + [len(layout)])]
+    skip: set[int] = set()
+    for g, group in enumerate(groups):
+        if any(layout[i][0] in wanted for i in group):
+            continue
+        if g + 1 < len(groups):
+            following = groups[g + 1]
+            key_pts = layout[following[0]][0]
+            if any(layout[i][0] in wanted and layout[i][0] < key_pts for i in following):
+                continue
+        skip.update(group)
+    return skip
 
 
 class MTCNNDetector:
@@ -163,8 +232,12 @@ class MTCNNDetector:
         factor = min(1.0, self.short_side / min(h, w))
         small = frames if factor == 1.0 else [
             cv2.resize(f, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA) for f in frames]
-        found = detect_faces(np.stack(small), *self.networks, self.min_face_size, self.thresholds)
-        return [(boxes / factor, probs, points / factor) for boxes, probs, points in found]
+        # The levels of MTCNN's pyramid on the full frame that hold faces >= min_face, taken from the downscaled
+        # copy; the final stage crops from the full frame. Both keep the boxes close to those of the reference
+        # loop (full-resolution MTCNN): docs/benchmarks.md.
+        levels = [(scale / factor, size) for scale, size in pyramid_levels(h, w, self.min_face_size / factor)]
+        return detect_faces(np.stack(small), *self.networks, thresholds=self.thresholds, levels=levels,
+                            full_frames=None if factor == 1.0 else frames)
 
 
 def _track(detections: list[Detection], min_prob: float) -> list[int | None]:

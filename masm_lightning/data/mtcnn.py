@@ -18,14 +18,15 @@ scores and landmarks match ``facenet_pytorch.MTCNN.detect`` (tested on real fram
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 from torchvision.ops.boxes import batched_nms
 
-__all__ = ["StridedMaxPool2d", "detect_faces", "use_strided_pooling"]
+__all__ = ["StridedMaxPool2d", "detect_faces", "pyramid_levels", "use_strided_pooling"]
 
 
 class StridedMaxPool2d(nn.Module):
@@ -122,6 +123,40 @@ def _in_chunks(network: nn.Module, pixels: torch.Tensor, chunk: int = 128) -> tu
     return tuple(torch.cat(parts) for parts in zip(*outputs))
 
 
+def _crops_one_by_one(frames: Sequence[np.ndarray], boxes: torch.Tensor, image_inds: torch.Tensor, pad: Callable,
+                      side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage-3 crops from full-resolution frames, each area-resampled on its own (a few hundred per video: no
+    summed-area table of every full frame needed). Returns normalised (K, 3, side, side) CPU crops and the mask of
+    boxes that had pixels to crop."""
+    h, w = frames[0].shape[:2]
+    y, ey, x, ex = pad(boxes, w, h)
+    valid = torch.as_tensor((ey > y - 1) & (ex > x - 1))
+    pixels = [cv2.resize(frames[int(i)][y0 - 1:y1, x0 - 1:x1], (side, side),
+                         interpolation=cv2.INTER_AREA)
+              for i, y0, y1, x0, x1, ok in zip(image_inds.tolist(), y, ey, x, ex, valid) if ok]
+    pixels = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() if pixels else torch.zeros(0, 3, side, side)
+    return _normalise(pixels), valid.to(boxes.device)
+
+
+def pyramid_levels(height: int, width: int, min_face: float, factor: float = 0.709,
+                   smallest_face: int = 20) -> list[tuple[float, tuple[int, int]]]:
+    """MTCNN's standard image pyramid for a ``height`` × ``width`` frame (facenet-pytorch's: scales
+    ``12 / smallest_face × factor**k`` while the short side keeps 12 px, level k of size ``int(side × scale + 1)``),
+    from the finest level that can still hold a face of ``min_face`` pixels on.
+
+    Detecting only on these levels is the standard detector restricted to faces of at least ``min_face``; the
+    candidate boxes match the full pyramid's far better than a pyramid of other scales would (MTCNN's boxes move
+    by a few pixels with the scale grid). Returns (scale, (level height, level width)) pairs.
+    """
+    levels, scale = [], 12.0 / smallest_face
+    while min(height, width) * scale >= 12:
+        levels.append((scale, (int(height * scale + 1), int(width * scale + 1))))
+        scale *= factor
+    # A face of min_face px is 12-24 px (what P-net sees) on the finest level whose scale is >= 12 / min_face.
+    finest = max([i for i, (scale, _) in enumerate(levels) if scale >= 12.0 / min_face], default=0)
+    return levels[finest:]
+
+
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * 0.0078125  # MTCNN's input scaling
 
@@ -129,12 +164,18 @@ def _normalise(pixels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.Module,
                  min_face_size: int = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 levels: Sequence[tuple[float, tuple[int, int]]] | None = None,
+                 full_frames: Sequence[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Faces in a batch of equal-size uint8 RGB frames (N, H, W, 3).
 
     Returns per frame (boxes (k, 4) xyxy, probabilities (k,), landmarks (k, 5, 2)), largest face first — what
     ``facenet_pytorch.MTCNN(keep_all=True).detect(frames, landmarks=True)`` returns, as float32 arrays (empty ones
     where it returns None).
+
+    ``levels``: the pyramid as (scale, size) pairs instead of the one ``min_face_size`` and ``factor`` give (see
+    :func:`pyramid_levels`). ``full_frames``: when ``frames`` are downscaled copies, the originals: the last stage,
+    which sets the final boxes and landmarks, then crops the faces from them (as the reference pipelines do), and
+    boxes and landmarks come back in their coordinates.
     """
     from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, pad, rerec
 
@@ -146,13 +187,14 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
     table = _summed_area_table(frames, device)
 
     # Stage 1: P-net over an image pyramid whose smallest searched face is min_face_size.
-    scale, short, scales = 12.0 / min_face_size, min(h, w) * 12.0 / min_face_size, []
-    while short >= 12:
-        scales.append(scale)
-        scale, short = scale * factor, short * factor
+    if levels is None:
+        scale, short, levels = 12.0 / min_face_size, min(h, w) * 12.0 / min_face_size, []
+        while short >= 12:
+            levels.append((scale, (int(h * scale + 1), int(w * scale + 1))))
+            scale, short = scale * factor, short * factor
     boxes, image_inds = [], []
-    for scale in scales:
-        pyramid = _resample_frames(table, (int(h * scale + 1), int(w * scale + 1)))
+    for scale, size in levels:
+        pyramid = _resample_frames(table, size)
         reg, probs = pnet(_normalise(pyramid))
         found, inds = generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
         keep = batched_nms(found[:, :4], found[:, 4], inds, 0.5)
@@ -188,8 +230,16 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
 
     # Stage 3: O-net on 48×48 crops: final boxes, probabilities and landmarks.
     points = torch.zeros(0, 5, 2, device=device)
+    if len(boxes) and full_frames is not None:  # from here on, full-resolution coordinates
+        h, w = full_frames[0].shape[:2]
+        scale = torch.tensor([w / frames.shape[2], h / frames.shape[1]] * 2, device=device)
+        boxes = rerec(torch.cat((boxes[:, :4] * scale, boxes[:, 4:]), 1))
     if len(boxes):
-        pixels, valid = crops(boxes, image_inds, 48)
+        if full_frames is None:
+            pixels, valid = crops(boxes, image_inds, 48)
+        else:
+            pixels, valid = _crops_one_by_one(full_frames, boxes, image_inds, pad, 48)
+            pixels = pixels.to(device)
         boxes, image_inds = boxes[valid], image_inds[valid]
         regression, landmarks, probs = _in_chunks(onet, pixels)
         passed = probs[:, 1] > thresholds[2]

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from masm_lightning.data import extract as extract_module
-from masm_lightning.data.extract import FACE_TEMPLATE_112, MTCNNDetector, crop_aligned, crop_box, sample_indices
+from masm_lightning.data.extract import (
+    FACE_TEMPLATE_112,
+    MTCNNDetector,
+    crop_aligned,
+    crop_box,
+    read_frames,
+    sample_indices,
+)
 from masm_lightning.data.preprocess import preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,8 +131,10 @@ def test_a_wrong_root_exits_2_with_a_message(tmp_path):
 
 
 @needs_shared
-def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch):
-    reference = preprocess(out=tmp_path / "straight", **FFPP).read_text()
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, workers):
+    reference = preprocess(out=tmp_path / "straight", **FFPP).read_text()  # one worker, uninterrupted
+    options = {**FFPP, "workers": workers}
 
     real_extract = extract_module.extract_video
     calls = {"n": 0}
@@ -139,9 +148,9 @@ def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch):
 
     monkeypatch.setattr("masm_lightning.data.preprocess.extract_video", dies_on_the_third_real_video)
     with pytest.raises(KeyboardInterrupt):
-        preprocess(out=tmp_path / "resumed", **FFPP)
+        preprocess(out=tmp_path / "resumed", **options)
     monkeypatch.setattr("masm_lightning.data.preprocess.extract_video", real_extract)
-    assert preprocess(out=tmp_path / "resumed", **FFPP).read_text() == reference
+    assert preprocess(out=tmp_path / "resumed", **options).read_text() == reference
 
 
 @needs_shared
@@ -194,3 +203,49 @@ def test_images_in_a_folder_dataset_are_single_frames(tmp_path):
     (record,) = index_folder(tmp_path / "data")
     rows = extract_video(record, tmp_path / "out", ExtractionSettings(frames=8, size=32), _two_faces)
     assert [(r["status"], r["frame_index"]) for r in rows] == [("ok", 0)]
+
+
+def _decode_every_frame(path: Path, count: int) -> dict[int, np.ndarray]:
+    """The reference: OpenCV decodes the whole video in order; keep the frames sample_indices picks."""
+    capture = cv2.VideoCapture(str(path))
+    wanted, frames, index = set(sample_indices(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), count)), {}, 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return frames
+        if index in wanted:
+            frames[index] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        index += 1
+
+
+@needs_shared
+@pytest.mark.parametrize("count", [32, 3])  # 3 frames: whole groups of pictures are skipped
+def test_sampled_frames_are_bit_identical_to_decoding_every_frame(count):
+    for path in (SHARED / "FaceForensics++/manipulated_sequences/Deepfakes/c23/videos/519_515.mp4",
+                 SHARED / "DFDC/dfdc_train_part_0/brtujopkby.mp4"):
+        reference = _decode_every_frame(path, count)
+        indices, frames, status = read_frames(path, count, decode_threads=1)
+        assert status == "ok" and indices == sorted(reference)
+        assert all(np.array_equal(reference[i], frame) for i, frame in zip(indices, frames)), path.name
+
+
+def test_rotated_phone_videos_are_read_upright(tmp_path):
+    import av
+
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:  # landscape pixels, shown rotated by 90 degrees
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)
+        image = np.zeros((32, 64, 3), np.uint8)
+        image[:, :16] = 255
+        for _ in range(5):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    indices, frames, status = read_frames(path, 2)
+    shown = cv2.cvtColor(cv2.VideoCapture(str(path)).read()[1], cv2.COLOR_BGR2RGB)  # OpenCV applies the rotation
+    assert status == "ok" and len(frames) == 2
+    assert frames[0].shape == shown.shape == (64, 32, 3)
+    assert np.abs(frames[0].astype(int) - shown).max() <= 2
