@@ -96,7 +96,7 @@ def _resample_frames(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     rows = table.index_select(1, y1) - table.index_select(1, y0)
     sums = rows.index_select(2, x1) - rows.index_select(2, x0)
     area = ((y1 - y0)[:, None] * (x1 - x0)[None, :]).to(torch.float32)
-    return (sums.to(torch.float32) / area[None, :, :, None]).permute(0, 3, 1, 2).contiguous()
+    return (sums.to(torch.float32) / area[None, :, :, None]).permute(0, 3, 1, 2)  # channels-last memory
 
 
 def _resample_boxes(table: torch.Tensor, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
@@ -114,7 +114,7 @@ def _resample_boxes(table: torch.Tensor, images: torch.Tensor, top: torch.Tensor
     sums = (corner(row1, col1) - corner(row0, col1) - corner(row1, col0) + corner(row0, col0)).view(
         len(images), side, side, channels)
     area = ((y1 - y0)[:, :, None] * (x1 - x0)[:, None, :]).to(torch.float32)
-    return (sums.to(torch.float32) / area[..., None]).permute(0, 3, 1, 2).contiguous()
+    return (sums.to(torch.float32) / area[..., None]).permute(0, 3, 1, 2)  # channels-last memory
 
 
 def _in_chunks(network: nn.Module, pixels: torch.Tensor, chunk: int = 128) -> tuple[torch.Tensor, ...]:
