@@ -63,7 +63,9 @@ class ExtractionSettings:
     faces: Literal["largest", "all"] = "largest"  # one tracked face per frame, or every confident face
     size: int = 256  # crop side in pixels
     scale: float = 1.3  # margin: crop side = scale × face size
-    detect_short_side: int = 360  # frames are downscaled to this shorter side for detection (never upscaled)
+    # Frames are downscaled to this shorter side for detection (never upscaled); MTCNN's last stage, which sets the
+    # final boxes and landmarks, still crops from the full frame.
+    detect_short_side: int = 360
     min_face: float = 0.1  # smallest face searched, as a share of the short side (bounds MTCNN's image pyramid)
     min_prob: float = 0.9  # detections below this confidence are ignored
     # MTCNN's first two stage thresholds (facenet-pytorch: 0.6, 0.7); the last stage uses min_prob. Raised, fewer
@@ -72,6 +74,10 @@ class ExtractionSettings:
     stage_thresholds: tuple[float, float] = (0.7, 0.8)
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = 95
+    # Bumped when the code crops differently for the same settings (2: exact frame counts from PyAV; MTCNN on the
+    # standard pyramid's levels with its last stage at full resolution). Part of the hash: an older extraction is
+    # redone, never mixed with new crops.
+    extractor_version: int = 2
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -215,9 +221,7 @@ class MTCNNDetector:
         from facenet_pytorch import MTCNN
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.short_side = short_side
-        self.min_face_size = max(20, round(min_face * short_side))
-        self.thresholds = tuple(thresholds)
+        self.short_side, self.min_face, self.thresholds = short_side, min_face, tuple(thresholds)
         mtcnn = MTCNN(device=self.device)  # only for its three networks and their weights
         # Channels-last convolutions: ~20% less detection time on a CPU for these few-channel networks, same boxes.
         self.networks = tuple(use_strided_pooling(net).to(memory_format=torch.channels_last)
@@ -237,7 +241,10 @@ class MTCNNDetector:
         # The levels of MTCNN's pyramid on the full frame that hold faces >= min_face, taken from the downscaled
         # copy; the final stage crops from the full frame. Both keep the boxes close to those of the reference
         # loop (full-resolution MTCNN): docs/benchmarks.md.
-        levels = [(scale / factor, size) for scale, size in pyramid_levels(h, w, self.min_face_size / factor)]
+        # Smallest face, in full-frame pixels: min_face of the short side, and never below MTCNN's usual 20 px
+        # on the frames it sees.
+        smallest = max(self.min_face * min(h, w), 20 / factor)
+        levels = [(scale / factor, size) for scale, size in pyramid_levels(h, w, smallest)]
         return detect_faces(np.stack(small), *self.networks, thresholds=self.thresholds, levels=levels,
                             full_frames=None if factor == 1.0 else frames)
 

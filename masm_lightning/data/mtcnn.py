@@ -231,8 +231,8 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
     # Stage 3: O-net on 48×48 crops: final boxes, probabilities and landmarks.
     points = torch.zeros(0, 5, 2, device=device)
     if len(boxes) and full_frames is not None:  # from here on, full-resolution coordinates
-        h, w = full_frames[0].shape[:2]
-        scale = torch.tensor([w / frames.shape[2], h / frames.shape[1]] * 2, device=device)
+        full_h, full_w = full_frames[0].shape[:2]
+        scale = torch.tensor([full_w / w, full_h / h] * 2, device=device)
         boxes = rerec(torch.cat((boxes[:, :4] * scale, boxes[:, 4:]), 1))
     if len(boxes):
         if full_frames is None:
