@@ -50,6 +50,8 @@ def preprocess(
     size: int = 256,
     image_format: Literal["png", "jpg"] = "png",
     jpeg_quality: int = 95,
+    detect_short_side: int = ExtractionSettings.detect_short_side,
+    min_face: float = ExtractionSettings.min_face,
     workers: int = 2,
     device: str | None = None,
     shard: int = 0,
@@ -71,6 +73,10 @@ def preprocess(
         size: crop side in pixels.
         image_format: png or jpg.
         jpeg_quality: JPEG quality when ``image_format`` is jpg.
+        detect_short_side: frames are downscaled to this shorter side for detection (the last MTCNN stage still
+            crops from the full frame); at least the videos' short side: full-resolution detection, boxes closest
+            to full-resolution MTCNN, about 40% slower (docs/benchmarks.md).
+        min_face: smallest face searched, as a share of the frame's short side.
         workers: videos extracted at once (threads; about the number of cores; for many more, run shards).
         device: cpu or cuda (default: cuda when available).
         shard: this process's shard, in [0, num_shards).
@@ -82,7 +88,7 @@ def preprocess(
     source = DataSource(dataset, root=str(root), splits=None if splits is None else str(splits),
                         compression=compression, methods=methods)
     settings = ExtractionSettings(frames=frames, crop=crop, faces=faces, size=size, image_format=image_format,
-                                  jpeg_quality=jpeg_quality)
+                                  jpeg_quality=jpeg_quality, detect_short_side=detect_short_side, min_face=min_face)
     manifest = extract_dataset(dataset, root, out, settings, index_options(source), workers=workers, device=device,
                                shard=shard, num_shards=num_shards, reuse_original_boxes=reuse_original_boxes)
     if num_shards == 1:  # complete: a data module with the same source and settings reuses it as it is

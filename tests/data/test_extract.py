@@ -14,6 +14,7 @@ import pytest
 from masm_lightning.data import extract as extract_module
 from masm_lightning.data.extract import (
     FACE_TEMPLATE_112,
+    ExtractionSettings,
     MTCNNDetector,
     crop_aligned,
     crop_box,
@@ -249,3 +250,9 @@ def test_rotated_phone_videos_are_read_upright(tmp_path):
     assert status == "ok" and len(frames) == 2
     assert frames[0].shape == shown.shape == (64, 32, 3)
     assert np.abs(frames[0].astype(int) - shown).max() <= 2
+
+
+@pytest.mark.parametrize(("field", "value"), [("min_face", 0.0), ("detect_short_side", 8), ("frames", 0)])
+def test_invalid_extraction_settings_name_the_value_and_the_valid_range(field, value):
+    with pytest.raises(ValueError, match=rf"{field}={value!r} is invalid: must be"):
+        ExtractionSettings(**{field: value})
