@@ -112,27 +112,38 @@ def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[i
     An image file is one frame. Videos are read with PyAV: one pass over the packets (no decoding) gives the
     exact frame count (OpenCV's is an estimate from the header) and the group-of-pictures layout; the decoding
     pass then skips groups without a sampled frame and never decodes a non-reference frame that is not sampled —
-    no other frame depends on it, so the sampled frames are bit-identical to decoding everything. Status: ok,
-    unreadable, empty. ``decode_threads``: FFmpeg's decoding threads (0: one per core); 1 when several videos are
-    decoded at once, which on a CPU scales better than threads inside one decoder.
+    no other frame depends on it, so the sampled frames are bit-identical to decoding everything (tested on open
+    and closed groups of pictures). Containers whose timestamps are not in display order (AVI) are decoded whole.
+    Status: ok, unreadable, empty. ``decode_threads``: FFmpeg's decoding threads (0: one per core); 1 when
+    several videos are decoded at once, which on a CPU scales better than threads inside one decoder.
     """
     if path.suffix.lower() in IMAGE_SUFFIXES:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         return ([0], [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], "ok") if image is not None else ([], [], "unreadable")
     import av
 
+    def decode(layout: list[tuple[int | None, bool]], by_timestamp: bool) -> dict[int, np.ndarray] | None:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.codec_context is None:  # no decoder for this codec
+                raise av.FFmpegError(0, f"no decoder for {stream.codec.name if stream.codec else 'this stream'}")
+            stream.thread_type = "SLICE" if decode_threads == 1 else "AUTO"
+            stream.codec_context.thread_count = decode_threads
+            return _decode_sample(container, stream, layout, count, by_timestamp)
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 return [], [], "unreadable"
             layout = [(p.pts, p.is_keyframe) for p in _packets(container)]
+            display_order = "avi" not in container.format.name  # AVI stores decoding-order timestamps
         if not layout:
             return [], [], "empty"
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "SLICE" if decode_threads == 1 else "AUTO"
-            stream.codec_context.thread_count = decode_threads
-            got = _decode_sample(container, stream, layout, count)
+        timestamps = [pts for pts, _ in layout]
+        by_timestamp = display_order and None not in timestamps and len(set(timestamps)) == len(timestamps)
+        got = decode(layout, by_timestamp)
+        if got is None:  # timestamps turned out not to be in display order: decode everything, count frames
+            got = decode(layout, False)
     except (av.FFmpegError, OSError):
         return [], [], "unreadable"
     if not got:
@@ -153,47 +164,65 @@ def _packets(container: Any) -> Any:
         return
 
 
-def _decode_sample(container: Any, stream: Any, layout: list[tuple[int | None, bool]],
-                   count: int) -> dict[int, np.ndarray]:
-    """Decode the frames :func:`sample_indices` picks (index = rank in presentation order) from packets laid out
-    as ``layout`` (presentation timestamp, keyframe) in decoding order."""
+def _decode_sample(container: Any, stream: Any, layout: list[tuple[int | None, bool]], count: int,
+                   by_timestamp: bool) -> dict[int, np.ndarray] | None:
+    """Decode the frames :func:`sample_indices` picks (index = rank in display order) from packets laid out as
+    ``layout`` (presentation timestamp, keyframe) in decoding order. ``by_timestamp``: frames are found by their
+    timestamps, and unneeded packets are skipped; otherwise everything is decoded and frames are counted. Returns
+    None when the timestamps of the decoded frames are not increasing (they are not display order)."""
     import av
 
-    timestamps = [pts for pts, _ in layout]
-    if any(pts is None for pts in timestamps):  # no timestamps (rare containers): decode all, count frames
-        wanted = {i: i for i in sample_indices(len(layout), count)}  # key (output order) → frame index
-        skip = None
-    else:
-        ranked = sorted(timestamps)
-        wanted = {ranked[i]: i for i in sample_indices(len(ranked), count)}  # key (timestamp) → frame index
+    if by_timestamp:
+        ranked = sorted(pts for pts, _ in layout)
+        wanted = {ranked[i]: i for i in sample_indices(len(ranked), count)}  # timestamp → frame index
         skip = _groups_to_skip(layout, set(wanted))
+    else:
+        wanted = {i: i for i in sample_indices(len(layout), count)}  # output position → frame index
+        skip = set()
     context = stream.codec_context
     got: dict[int, np.ndarray] = {}
-    shown = 0  # frames output so far
+    shown, last_pts = 0, None
 
-    def keep(frames: Any) -> None:
-        nonlocal shown
+    def keep(frames: Any) -> bool:
+        nonlocal shown, last_pts
         for frame in frames:
-            key = shown if skip is None else frame.pts
-            shown += 1
+            if by_timestamp:
+                if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                    return False
+                key, last_pts = frame.pts, frame.pts
+            else:
+                key, shown = shown, shown + 1
             if key in wanted:
                 image = frame.to_ndarray(format="rgb24")
                 turns = round((frame.rotation or 0) / 90) % 4  # phone videos: upright, as players show them
                 got[wanted[key]] = np.ascontiguousarray(np.rot90(image, turns))
+        return True
 
+    skipping = False
     for position, packet in enumerate(_packets(container)):
-        if skip is not None:
-            if position in skip:
-                continue
+        if position in skip:
+            skipping = True
+            continue
+        if skipping:  # resuming at a keyframe after skipped groups: drain and reset the decoder first, or an
+            skipping = False  # open group's keyframe meets stale reference state and yields nothing
+            try:
+                if not keep(context.decode(None)):
+                    return None
+            except av.FFmpegError:
+                pass
+            context.flush_buffers()
+        if by_timestamp:
             context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
         try:
-            keep(packet.decode())
+            if not keep(packet.decode()):
+                return None
         except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may still decode
             continue
         if len(got) == len(wanted):
             return got
     try:
-        keep(context.decode(None))  # frames still inside the decoder
+        if not keep(context.decode(None)):  # frames still inside the decoder
+            return None
     except av.FFmpegError:
         pass
     return got

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -138,12 +139,14 @@ def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, wor
     options = {**FFPP, "workers": workers}
 
     real_extract = extract_module.extract_video
-    calls = {"n": 0}
+    calls, lock = {"n": 0}, threading.Lock()
 
     def dies_on_the_third_real_video(record, *args, **kwargs):
         if record.status != "missing":
-            calls["n"] += 1
-            if calls["n"] == 3:
+            with lock:  # workers call this from several threads
+                calls["n"] += 1
+                third = calls["n"] == 3
+            if third:
                 raise KeyboardInterrupt  # as if killed
         return real_extract(record, *args, **kwargs)
 
@@ -220,14 +223,49 @@ def _decode_every_frame(path: Path, count: int) -> dict[int, np.ndarray]:
 
 
 @needs_shared
-@pytest.mark.parametrize("count", [32, 3])  # 3 frames: whole groups of pictures are skipped
-def test_sampled_frames_are_bit_identical_to_decoding_every_frame(count):
+@pytest.mark.parametrize(("count", "threads"), [(32, 1), (3, 0)])
+def test_sampled_frames_are_bit_identical_to_decoding_every_frame(count, threads):
     for path in (SHARED / "FaceForensics++/manipulated_sequences/Deepfakes/c23/videos/519_515.mp4",
                  SHARED / "DFDC/dfdc_train_part_0/brtujopkby.mp4"):
         reference = _decode_every_frame(path, count)
-        indices, frames, status = read_frames(path, count, decode_threads=1)
+        indices, frames, status = read_frames(path, count, decode_threads=threads)
         assert status == "ok" and indices == sorted(reference)
         assert all(np.array_equal(reference[i], frame) for i, frame in zip(indices, frames)), path.name
+
+
+def _short_gop_video(path: Path, x264_params: str, frames: int = 120) -> None:
+    """A video whose every frame differs (a moving pattern, a frame-numbered band), a keyframe every 12 frames."""
+    import av
+
+    rng = np.random.default_rng(0)
+    pattern = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"x264-params": x264_params})
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(frames):
+            image = np.roll(pattern, 3 * i, axis=1)
+            image[:8] = 7 * i % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("name", ["closed_gop.mp4", "open_gop.mp4", "open_gop.mkv", "b_frames.avi"])
+def test_skipping_groups_of_pictures_keeps_every_sampled_frame_bit_identical(tmp_path, name):
+    import av
+
+    path = tmp_path / name
+    gop = "keyint=12:min-keyint=12:scenecut=0:bframes=3" + (":open-gop=1" if "open" in name else "")
+    _short_gop_video(path, gop)
+    with av.open(str(path)) as container:  # reference: every frame decoded, in display (output) order
+        every = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(every) == 120
+    for count in (3, 8):  # 3 and 8 of 120 frames: most 12-frame groups hold no sampled frame
+        for threads in (1, 0):
+            indices, frames, status = read_frames(path, count, decode_threads=threads)
+            assert status == "ok" and indices == sample_indices(120, count), (count, threads)
+            assert all(np.array_equal(every[i], frame) for i, frame in zip(indices, frames)), (count, threads)
 
 
 def test_rotated_phone_videos_are_read_upright(tmp_path):
