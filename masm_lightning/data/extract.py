@@ -54,6 +54,11 @@ FACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 
                               [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
 
 
+# Bumped when the code crops differently for the same settings (2: exact frame counts from PyAV; MTCNN on the
+# standard pyramid's levels with its last stage at full resolution).
+EXTRACTOR_VERSION = 2
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
     """Everything that changes the crops; its hash identifies an extraction."""
@@ -69,15 +74,11 @@ class ExtractionSettings:
     min_face: float = 0.1  # smallest face searched, as a share of the short side (bounds MTCNN's image pyramid)
     min_prob: float = 0.9  # detections below this confidence are ignored
     # MTCNN's first two stage thresholds (facenet-pytorch: 0.6, 0.7); the last stage uses min_prob. Raised, fewer
-    # candidate boxes reach the later stages (each is cropped and resampled in a Python loop): detection is ~22%
-    # faster on the shared clips, with the same faces found and the same boxes (median IoU 1.0 vs the defaults).
+    # candidate boxes reach the later stages: with facenet-pytorch's detector this cut detection time by ~22% on
+    # the shared clips, with the same faces found and the same boxes (median IoU 1.0 vs the defaults).
     stage_thresholds: tuple[float, float] = (0.7, 0.8)
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = 95
-    # Bumped when the code crops differently for the same settings (2: exact frame counts from PyAV; MTCNN on the
-    # standard pyramid's levels with its last stage at full resolution). Part of the hash: an older extraction is
-    # redone, never mixed with new crops.
-    extractor_version: int = 2
 
     def __post_init__(self) -> None:
         checks = {"frames": self.frames >= 1, "size": self.size >= 16, "scale": self.scale >= 1.0,
@@ -93,7 +94,9 @@ class ExtractionSettings:
                 raise ValueError(f"extraction {name}={getattr(self, name)!r} is invalid: must be {valid[name]}")
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings and of the extractor's version: crops made by older code are redone, not mixed."""
+        identity = {**asdict(self), "extractor_version": EXTRACTOR_VERSION}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sample_indices(total: int, count: int) -> list[int]:

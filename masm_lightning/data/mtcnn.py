@@ -55,11 +55,14 @@ class StridedMaxPool2d(nn.Module):
 
 
 def use_strided_pooling(network: nn.Module) -> nn.Module:
-    """Swap every ``MaxPool2d`` of an MTCNN network (all are unpadded, ceil mode) for :class:`StridedMaxPool2d`."""
+    """Swap every ``MaxPool2d`` child of an MTCNN network (all are unpadded, ceil mode, kernel >= stride) for
+    :class:`StridedMaxPool2d`."""
     for name, child in list(network.named_children()):
         if isinstance(child, nn.MaxPool2d):
-            if child.padding not in (0, (0, 0)) or child.dilation not in (1, (1, 1)) or not child.ceil_mode:
-                raise ValueError(f"{name}: only unpadded, undilated ceil-mode pooling is replaced, got {child}")
+            if (child.padding not in (0, (0, 0)) or child.dilation not in (1, (1, 1)) or not child.ceil_mode
+                    or not isinstance(child.kernel_size, int) or child.kernel_size < child.stride):
+                raise ValueError(f"{name}: only unpadded, undilated ceil-mode pooling with a square kernel no "
+                                 f"smaller than its stride is replaced, got {child}")
             setattr(network, name, StridedMaxPool2d(child.kernel_size, child.stride))
     return network
 
@@ -77,7 +80,7 @@ def _summed_area_table(frames: np.ndarray, device: torch.device) -> torch.Tensor
     count, h, w, channels = frames.shape
     if device.type != "cpu":
         dtype = torch.int32 if 255 * h * w < 2**31 else torch.int64
-        table = torch.as_tensor(frames, device=device).to(dtype).cumsum(1).cumsum(2)
+        table = torch.as_tensor(frames, device=device).to(dtype).cumsum(1, dtype=dtype).cumsum(2, dtype=dtype)
         return nn.functional.pad(table, (0, 0, 1, 0, 1, 0))
     # On a CPU NumPy's cumulative sums are ~5x faster than torch's; written straight into the padded table.
     table = np.zeros((count, h + 1, w + 1, channels), np.int32 if 255 * h * w < 2**31 else np.int64)
@@ -119,22 +122,31 @@ def _resample_boxes(table: torch.Tensor, images: torch.Tensor, top: torch.Tensor
 
 def _in_chunks(network: nn.Module, pixels: torch.Tensor, chunk: int = 128) -> tuple[torch.Tensor, ...]:
     """The network on at most ``chunk`` crops at a time (bounded GPU memory with thousands of candidates)."""
-    outputs = [network(pixels[i:i + chunk]) for i in range(0, len(pixels), chunk)] or [network(pixels)]
+    outputs = [network(pixels[i:i + chunk]) for i in range(0, len(pixels), chunk)]
     return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
+def _area_resize(crop: np.ndarray, side: int) -> np.ndarray:
+    """``interpolate(mode="area")`` (adaptive average pooling) of one (h, w, C) uint8 crop to side × side, from
+    the crop's own summed-area table: exact means, float32 (side, side, C)."""
+    table = cv2.integral(crop)  # (h+1, w+1, C) int32
+    i = np.arange(side)
+    (y0, y1), (x0, x1) = ((i * n // side, -(-(i + 1) * n // side)) for n in crop.shape[:2])
+    sums = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+    return sums.astype(np.float32) / ((y1 - y0)[:, None, None] * (x1 - x0)[None, :, None]).astype(np.float32)
 
 
 def _crops_one_by_one(frames: Sequence[np.ndarray], boxes: torch.Tensor, image_inds: torch.Tensor, pad: Callable,
                       side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage-3 crops from full-resolution frames, each area-resampled on its own (a few hundred per video: no
-    summed-area table of every full frame needed). Returns normalised (K, 3, side, side) CPU crops and the mask of
-    boxes that had pixels to crop."""
+    """Stage-3 crops from full-resolution frames, each area-resampled on its own as facenet-pytorch does (a few
+    hundred per video: no summed-area table of every full frame needed). Returns normalised (K, 3, side, side)
+    CPU crops and the mask of boxes that had pixels to crop."""
     h, w = frames[0].shape[:2]
     y, ey, x, ex = pad(boxes, w, h)
     valid = torch.as_tensor((ey > y - 1) & (ex > x - 1))
-    pixels = [cv2.resize(frames[int(i)][y0 - 1:y1, x0 - 1:x1], (side, side),
-                         interpolation=cv2.INTER_AREA)
+    pixels = [_area_resize(frames[int(i)][y0 - 1:y1, x0 - 1:x1], side)
               for i, y0, y1, x0, x1, ok in zip(image_inds.tolist(), y, ey, x, ex, valid) if ok]
-    pixels = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() if pixels else torch.zeros(0, 3, side, side)
+    pixels = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) if pixels else torch.zeros(0, 3, side, side)
     return _normalise(pixels), valid.to(boxes.device)
 
 
@@ -152,7 +164,7 @@ def pyramid_levels(height: int, width: int, min_face: float, factor: float = 0.7
     while min(height, width) * scale >= 12:
         levels.append((scale, (int(height * scale + 1), int(width * scale + 1))))
         scale *= factor
-    # A face of min_face px is 12-24 px (what P-net sees) on the finest level whose scale is >= 12 / min_face.
+    # A face of min_face px is 12 to 12/factor px (P-net's 12 px cell) on the finest level of scale >= 12/min_face.
     finest = max([i for i, (scale, _) in enumerate(levels) if scale >= 12.0 / min_face], default=0)
     return levels[finest:]
 
@@ -192,6 +204,9 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
         while short >= 12:
             levels.append((scale, (int(h * scale + 1), int(w * scale + 1))))
             scale, short = scale * factor, short * factor
+    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+    if not levels:  # frames too small for P-net's 12 px cell at any scale
+        return [empty] * count
     boxes, image_inds = [], []
     for scale, size in levels:
         pyramid = _resample_frames(table, size)
@@ -220,6 +235,7 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
     if len(boxes):
         pixels, valid = crops(boxes, image_inds, 24)
         boxes, image_inds = boxes[valid], image_inds[valid]
+    if len(boxes):
         regression, probs = _in_chunks(rnet, pixels)
         passed = probs[:, 1] > thresholds[1]
         boxes = torch.cat((boxes[passed, :4], probs[passed, 1:2]), 1)
@@ -232,8 +248,11 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
     points = torch.zeros(0, 5, 2, device=device)
     if len(boxes) and full_frames is not None:  # from here on, full-resolution coordinates
         full_h, full_w = full_frames[0].shape[:2]
-        scale = torch.tensor([full_w / w, full_h / h] * 2, device=device)
-        boxes = rerec(torch.cat((boxes[:, :4] * scale, boxes[:, 4:]), 1))
+        scale = torch.tensor([full_w / w, full_h / h], device=device)
+        # Boxes are 1-based with inclusive ends (pixels x1-1 … x2-1): the same pixels at full resolution are
+        # ((x1-1)·s, x2·s), i.e. 1-based x1' = (x1-1)·s + 1, x2' = x2·s.
+        boxes = torch.cat(((boxes[:, :2] - 1) * scale + 1, boxes[:, 2:4] * scale, boxes[:, 4:]), 1)
+        boxes = rerec(boxes)
     if len(boxes):
         if full_frames is None:
             pixels, valid = crops(boxes, image_inds, 48)
@@ -241,6 +260,7 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
             pixels, valid = _crops_one_by_one(full_frames, boxes, image_inds, pad, 48)
             pixels = pixels.to(device)
         boxes, image_inds = boxes[valid], image_inds[valid]
+    if len(boxes):
         regression, landmarks, probs = _in_chunks(onet, pixels)
         passed = probs[:, 1] > thresholds[2]
         boxes = torch.cat((boxes[passed, :4], probs[passed, 1:2]), 1)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -123,11 +124,12 @@ def extract_dataset(
     detector = MTCNNDetector.from_settings(settings, device) if any(r.status != "missing" for r in todo) else None
     statuses: Counter[str] = Counter()
     workers = max(1, workers)
-    # Each thread extracts whole videos (decode, detect, crop, write), one decoding thread per video and an equal
-    # share of torch's threads: on a CPU several single-threaded pipelines scale far better than one pipeline with
-    # threads inside the decoder and the convolutions (1.56x on 2 cores, docs/benchmarks.md); OpenCV and torch
+    # Each thread extracts whole videos (decode, detect, crop, write) with an equal share of the cores for its
+    # decoder and of torch's threads: on a CPU several narrow pipelines scale far better than one pipeline with
+    # threads inside the decoder and the convolutions (1.56x on 2 cores, docs/benchmarks.md); FFmpeg and torch
     # release the GIL. Processes (shards) take over where the GIL would limit threads.
-    decode_threads = 1 if workers > 1 else 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    decode_threads = 0 if workers == 1 else max(1, cores // workers)  # 0: FFmpeg's own choice
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, torch_threads // workers))
     frames_done, start, lock = 0, time.perf_counter(), threading.Lock()
@@ -152,11 +154,11 @@ def extract_dataset(
             for phase in phases:
                 futures = [pool.submit(extract, record) for record in phase]
                 try:
-                    for future in futures:
-                        future.result()
-                except BaseException:  # disk full, Ctrl-C, …: stop; finished videos stay done for the rerun
-                    for future in futures:
-                        future.cancel()
+                    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    for future in finished:
+                        future.result()  # re-raises the first failure (disk full, …)
+                except BaseException:  # that, or Ctrl-C: stop; finished videos stay done for the rerun
+                    pool.shutdown(wait=False, cancel_futures=True)
                     raise
         finally:
             torch.set_num_threads(torch_threads)
