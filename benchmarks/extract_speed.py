@@ -8,6 +8,7 @@ process, alternating naive and ours for ``--rounds`` rounds. Also checks that we
 loop does, with boxes agreeing (IoU >= 0.9).
 
     python benchmarks/extract_speed.py [--frames 32] [--workers 2] [--copies 2] [--rounds 2]
+    python benchmarks/extract_speed.py --short-side 4000 --stage-thresholds 0.6 0.7 0.7   # reference boxes
 """
 
 from __future__ import annotations
@@ -65,11 +66,14 @@ def main() -> None:
     parser.add_argument("--short-side", type=int, default=ExtractionSettings.detect_short_side,
                         help="detection resolution (shorter side, px) of ours")
     parser.add_argument("--min-face", type=float, default=ExtractionSettings.min_face)
+    parser.add_argument("--stage-thresholds", type=float, nargs=3, default=ExtractionSettings.stage_thresholds,
+                        help="ours' MTCNN stage thresholds (facenet-pytorch's: 0.6 0.7 0.7)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     clips = [r for r in index_ffpp(SHARED / "FaceForensics++", methods=("Deepfakes", "FaceSwap"))
              + index_dfdc(SHARED / "DFDC") if r.status == "listed"]
-    settings = ExtractionSettings(frames=args.frames, detect_short_side=args.short_side, min_face=args.min_face)
+    settings = ExtractionSettings(frames=args.frames, detect_short_side=args.short_side, min_face=args.min_face,
+                                  stage_thresholds=tuple(args.stage_thresholds))
     reference_mtcnn = MTCNN(keep_all=True, device="cpu")  # the reference pipelines' defaults (20 px minimum face)
     sampled = {c.video_id: len(sample_indices(int(cv2.VideoCapture(str(c.video_path)).get(7)), args.frames))
                for c in clips}

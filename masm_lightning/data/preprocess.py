@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .extract import (
+    EXTRACTOR_VERSION,
     ExtractionSettings,
     MTCNNDetector,
     _write_atomic,
@@ -53,6 +54,7 @@ def preprocess(
     jpeg_quality: int = 95,
     detect_short_side: int = ExtractionSettings.detect_short_side,
     min_face: float = ExtractionSettings.min_face,
+    stage_thresholds: tuple[float, float, float] = ExtractionSettings.stage_thresholds,
     workers: int = 2,
     device: str | None = None,
     shard: int = 0,
@@ -78,6 +80,8 @@ def preprocess(
             crops from the full frame); at least the videos' short side: full-resolution detection, boxes closest
             to full-resolution MTCNN, about 40% slower (docs/benchmarks.md).
         min_face: smallest face searched, as a share of the frame's short side.
+        stage_thresholds: MTCNN's three stage thresholds; ``[0.6,0.7,0.7]`` (facenet-pytorch's) with a
+            ``detect_short_side`` of at least the videos' short side reproduces full-resolution MTCNN's boxes.
         workers: videos extracted at once (threads; about the number of cores; for many more, run shards).
         device: cpu or cuda (default: cuda when available).
         shard: this process's shard, in [0, num_shards).
@@ -89,7 +93,8 @@ def preprocess(
     source = DataSource(dataset, root=str(root), splits=None if splits is None else str(splits),
                         compression=compression, methods=methods)
     settings = ExtractionSettings(frames=frames, crop=crop, faces=faces, size=size, image_format=image_format,
-                                  jpeg_quality=jpeg_quality, detect_short_side=detect_short_side, min_face=min_face)
+                                  jpeg_quality=jpeg_quality, detect_short_side=detect_short_side, min_face=min_face,
+                                  stage_thresholds=tuple(stage_thresholds))
     manifest = extract_dataset(dataset, root, out, settings, index_options(source), workers=workers, device=device,
                                shard=shard, num_shards=num_shards, reuse_original_boxes=reuse_original_boxes)
     if num_shards == 1:  # complete: a data module with the same source and settings reuses it as it is
@@ -117,7 +122,8 @@ def extract_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "settings.json", json.dumps(
-        {"hash": settings.digest(), "dataset": dataset, "root": str(root), "settings": asdict(settings)}, indent=2))
+        {"hash": settings.digest(), "extractor_version": EXTRACTOR_VERSION, "dataset": dataset, "root": str(root),
+         "settings": asdict(settings)}, indent=2))
     mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
     by_key = {(r.dataset, r.label, r.video_id): r for r in records}
     todo = [r for r in mine if not done(r, out, settings)]
