@@ -31,6 +31,7 @@ from .manifest import MANIFEST_NAME, write_manifest
 from .mtcnn import detect_faces, pyramid_levels, use_strided_pooling
 
 __all__ = [
+    "EXTRACTOR_VERSION",
     "Detection",
     "ExtractionSettings",
     "MTCNNDetector",
@@ -130,7 +131,7 @@ def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[i
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             if stream.codec_context is None:  # no decoder for this codec
-                raise av.FFmpegError(0, f"no decoder for {stream.codec.name if stream.codec else 'this stream'}")
+                raise OSError(f"{path}: no decoder for its video stream")
             stream.thread_type = "SLICE" if decode_threads == 1 else "AUTO"
             stream.codec_context.thread_count = decode_threads
             return _decode_sample(container, stream, layout, count, by_timestamp)
@@ -283,11 +284,10 @@ class MTCNNDetector:
         factor = min(1.0, self.short_side / min(h, w))
         small = frames if factor == 1.0 else [
             cv2.resize(f, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA) for f in frames]
-        # The levels of MTCNN's pyramid on the full frame that hold faces >= min_face, taken from the downscaled
-        # copy; the final stage crops from the full frame. Both keep the boxes close to those of the reference
-        # loop (full-resolution MTCNN): docs/benchmarks.md.
-        # Smallest face, in full-frame pixels: min_face of the short side, and never below MTCNN's usual 20 px
-        # on the frames it sees.
+        # The levels of MTCNN's pyramid on the full frame that hold faces >= the smallest face (min_face of the
+        # short side, never below MTCNN's usual 20 px on the frames it sees), taken from the downscaled copy; the
+        # final stage crops from the full frame. Both keep the boxes close to those of the reference loop
+        # (full-resolution MTCNN): docs/benchmarks.md.
         smallest = max(self.min_face * min(h, w), 20 / factor)
         levels = [(scale / factor, size) for scale, size in pyramid_levels(h, w, smallest)]
         return detect_faces(np.stack(small), *self.networks, thresholds=self.thresholds, levels=levels,

@@ -13,7 +13,9 @@ facenet-pytorch's ``detect_face`` resamples every candidate box of stages 2 and 
 
 What is kept from facenet-pytorch, deliberately: its networks and weights, its stage logic (box generation,
 regression, NMS at 0.5/0.7 and the final "Min" NMS), its clipping of candidate boxes to the frame. The boxes,
-scores and landmarks match ``facenet_pytorch.MTCNN.detect`` (tested on real frames).
+scores and landmarks match ``facenet_pytorch.MTCNN.detect`` (tested on real frames). Two options change what is
+computed, on purpose, for the extractor: ``levels`` (a chosen subset of the pyramid, :func:`pyramid_levels`) and
+``full_frames`` (the last stage on the full-resolution originals of downscaled frames).
 """
 
 from __future__ import annotations
