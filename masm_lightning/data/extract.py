@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import av
 import cv2
 import numpy as np
+import torch
 
 from .indexers import IMAGE_SUFFIXES, VideoRecord
 from .manifest import MANIFEST_NAME, write_manifest
@@ -125,7 +127,6 @@ def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[i
     if path.suffix.lower() in IMAGE_SUFFIXES:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         return ([0], [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], "ok") if image is not None else ([], [], "unreadable")
-    import av
 
     def decode(layout: list[tuple[int | None, bool]], by_timestamp: bool) -> dict[int, np.ndarray] | None:
         with av.open(str(path)) as container:
@@ -159,8 +160,6 @@ def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[i
 
 def _packets(container: Any) -> Any:
     """The video packets with data, up to the first demuxing error (a truncated file keeps what came before)."""
-    import av
-
     try:
         for packet in container.demux(container.streams.video[0]):
             if packet.size:
@@ -175,8 +174,6 @@ def _decode_sample(container: Any, stream: Any, layout: list[tuple[int | None, b
     ``layout`` (presentation timestamp, keyframe) in decoding order. ``by_timestamp``: frames are found by their
     timestamps, and unneeded packets are skipped; otherwise everything is decoded and frames are counted. Returns
     None when the timestamps of the decoded frames are not increasing (they are not display order)."""
-    import av
-
     if by_timestamp:
         ranked = sorted(pts for pts, _ in layout)
         wanted = {ranked[i]: i for i in sample_indices(len(ranked), count)}  # timestamp → frame index
@@ -264,7 +261,6 @@ class MTCNNDetector:
 
     def __init__(self, device: str | None = None, short_side: int = 360, min_face: float = 0.1,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7)) -> None:
-        import torch
         from facenet_pytorch import MTCNN
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
