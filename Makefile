@@ -22,11 +22,13 @@ test: install
 	$(OFFLINE) $(PY) -m pytest -q
 
 # The main job on a fresh machine: generate the demo data, fit MASM, test the best checkpoint. Nothing is downloaded.
+# Each fit gets its own run folder outputs/demo/demo/version_N/; the test reads the newest one's best checkpoint.
 demo: install
 	$(OFFLINE) $(PY) -m masm_lightning fit --config configs/demo.yaml
-	$(OFFLINE) $(PY) -m masm_lightning test --config configs/demo.yaml --ckpt_path outputs/demo/checkpoints/best.ckpt
-	@echo "checkpoint: outputs/demo/checkpoints/best.ckpt"
-	@echo "logs, metrics.csv, ROC plot: the newest outputs/demo/demo/version_*/ (roc_demo.png)"
+	run=$$(ls -d outputs/demo/demo/version_* | sort -t_ -k2 -n | tail -n 1) && \
+	$(OFFLINE) $(PY) -m masm_lightning test --config configs/demo.yaml --ckpt_path $$run/checkpoints/best.ckpt && \
+	echo "checkpoint: $$run/checkpoints/best.ckpt" && \
+	echo "test results, ROC plot, mask heatmap: the newest outputs/demo/demo/version_*/ (results.md, roc_demo.png)"
 
 benchmark: install
 	$(OFFLINE) $(PY) benchmarks/step_time.py

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from masm_lightning.adapters import MASMConfig, iter_adapters  # noqa: E402
-from masm_lightning.data.extract import ExtractionSettings  # noqa: E402
+from masm_lightning.data.settings import ExtractionSettings  # noqa: E402
 from masm_lightning.export import export_model, load_exported  # noqa: E402
 from masm_lightning.model import MASMDetector  # noqa: E402
 

@@ -1,96 +1,167 @@
-"""Command line: ``python -m masm_lightning {fit,validate,test,predict} --config …`` (LightningCLI)."""
+"""The command line: ``masm <command> …`` (or ``python -m masm_lightning <command> …``).
+
+One jsonargparse parser holds every command: Lightning's ``fit``, ``validate``, ``test`` and ``predict`` (a
+LightningCLI over :class:`~masm_lightning.model.MASMDetector` and the data modules), and the project's own
+``preprocess``, ``detect`` and ``export`` (functions in :mod:`masm_lightning.commands` whose typed signatures are
+their options). Every command takes ``--help``, ``--config FILE`` and ``--print_config``; a user's mistake ends in
+one ``error:`` line and exit status 2.
+"""
 
 from __future__ import annotations
 
+import inspect
 import sys
+import warnings
+from collections.abc import Callable
 from typing import Any
 
-from lightning.pytorch import Callback
+from jsonargparse import ActionConfigFile, ActionYesNo
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
+from .callbacks.predictions import VideoPredictionWriter
+from .callbacks.report import RunReport
+from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
 from .model import MASMDetector
 
 __all__ = ["MASMCLI", "main"]
 
 
+def _commands() -> dict[str, Callable[..., Any]]:
+    """The project's own commands, by name (imported here so that each loads only what it needs)."""
+    from .commands.detect import detect
+    from .commands.export import export
+    from .commands.preprocess import preprocess_command
+
+    return {"preprocess": preprocess_command, "detect": detect, "export": export}
+
+
+def _summary(fn: Callable[..., Any]) -> str:
+    return (inspect.getdoc(fn) or "").split("\n", 1)[0]
+
+
 class MASMCLI(LightningCLI):
-    """LightningCLI whose configuration errors end like parse errors: a message and a non-zero exit.
+    """LightningCLI plus the project's commands and conventions.
 
-    The data module's resize/normalisation is linked from the model's backbone (``model.data_config``), so the
-    two cannot disagree.
-
-    ``predict`` always writes per-video records (:class:`~masm_lightning.callbacks.VideoPredictionWriter`);
-    ``robustness=True`` (``test --robustness``) adds a :class:`~masm_lightning.robustness.RobustnessSweep`.
+    - ``preprocess``, ``detect`` and ``export`` are subcommands of the same parser (``_commands``);
+    - every ``fit`` writes ``best.ckpt``/``last.ckpt`` into its versioned run folder (the model's
+      ``configure_callbacks``); the logger's ``save_dir`` is linked to ``trainer.default_root_dir``;
+    - ``fit``/``validate``/``test`` get a :class:`~masm_lightning.callbacks.RunReport` (results.md, ROC plots, where
+      the files are); ``predict`` a :class:`~masm_lightning.callbacks.VideoPredictionWriter`; ``test
+      --robustness`` a :class:`~masm_lightning.callbacks.RobustnessSweep`;
+    - the data module's resize/normalisation is linked from the model's backbone (``model.data_config``);
+    - a value our classes reject in ``__init__`` ends like a parse error: one message, exit status 2.
     """
 
-    def __init__(self, *args: Any, robustness: bool = False, **kwargs: Any) -> None:
-        self.robustness = robustness  # set first: LightningCLI runs the subcommand inside __init__
-        super().__init__(*args, **kwargs)
+    @override
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        subcommands = parser._subcommands_action  # the action LightningCLI just added; jsonargparse keeps it here
+        for name, fn in _commands().items():
+            command = LightningArgumentParser(description=inspect.getdoc(fn))
+            command.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+            skip = set()
+            if "paths" in inspect.signature(fn).parameters:  # the inputs of `detect`, positional
+                command.add_argument("paths", nargs="+", help="video files, image files or folders")
+                skip.add("paths")
+            command.add_function_arguments(fn, as_positional=False, skip=skip)
+            subcommands.add_subcommand(name, command, help=_summary(fn))
 
-    def _add_callback(self, kind: type[Callback]) -> None:
-        if not any(isinstance(c, kind) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(kind())
-
-    def before_test(self) -> None:
-        if self.robustness:
-            from .robustness import RobustnessSweep
-
-            self._add_callback(RobustnessSweep)
-
-    def before_predict(self) -> None:
-        from .callbacks import VideoPredictionWriter
-
-        self._add_callback(VideoPredictionWriter)
+    @override
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "test":
+            parser.add_argument("--robustness", action=ActionYesNo, default=False,
+                                help="also re-score every test set under the DeeperForensics perturbations")
+        return parser
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.data_config", "data.init_args.input_config", apply_on="instantiate")
+        # The logger's folder follows --trainer.default_root_dir, so run folders are <root>/<name>/version_N.
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+
+    def _own_command(self) -> bool:
+        return self.subcommand not in self.subcommands()
+
+    @override
+    def _set_seed(self) -> None:
+        if not self._own_command():
+            super()._set_seed()
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        if self._own_command() or self.subcommand == "fit":
+            return
+        # Evaluating a checkpoint: the checkpoint callbacks that wrote it are not there (evaluation writes none),
+        # which is intended; Lightning's reminder to add them would be noise on every test/validate/predict.
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create",
+                                category=UserWarning)
 
     @override
     def instantiate_classes(self) -> None:
+        if self._own_command():
+            return
         try:
             super().instantiate_classes()
         except ValueError as error:  # a value our classes reject in __init__/__post_init__
             self.parser.error(str(error))
 
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.subcommand != "fit":  # evaluation writes no checkpoints, and restores no checkpoint callback
+            kwargs.setdefault("enable_checkpointing", False)
+        return super().instantiate_trainer(**kwargs)
 
-def main(args: list[str] | None = None) -> LightningCLI | None:
-    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests drive it in-process).
+    def _add_callback(self, kind: type[Callback]) -> None:
+        if not any(isinstance(c, kind) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(kind())
 
-    ``preprocess`` (face extraction), ``detect`` (score videos and images) and ``export`` (plain timm weights)
-    are plain commands; the rest are LightningCLI subcommands, ``test`` with an extra ``--robustness`` flag.
-    """
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["preprocess"]:
-        from .data.preprocess import main as preprocess
+    def before_fit(self) -> None:
+        self._add_callback(RunReport)
 
-        preprocess(argv[1:])
-        return None
-    if argv[:1] == ["detect"]:
-        from .inference import main as detect
+    def before_validate(self) -> None:
+        self._add_callback(RunReport)
 
-        detect(argv[1:])
-        return None
-    if argv[:1] == ["export"]:
-        from .export import main as export
+    def before_test(self) -> None:
+        self._add_callback(RunReport)
+        if self.config["test"].get("robustness"):
+            from .callbacks.robustness import RobustnessSweep
 
-        export(argv[1:])
-        return None
-    robustness = argv[:1] == ["test"] and "--robustness" in argv
-    if robustness:  # a flag of ours, not LightningCLI's: take it out of what LightningCLI parses
-        argv = [a for a in argv if a != "--robustness"]
-        if args is None:
-            sys.argv[1:] = argv
-        else:
-            args = argv
+            self._add_callback(RobustnessSweep)
+
+    def before_predict(self) -> None:
+        self._add_callback(VideoPredictionWriter)
+
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        if not self._own_command():
+            super()._run_subcommand(subcommand)
+            return
+        options = self.config[subcommand].clone()
+        options.pop("config", None)
+        fn = _commands()[subcommand]
+        try:
+            fn(**options.as_dict())
+        except NoResult as result:
+            print(f"{subcommand}: {result}", file=sys.stderr)
+            sys.exit(1)
+        except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # a user's mistake: one line
+            print(f"{subcommand}: error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+
+def main(args: list[str] | None = None) -> MASMCLI:
+    """Run the command line; ``args`` replaces ``sys.argv[1:]`` (tests drive it in-process)."""
     return MASMCLI(
         MASMDetector,
         FaceForgeryDataModule,
-        robustness=robustness,
         subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule
         args=args,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable
+        parser_kwargs={"prog": "masm", "description": "MASM deepfake detection: train, test, extract faces, "
+                                                      "score videos, export models."},
     )

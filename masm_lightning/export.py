@@ -10,11 +10,8 @@ Loading needs timm and safetensors only (README: "Using an exported model").
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,62 +20,15 @@ import torch
 from torch import nn
 
 from .adapters import merge_adapters
-from .data.extract import ExtractionSettings, _write_atomic
+from .checkpoint import CheckpointError, face_crop_settings, load_checkpoint
+from .data.settings import ExtractionSettings
+from .io import atomic_path, write_atomic
 
-__all__ = ["CheckpointError", "export", "export_model", "extraction_settings", "face_crop_settings", "load_checkpoint",
-           "load_exported"]
+__all__ = ["export", "export_model", "load_exported"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "masm_lightning.export/1"
-
-
-class CheckpointError(ValueError):
-    """A path that is neither a masm_lightning checkpoint nor an exported folder."""
-
-
-def face_crop_settings(checkpoint: dict[str, Any], source: str | Path) -> ExtractionSettings:
-    """The extraction settings the training crops were made with (``checkpoint["masm"]["face_crop"]``); the
-    defaults, with a warning, for checkpoints that predate them."""
-    saved = checkpoint.get("masm", {}).get("face_crop")
-    if saved is None:
-        warnings.warn(f"{source}: the checkpoint does not record its face-crop settings; using the extraction "
-                      f"defaults {dataclasses.asdict(ExtractionSettings())}", stacklevel=2)
-        return ExtractionSettings()
-    return extraction_settings(saved)
-
-
-def extraction_settings(saved: dict[str, Any]) -> ExtractionSettings:
-    """:class:`ExtractionSettings` from a saved dict, ignoring fields this version does not know."""
-    known = {f.name for f in dataclasses.fields(ExtractionSettings)}
-    return ExtractionSettings(**{k: v for k, v in saved.items() if k in known})
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A :class:`~masm_lightning.model.MASMDetector` in eval mode and the raw checkpoint dict.
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, or not a masm_lightning checkpoint (the message names
-            the path and why).
-    """
-    from .model import MASMDetector
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a file (expected a .ckpt from `fit`, or an "
-                              f"`export` folder holding {CONFIG_NAME})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors alike: the file is not a checkpoint
-        raise CheckpointError(f"{str(path)!r} is not a readable PyTorch checkpoint: {error}") from error
-    if not isinstance(checkpoint, dict) or "masm" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"{str(path)!r} is not a masm_lightning checkpoint (no 'masm' and "
-                              "'hyper_parameters' entries); pass a checkpoint written by `fit`")
-    try:
-        model = MASMDetector.load_from_checkpoint(path, map_location=device)
-    except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{str(path)!r} does not load into MASMDetector: {error}") from error
-    return model.eval(), checkpoint
 
 
 def export_model(model: nn.Module, out: str | Path, face_crop: ExtractionSettings, source: str = "") -> Path:
@@ -106,7 +56,8 @@ def export_model(model: nn.Module, out: str | Path, face_crop: ExtractionSetting
         odd = sorted(state.keys() ^ expected.keys())[:5]
         raise ValueError(f"merged weights do not match timm's {model.backbone_name!r} layout (keys {odd}); "
                          "the exported file would not load with strict=True")
-    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     config = {
         "format": FORMAT,
         "architecture": model.backbone_name,
@@ -121,7 +72,7 @@ def export_model(model: nn.Module, out: str | Path, face_crop: ExtractionSetting
         "adapters": model.hparams.adapters,
         "weights": WEIGHTS_NAME,
     }
-    _write_atomic(out / CONFIG_NAME, json.dumps(config, indent=2))
+    write_atomic(out / CONFIG_NAME, json.dumps(config, indent=2))
     return out
 
 
@@ -151,17 +102,3 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> tup
     except (json.JSONDecodeError, KeyError, RuntimeError, OSError) as error:
         raise CheckpointError(f"export folder {str(folder)!r} does not load: {error}") from error
     return model.eval().to(device), config
-
-
-def main(args: list[str] | None = None) -> None:
-    """``python -m masm_lightning export --ckpt CKPT --out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m masm_lightning export", description=export.__doc__)
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `fit`")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    options = parser.parse_args(sys.argv[2:] if args is None else args)
-    try:
-        out = export(options.ckpt, options.out)
-    except CheckpointError as error:
-        print(f"export: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(f"exported {options.ckpt} → {out / WEIGHTS_NAME} and {out / CONFIG_NAME}")

@@ -17,11 +17,8 @@ and crop (``box``/``aligned``, size, margin, stored format), read from the check
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +31,15 @@ from torch import nn
 from tqdm import tqdm
 
 from .adapters import merge_adapters
-from .data.extract import ExtractionSettings, MTCNNDetector, _write_atomic, crop_face, read_frames, select_faces
+from .checkpoint import extraction_settings, face_crop_settings, load_checkpoint
+from .data.crops import crop_face
+from .data.faces import MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
-from .export import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint, load_exported
+from .data.video import read_frames
+from .export import load_exported
+from .io import write_atomic
 
 __all__ = ["Classifier", "ConfidentRule", "aggregate", "detect", "load_classifier"]
 
@@ -232,7 +234,7 @@ class _Output:
             self._csv.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in record.items()})
             self._file.flush()
         elif self.path is not None:
-            _write_atomic(self.path, json.dumps(self.records, indent=1))
+            write_atomic(self.path, json.dumps(self.records, indent=1))
 
     def close(self) -> None:
         if self._csv is not None:
@@ -296,61 +298,3 @@ def detect(
     finally:
         output.close()
     return output.records
-
-
-def _table(records: Sequence[dict[str, Any]]) -> str:
-    rows = [("status", "kind", "score", "decision", "frames", "path")]
-    rows += [(r["status"], r["kind"], "" if r["score"] == "" else f"{r['score']:.4f}", r["decision"],
-              str(r["frames"]), r["path"]) for r in records]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5] for row in rows)
-
-
-def main(args: list[str] | None = None) -> None:
-    """``python -m masm_lightning detect PATH... --ckpt CKPT|EXPORT_DIR [options]``.
-
-    Exit status: 0 when at least one input was scored; 1 when none could be; 2 for a bad checkpoint or option.
-    """
-    parser = argparse.ArgumentParser(prog="python -m masm_lightning detect",
-                                     description="Score videos, images and folders: is it fake?")
-    parser.add_argument("paths", nargs="+", help="video files, image files or folders (searched recursively)")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit`, or a folder written by `export`")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="frames per video, spread uniformly (default: the checkpoint's extraction setting)")
-    parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
-    parser.add_argument("--out", default=None, help="results file, .json or .csv, written as inputs finish")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
-    parser.add_argument("--per-frame", action="store_true", help="also write each frame's score")
-    parser.add_argument("--no-face-crop", action="store_true", help="score whole frames/images, no face detection")
-    parser.add_argument("--aggregate", choices=["mean", "confident"], default="mean",
-                        help="video score: mean of frames, or the DFDC winner's confident-frames rule")
-    rule = ConfidentRule()
-    parser.add_argument("--confident-fake", type=float, default=rule.fake_threshold,
-                        help="confident rule: a frame is confidently fake above this probability")
-    parser.add_argument("--confident-real", type=float, default=rule.real_threshold,
-                        help="confident rule: a frame is confidently real below this probability")
-    parser.add_argument("--fake-share", type=float, default=rule.fake_share,
-                        help="confident rule: share of confidently fake frames needed to average only those")
-    parser.add_argument("--real-share", type=float, default=rule.real_share,
-                        help="confident rule: share of confidently real frames needed to average only those")
-    options = parser.parse_args(sys.argv[2:] if args is None else args)
-    try:
-        confident = ConfidentRule(options.confident_fake, options.confident_real, options.fake_share,
-                                  options.real_share)
-        records = detect(options.paths, options.ckpt, frames=options.frames, threshold=options.threshold,
-                         out=options.out, device=options.device, batch_size=options.batch_size,
-                         per_frame=options.per_frame, face_crop=not options.no_face_crop,
-                         aggregation=options.aggregate, confident=confident)
-    except (CheckpointError, ValueError) as error:
-        print(f"detect: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(_table(records))
-    statuses = Counter(r["status"] for r in records)
-    decisions = Counter(r["decision"] for r in records if r["status"] == "ok")
-    print(f"\n{len(records)} inputs: {statuses['ok']} scored ({decisions['fake']} fake, {decisions['real']} real)"
-          + "".join(f", {n} {s}" for s, n in sorted(statuses.items()) if s != "ok")
-          + (f"; results in {options.out}" if options.out else ""))
-    if not statuses["ok"]:
-        print("detect: error: no input could be scored", file=sys.stderr)
-        sys.exit(1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,17 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
 
 from .adapters import MASMConfig, inject_adapters, orthogonality_loss, spectral_consistency_loss
-from .metrics import DetectionMetrics
+from .evaluation.loaders import named_loaders
+from .evaluation.metrics import DetectionMetrics
 
-__all__ = ["MASMDetector", "weights_fingerprint"]
+__all__ = ["MASMDetector", "run_checkpoints", "weights_fingerprint"]
 
 CHECKPOINT_KEY = "masm"
 _KEY_PREFIXES = ("module.", "model.")
@@ -48,6 +48,16 @@ def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
     return digest.hexdigest()[:16]
 
 
+def run_checkpoints(monitor: str, mode: str) -> list[ModelCheckpoint]:
+    """The checkpoint policy of every ``fit``: ``best.ckpt`` (the best ``monitor`` value on the validation split)
+    and ``last.ckpt`` (the state after the last completed epoch, for resuming), both in the run's versioned folder
+    (``<default_root_dir>/<logger name>/version_N/checkpoints``), so a second run never overwrites the first."""
+    best = ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1, auto_insert_metric_name=False,
+                           enable_version_counter=False)
+    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return [best, last]
+
+
 class MASMDetector(LightningModule):
     """Real/fake face classifier: timm backbone (CLS pre-logits) + MASM adapters + linear head.
 
@@ -55,7 +65,8 @@ class MASMDetector(LightningModule):
         backbone: timm model name, e.g. ``vit_large_patch14_clip_quickgelu_224.openai`` (quickgelu matches
             OpenAI's weights; the plain ``_clip_`` name uses the wrong activation).
         backbone_kwargs: passed to ``timm.create_model`` (``depth``, ``img_size``, …).
-        pretrained: load timm's pretrained weights (needs the hub or its cache).
+        pretrained: load timm's pretrained weights (needs the hub or its cache); ``false`` says a random-init
+            backbone is intended (tests, the demo); unset with no ``checkpoint_path`` warns that it is random.
         checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format.
         adapters: MASM configuration; ``None`` trains no adapters (full fine-tuning or linear probe).
         freeze_backbone: without adapters, train the head only (linear probe) or, if false, everything.
@@ -65,13 +76,19 @@ class MASMDetector(LightningModule):
         lr_scheduler: optional, stepped per epoch.
         threshold: fake-probability threshold for accuracy.
         backbone_seed: seed of a random-init backbone (no weights given), so a checkpoint reloads onto the same base.
+
+    Model selection: ``monitor`` (``val/video_auc``, the validation split of the training data, never a test set)
+    is maximised; every ``fit`` saves ``best.ckpt`` and ``last.ckpt`` in its run folder (:func:`run_checkpoints`).
     """
+
+    monitor = "val/video_auc"
+    mode = "max"
 
     def __init__(
         self,
         backbone: str = "vit_large_patch14_clip_quickgelu_224.openai",
         backbone_kwargs: dict[str, Any] | None = None,
-        pretrained: bool = False,
+        pretrained: bool | None = None,
         checkpoint_path: str | None = None,
         adapters: MASMConfig | None = MASMConfig(),  # noqa: B008 - an immutable-by-convention default
         freeze_backbone: bool = True,
@@ -102,6 +119,7 @@ class MASMDetector(LightningModule):
         self.fingerprint: str | None = None
         self.val_metrics = DetectionMetrics(threshold)
         self.test_metrics = nn.ModuleDict()
+        self.test_results: dict[str, dict[str, float]] = {}  # per test set, after `test` (read by the reports)
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -125,10 +143,10 @@ class MASMDetector(LightningModule):
             # model's checkpoint filter, and drops the file's projection head (its num_classes differs from ours).
             return timm.create_model(self.backbone_name, pretrained=True,
                                      pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-        if not self.hparams.pretrained:
-            warnings.warn(f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (pretrained "
-                          "false, no checkpoint_path): fine for tests and demos, useless for real detection",
-                          stacklevel=2)
+        if self.hparams.pretrained is None:
+            rank_zero_warn(f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (neither "
+                           "model.pretrained nor model.checkpoint_path is set): fine for tests and demos, useless "
+                           "for real detection; set model.pretrained: false to say so and silence this")
         if self.hparams.pretrained:
             return timm.create_model(self.backbone_name, pretrained=True, **kwargs)
         # Drawn on the CPU from a forked RNG: the same weights whichever device trains (Lightning may make the
@@ -161,9 +179,12 @@ class MASMDetector(LightningModule):
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self(batch["image"])
-        weights = self._class_weights()
-        terms = {"ce": F.cross_entropy(logits, batch["label"],
-                                       weight=None if weights is None else weights.to(logits))}
+        if "weight" in batch:  # class weights carried by the batch (data.balance: loss): weighted-mean CE
+            weight = batch["weight"].to(logits)
+            ce = (F.cross_entropy(logits, batch["label"], reduction="none") * weight).sum() / weight.sum()
+        else:
+            ce = F.cross_entropy(logits, batch["label"])
+        terms = {"ce": ce}
         loss = terms["ce"]
         if self.adapter_config is not None:
             if self.hparams.lambda_orth:
@@ -181,15 +202,6 @@ class MASMDetector(LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         return loss
 
-    def _from_datamodule(self, name: str) -> Any:
-        """An attribute the data module may offer (``class_weights``, ``face_crop``); None without one."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return getattr(datamodule, name, None)
-
-    def _class_weights(self) -> Tensor | None:
-        """Cross-entropy class weights the data module asks for (``data.balance: loss``), else None."""
-        return self._from_datamodule("class_weights")
-
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.val_metrics.update(self.fake_probability(batch["image"]), batch["label"], batch["video"],
@@ -203,12 +215,11 @@ class MASMDetector(LightningModule):
         self.val_metrics.reset()
 
     def _test_names(self) -> list[str]:
-        from .data.datamodule import named_loaders
-
         return [name for name, _ in named_loaders(self.trainer.test_dataloaders, self.trainer.datamodule)]
 
     @override
     def on_test_start(self) -> None:
+        self.test_results = {}
         self.test_metrics = nn.ModuleDict(
             {name: DetectionMetrics(self.hparams.threshold).to(self.device) for name in self._test_names()})
 
@@ -219,43 +230,24 @@ class MASMDetector(LightningModule):
 
     @override
     def on_test_epoch_end(self) -> None:
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every rank: a collective under DDP
-        results = {}
         for name, metric in self.test_metrics.items():
             if not metric.update_count:
                 continue
-            values = metric.compute()
+            values = metric.compute()  # synchronised; the scores stay in metric.curves for the ROC plots
             self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False,
                           sync_dist=True)
-            self._save_roc(name, metric, folder)
-            results[name] = {k: float(v) for k, v in values.items()}
-        if results:
-            self._save_results(results, folder)
-
-    @rank_zero_only
-    def _save_results(self, results: dict[str, dict[str, float]], folder: Path) -> None:
-        from .report import results_markdown
-
-        path = folder / "results.md"
-        path.write_text(results_markdown(results, self.hparams.threshold, self.trainer.ckpt_path or ""))
-        rank_zero_info(f"test results table: {path}")
-
-    @rank_zero_only
-    def _save_roc(self, name: str, metric: DetectionMetrics, folder: Path) -> None:
-        from .plots import roc_figure  # matplotlib only when a test actually ends
-
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"roc_{name.replace('/', '_')}.png"
-        roc_figure(metric.curves, title=name, path=path)
-        rank_zero_info(f"ROC curves for test set {name!r}: {path}")
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"test/{name}/roc", images=[str(path)])
+            self.test_results[name] = {k: float(v) for k, v in values.items()}
 
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         return {"prob": self.fake_probability(batch["image"]), "label": batch["label"], "video": batch["video"],
                 "index": batch["index"]}
+
+    @override
+    def configure_callbacks(self) -> list[Callback]:
+        # Fitting only: evaluation runs write no checkpoints (and restore none of the checkpoint callbacks' state).
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return run_checkpoints(self.monitor, self.mode) if fitting else []
 
     @override
     def configure_optimizers(self) -> Any:
@@ -315,11 +307,7 @@ class MASMDetector(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
                                       "fingerprint": self.fingerprint, "adapters": self.hparams.adapters,
-                                      "data_config": self.data_config, "face_crop": self._face_crop()}
-
-    def _face_crop(self) -> dict[str, Any] | None:
-        """How the training faces were cropped, so inference crops the same way (None if unknown)."""
-        return self._from_datamodule("face_crop")
+                                      "data_config": self.data_config}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

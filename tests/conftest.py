@@ -17,8 +17,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-TINY_VIT = "vit_base_patch16_clip_quickgelu_224"
-TINY_VIT_KWARGS = dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8, num_classes=0)
+from tests.helpers import TINY_VIT, TINY_VIT_KWARGS, tiny_args  # noqa: E402
 
 
 @pytest.fixture
@@ -39,9 +38,8 @@ def images() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint from a one-epoch fit of configs/tiny.yaml, shared by the inference, export and report tests."""
+    """A checkpoint from a one-epoch fit of the tiny config, shared by the inference, export and report tests."""
     from masm_lightning.cli import main
-    from tests.test_cli import tiny_args
 
     folder = tmp_path_factory.mktemp("tiny_fit")
     cli = main(["fit", *tiny_args(folder, "--trainer.max_epochs", "1")])

@@ -1,4 +1,5 @@
-"""Callbacks the tests plug into real CLI runs (imported by class path from subprocesses)."""
+"""What several test modules share: the test-only tiny config, tiny-model settings, and callbacks the tests plug
+into real CLI runs (imported by class path from subprocesses)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = str(ROOT / "tests" / "conf" / "tiny.yaml")
+TINY_VIT = "vit_base_patch16_clip_quickgelu_224"
+TINY_VIT_KWARGS = dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8, num_classes=0)
+
+
+def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
+    """CLI arguments of the tiny config with every output (runs, demo data) inside ``tmp_path``."""
+    return ["--config", TINY_CONFIG, "--trainer.default_root_dir", str(tmp_path),
+            "--data.init_args.root", str(tmp_path / "demo_data"), *extra]
 
 
 class SaveRankState(Callback):

@@ -1,4 +1,4 @@
-"""The real CLI, driven in-process with configs/tiny.yaml (torchgeo style)."""
+"""The real CLI, driven in-process with the test-only tiny config (torchgeo style)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,7 @@ import wandb
 
 from masm_lightning.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
-
-
-def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
-    """Point every output of the tiny config into ``tmp_path``."""
-    return ["--config", TINY, "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--data.init_args.root", str(tmp_path / "demo_data"), *extra]
+from tests.helpers import ROOT, TINY_CONFIG, tiny_args
 
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
@@ -106,7 +98,7 @@ def test_shipped_configs_parse(tmp_path, capsys, config):
 def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
     logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
               "init_args": {"project": "masm", "save_dir": str(tmp_path), "offline": True}}
-    common = ["--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", json.dumps(logger),
+    common = ["--config", TINY_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", json.dumps(logger),
               "--data.init_args.root", str(tmp_path / "demo_data")]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     ckpt = fit.trainer.checkpoint_callback.best_model_path

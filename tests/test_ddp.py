@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_cli import ROOT, tiny_args
+from tests.helpers import ROOT, tiny_args
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_sco
 
 from masm_lightning.data.datamodule import FrameDataset
 from masm_lightning.data.manifest import FrameRecord
-from masm_lightning.metrics import DetectionMetrics, scores
+from masm_lightning.evaluation.metrics import DetectionMetrics, scores
 
 
 def _sklearn_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from masm_lightning.cli import main
-from tests.test_cli import tiny_args
+from tests.helpers import tiny_args
 
 
 def test_test_writes_results_md_with_the_logged_metrics(tmp_path, tiny_checkpoint):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from masm_lightning.cli import main
-from masm_lightning.robustness import LEVELS, PerturbedTransform, perturb
-from tests.test_cli import tiny_args
+from masm_lightning.evaluation.perturbations import LEVELS, PerturbedTransform, perturb
+from tests.helpers import tiny_args
 
 
 @pytest.fixture

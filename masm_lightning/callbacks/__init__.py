@@ -2,5 +2,7 @@
 
 from .layer_mask import SelectiveLayerMask
 from .predictions import VideoPredictionWriter
+from .report import RunReport
+from .robustness import RobustnessSweep
 
-__all__ = ["SelectiveLayerMask", "VideoPredictionWriter"]
+__all__ = ["RobustnessSweep", "RunReport", "SelectiveLayerMask", "VideoPredictionWriter"]

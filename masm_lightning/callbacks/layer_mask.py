@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from typing_extensions import override
 
 from ..adapters import ArtifactSubspace, iter_adapters
+from .run_folder import log_dir, log_image
 
 __all__ = ["SelectiveLayerMask"]
 
@@ -260,25 +259,17 @@ class SelectiveLayerMask(Callback):
         metrics |= {f"mask/score/{layer}": score for layer, score in zip(self.layers, scores)}
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         trainer = pl_module.trainer
-        folder = self._folder(trainer)  # every rank: trainer.log_dir is a collective under DDP
+        folder = log_dir(trainer)  # every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
             with (folder / "layer_masks.jsonl").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 
-    @staticmethod
-    def _folder(trainer: Trainer) -> Path:
-        """Call on every rank: ``trainer.log_dir`` broadcasts under DDP."""
-        return Path(trainer.log_dir or trainer.default_root_dir)
-
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        folder = self._folder(trainer)
+        folder = log_dir(trainer)  # every rank
         if not trainer.is_global_zero or not self.history:
             return
-        from ..plots import mask_heatmap  # matplotlib only when there is something to draw
+        from ..evaluation.plots import mask_heatmap  # matplotlib only when there is something to draw
 
-        path = mask_heatmap(self.history, folder / "layer_masks.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="mask/layer_masks", images=[str(path)])
+        log_image(trainer, "mask/layer_masks", mask_heatmap(self.history, folder / "layer_masks.png"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
-from ..data.datamodule import named_loaders
-from ..metrics import DetectionMetrics
+from ..evaluation.loaders import named_loaders
+from ..evaluation.metrics import DetectionMetrics
+from ..io import write_csv
+from .run_folder import log_dir
 
 __all__ = ["VideoPredictionWriter"]
 
@@ -47,7 +48,7 @@ class VideoPredictionWriter(Callback):
 
     @override
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        folder = Path(trainer.log_dir or trainer.default_root_dir)  # every rank: a collective under DDP
+        folder = log_dir(trainer)  # every rank: a collective under DDP
         threshold = pl_module.hparams.threshold
         records = []
         for (name, loader), metric in zip(named_loaders(trainer.predict_dataloaders, trainer.datamodule),
@@ -64,9 +65,5 @@ class VideoPredictionWriter(Callback):
 
     @rank_zero_only
     def _write(self, records: list[dict[str, Any]], path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(records)
+        write_csv(path, records, FIELDS)
         rank_zero_info(f"per-video predictions ({len(records)} videos): {path}")

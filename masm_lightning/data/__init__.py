@@ -1,12 +1,17 @@
-"""Data side: manifests, frame datasets, the data modules and the generated demo dataset."""
+"""Data side: manifests, frame datasets, the data modules and the generated demo dataset.
 
-from .datamodule import DemoDataModule, FaceForgeryDataModule, FrameDataset
-from .manifest import FrameRecord, read_manifest, write_manifest
-from .synthetic import generate_demo_dataset
-from .transforms import self_blend
+Names load on first use, so that importing a light module of this package (``data.settings``, ``data.manifest``)
+does not load the data modules and their image stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "DemoDataModule",
+    "ExtractionSettings",
     "FaceForgeryDataModule",
     "FrameDataset",
     "FrameRecord",
@@ -15,3 +20,21 @@ __all__ = [
     "self_blend",
     "write_manifest",
 ]
+
+_HOMES = {
+    "DemoDataModule": "datamodule",
+    "FaceForgeryDataModule": "datamodule",
+    "FrameDataset": "datamodule",
+    "ExtractionSettings": "settings",
+    "FrameRecord": "manifest",
+    "read_manifest": "manifest",
+    "write_manifest": "manifest",
+    "generate_demo_dataset": "synthetic",
+    "self_blend": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'masm_lightning.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

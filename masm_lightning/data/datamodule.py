@@ -19,14 +19,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
-from .extract import ExtractionSettings
 from .manifest import FrameRecord
+from .settings import ExtractionSettings
 from .sources import DataSource, load_source, prepare_source
 from .synthetic import generate_demo_dataset
 from .transforms import Preset, crop_face_mask, eval_transform, self_blend, train_transform
 
-__all__ = ["DemoDataModule", "FaceForgeryDataModule", "FrameDataset", "VideoFrameSampler", "named_loaders",
-           "spread_frames"]
+__all__ = ["DemoDataModule", "FaceForgeryDataModule", "FrameDataset", "VideoFrameSampler", "spread_frames"]
 
 FrameDraw = Literal["uniform", "random"]
 Balance = Literal["none", "sampler", "loss"]
@@ -53,30 +52,24 @@ def spread_frames(records: Sequence[FrameRecord], per_video: int | None) -> list
     return kept
 
 
-def named_loaders(loaders: Any, datamodule: Any) -> list[tuple[str, DataLoader]]:
-    """An evaluation stage's loaders with their test-set names: the data module's ``test_names`` when they match
-    the loaders one to one, else ``set0``, ``set1``, …"""
-    loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-    names = list(getattr(datamodule, "test_names", None) or [])
-    if len(names) != len(loaders):
-        names = [f"set{i}" for i in range(len(loaders))]
-    return list(zip(names, loaders))
-
-
 class FrameDataset(Dataset):
     """Face crops with their label, video key index and sample index.
 
     Each item is ``{"image", "label", "video", "index"}``; ``video`` indexes ``self.videos``, the sorted unique
     (dataset, label, video id) keys, which is what the video-level metrics group by. Items flagged in
-    ``self_blended`` are real crops turned into pseudo-fakes (label 1, video id ``sbi/<id>``) on the fly.
+    ``self_blended`` are real crops turned into pseudo-fakes (label 1, video id ``sbi/<id>``) on the fly. With
+    ``class_weights`` (real, fake), items also carry their class's loss ``weight``: the model's weighted mean of
+    the per-item losses is then cross-entropy with those class weights.
     """
 
     def __init__(self, records: Sequence[FrameRecord], transform: Callable[..., dict[str, Any]],
-                 self_blended: Sequence[bool] | None = None) -> None:
+                 self_blended: Sequence[bool] | None = None,
+                 class_weights: Sequence[float] | None = None) -> None:
         self.blended = list(self_blended) if self_blended is not None else [False] * len(records)
         self.records = [r._replace(label=1, method="self_blend", video_id=f"sbi/{r.video_id}") if b else r
                         for r, b in zip(records, self.blended)]
         self.transform = transform
+        self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
         self.videos = sorted({r.video_key for r in self.records})
         index = {key: i for i, key in enumerate(self.videos)}
         self.video_index = [index[r.video_key] for r in self.records]
@@ -94,8 +87,11 @@ class FrameDataset(Dataset):
             # Seeded from torch's per-worker generator: reproducible under seed_everything(workers=True).
             rng = np.random.default_rng(int(torch.randint(2**62, ())))
             image = self_blend(image, crop_face_mask(*image.shape[:2]), rng)
-        return {"image": self.transform(image=image)["image"], "label": record.label,
+        item = {"image": self.transform(image=image)["image"], "label": record.label,
                 "video": self.video_index[i], "index": i}
+        if self.class_weights is not None:
+            item["weight"] = self.class_weights[record.label]
+        return item
 
     def video_groups(self) -> list[list[int]]:
         """Item indices of each video, in frame order (the order of ``self.videos``)."""
@@ -194,7 +190,7 @@ class FaceForgeryDataModule(LightningDataModule):
         frame_draw: training frames the same each epoch (``uniform``, the reference recipe) or re-drawn at random
             each epoch (``random``); see :class:`VideoFrameSampler`.
         balance: ``none`` (the reference recipe: FF++ trains 1 real : 4 fakes), ``sampler`` (classes drawn
-            equally often) or ``loss`` (cross-entropy class weights ``n / (2 n_c)``, read by the model).
+            equally often) or ``loss`` (cross-entropy class weights ``n / (2 n_c)``, carried by the batches).
         self_blend: self-blended pseudo-fakes made from real training frames (SBI): ``off``; ``add`` (every real
             frame also yields a pseudo-fake); ``only`` (train on real videos and their pseudo-fakes alone).
         augmentation: training preset (``effort``, ``light``, ``none``); evaluation is deterministic.
@@ -202,6 +198,9 @@ class FaceForgeryDataModule(LightningDataModule):
         batch_size: per-process batch size.
         num_workers: data-loading worker processes (persistent; memory pinned when a GPU is used).
         seed: seed of frame draws and splits; default the ``seed_everything`` seed.
+
+    Its ``state_dict`` (saved in every checkpoint) records how the training faces were cropped (``face_crop``),
+    so ``detect`` and ``export`` crop new faces the same way.
     """
 
     def __init__(
@@ -240,7 +239,6 @@ class FaceForgeryDataModule(LightningDataModule):
         self.save_hyperparameters(ignore=["train", "test", "extraction"])
         self.test_names: list[str] = []
         self.datasets: dict[str, FrameDataset] = {}
-        self.class_weights: torch.Tensor | None = None
 
     def _check_names(self) -> None:
         """Two sources may share a name (and cache folder) only if they are the same selection of videos."""
@@ -281,6 +279,14 @@ class FaceForgeryDataModule(LightningDataModule):
             except (OSError, KeyError, TypeError, ValueError):
                 return None
         return None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"face_crop": self.face_crop}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # the face-crop record describes this module's settings: nothing to restore
 
     @override
     def prepare_data(self) -> None:
@@ -359,11 +365,10 @@ class FaceForgeryDataModule(LightningDataModule):
         transform = train_transform(config["image_size"], config["mean"], config["std"],
                                     self.hparams.augmentation, config["interpolation"])
         dataset = FrameDataset(records + reals, transform, [False] * len(records) + [True] * len(reals))
-        self.class_weights = None
         if self.hparams.balance == "loss":
             counts = Counter(dataset.records[i].label for i in self._sampler(dataset).epoch_indices())
             total = sum(counts.values())
-            self.class_weights = torch.tensor([total / (2 * max(counts[c], 1)) for c in (0, 1)])
+            dataset.class_weights = tuple(total / (2 * max(counts[c], 1)) for c in (0, 1))
         videos = Counter(label for _, label, _ in dataset.videos)
         rank_zero_info(f"training on {videos[0]} real and {videos[1]} fake videos "
                        f"({len(dataset)} frames; {self.hparams.train_frames} per video and epoch, "
@@ -413,8 +418,9 @@ class DemoDataModule(FaceForgeryDataModule):
         videos: videos per split, half real and half fake.
         frames_per_video: frames generated per video.
         size: generated frame side in pixels.
-        seed: generation seed.
-        **kwargs: the :class:`FaceForgeryDataModule` options (batch size, workers, augmentation, …).
+        generation_seed: seed of the generated images, fixed so every run (and every ``seed_everything`` seed)
+            sees the same dataset; the frame draws follow ``seed`` / ``seed_everything`` as for any data module.
+        **kwargs: the :class:`FaceForgeryDataModule` options (batch size, workers, augmentation, seed, …).
     """
 
     def __init__(
@@ -423,13 +429,20 @@ class DemoDataModule(FaceForgeryDataModule):
         videos: dict[str, int] | None = None,
         frames_per_video: int = 6,
         size: int = 64,
-        seed: int = 0,
+        generation_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         manifest = DataSource("manifest", manifest=str(Path(root) / "manifest.csv"), name="demo")
         super().__init__(train=manifest, test=[manifest], **kwargs)
         self.generation = {"root": root, "videos": videos, "frames_per_video": frames_per_video, "size": size,
-                           "seed": seed}
+                           "seed": generation_seed}
+
+    @property
+    @override
+    def face_crop(self) -> dict[str, Any] | None:
+        """The generated frames are square face crops of side ``size`` with the face filling them about as a box
+        crop at scale 1.3 does: new faces are cropped that way."""
+        return asdict(ExtractionSettings(frames=self.generation["frames_per_video"], size=self.generation["size"]))
 
     @override
     def prepare_data(self) -> None:

@@ -14,342 +14,34 @@ rename): a run killed at any point and rerun redoes only unfinished videos, and 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import av
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from .indexers import IMAGE_SUFFIXES, VideoRecord
+from ..io import Stamp, write_atomic
+from .crops import crop_face
+from .faces import Detector, MTCNNDetector, select_faces
+from .indexers import DatasetName, VideoRecord, index_dataset
 from .manifest import MANIFEST_NAME, write_manifest
-from .mtcnn import detect_faces, pyramid_levels, use_strided_pooling
+from .settings import EXTRACTOR_VERSION, ExtractionSettings
+from .video import read_frames
 
-__all__ = [
-    "EXTRACTOR_VERSION",
-    "Detection",
-    "ExtractionSettings",
-    "MTCNNDetector",
-    "build_manifest",
-    "crop_aligned",
-    "crop_box",
-    "crop_face",
-    "extract_video",
-    "original_boxes",
-    "read_frames",
-    "sample_indices",
-    "select_faces",
-]
-
-Detection = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (k, 4) xyxy, probs (k,), landmarks (k, 5, 2)
-Detector = Callable[[list[np.ndarray]], list[Detection]]
-
-# Standard 5-point face template (eyes, nose tip, mouth corners) on a 112×112 canvas (ArcFace/InsightFace), the
-# reference DeepfakeBench aligns to; scaled to the crop size and shrunk by the margin scale below.
-FACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
-
-
-# Bumped when the code crops differently for the same settings (2: exact frame counts from PyAV; MTCNN on the
-# standard pyramid's levels with its last stage at full resolution).
-EXTRACTOR_VERSION = 2
-
-
-@dataclass(frozen=True)
-class ExtractionSettings:
-    """Everything that changes the crops; its hash identifies an extraction."""
-
-    frames: int = 32  # frames per video, spread uniformly over the whole video
-    crop: Literal["box", "aligned"] = "box"
-    faces: Literal["largest", "all"] = "largest"  # one tracked face per frame, or every confident face
-    size: int = 256  # crop side in pixels
-    scale: float = 1.3  # margin: crop side = scale × face size
-    # Frames are downscaled to this shorter side for detection (never upscaled); MTCNN's last stage, which sets the
-    # final boxes and landmarks, still crops from the full frame.
-    detect_short_side: int = 360
-    min_face: float = 0.1  # smallest face searched, as a share of the short side (bounds MTCNN's image pyramid)
-    min_prob: float = 0.9  # faces below this confidence are not cropped
-    # MTCNN's three stage thresholds (facenet-pytorch: 0.6, 0.7, 0.7). Raised, fewer candidates reach the later
-    # stages: ~10% faster extraction here, same faces found; boxes move on a few frames (the last stage's NMS sees
-    # fewer boxes). facenet's values + a detect_short_side of at least the frame give the reference loop's boxes
-    # (docs/benchmarks.md).
-    stage_thresholds: tuple[float, float, float] = (0.7, 0.8, 0.9)
-    image_format: Literal["png", "jpg"] = "png"
-    jpeg_quality: int = 95
-
-    def __post_init__(self) -> None:
-        checks = {"frames": self.frames >= 1, "size": self.size >= 16, "scale": self.scale >= 1.0,
-                  "detect_short_side": self.detect_short_side >= 48, "min_face": 0.0 < self.min_face <= 1.0,
-                  "min_prob": 0.0 <= self.min_prob < 1.0, "jpeg_quality": 1 <= self.jpeg_quality <= 100,
-                  "stage_thresholds": len(self.stage_thresholds) == 3
-                  and all(0.0 <= t < 1.0 for t in self.stage_thresholds)}
-        valid = {"frames": ">= 1", "size": ">= 16 px", "scale": ">= 1.0", "detect_short_side": ">= 48 px",
-                 "min_face": "in (0, 1], a share of the short side", "min_prob": "in [0, 1)",
-                 "jpeg_quality": "in [1, 100]", "stage_thresholds": "three values in [0, 1)"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"extraction {name}={getattr(self, name)!r} is invalid: must be {valid[name]}")
-
-    def digest(self) -> str:
-        """Hash of the settings and of the extractor's version: crops made by older code are redone, not mixed."""
-        identity = {**asdict(self), "extractor_version": EXTRACTOR_VERSION}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def sample_indices(total: int, count: int) -> list[int]:
-    """``count`` frame indices spread uniformly over ``total`` frames (centres of equal segments), never the
-    first K; all frames when the video is shorter."""
-    if total <= 0:
-        return []
-    if total <= count:
-        return list(range(total))
-    return [int((i + 0.5) * total / count) for i in range(count)]
-
-
-def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[int], list[np.ndarray], str]:
-    """Read ``count`` frames spread over the video as upright RGB arrays; returns (indices, frames, status).
-
-    An image file is one frame. Videos are read with PyAV: one pass over the packets (no decoding) gives the
-    exact frame count (OpenCV's is an estimate from the header) and the group-of-pictures layout; the decoding
-    pass then skips groups without a sampled frame and never decodes a non-reference frame that is not sampled —
-    no other frame depends on it, so the sampled frames are bit-identical to decoding everything (tested on open
-    and closed groups of pictures). Containers whose timestamps are not in display order (AVI) are decoded whole.
-    Status: ok, unreadable, empty. ``decode_threads``: FFmpeg's decoding threads (0: one per core); 1 when
-    several videos are decoded at once, which on a CPU scales better than threads inside one decoder.
-    """
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        return ([0], [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], "ok") if image is not None else ([], [], "unreadable")
-
-    def decode(layout: list[tuple[int | None, bool]], by_timestamp: bool) -> dict[int, np.ndarray] | None:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            if stream.codec_context is None:  # no decoder for this codec
-                raise OSError(f"{path}: no decoder for its video stream")
-            stream.thread_type = "SLICE" if decode_threads == 1 else "AUTO"
-            stream.codec_context.thread_count = decode_threads
-            return _decode_sample(container, stream, layout, count, by_timestamp)
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return [], [], "unreadable"
-            layout = [(p.pts, p.is_keyframe) for p in _packets(container)]
-            display_order = "avi" not in container.format.name  # AVI stores decoding-order timestamps
-        if not layout:
-            return [], [], "empty"
-        timestamps = [pts for pts, _ in layout]
-        by_timestamp = display_order and None not in timestamps and len(set(timestamps)) == len(timestamps)
-        got = decode(layout, by_timestamp)
-        if got is None:  # timestamps turned out not to be in display order: decode everything, count frames
-            got = decode(layout, False)
-    except (av.FFmpegError, OSError):
-        return [], [], "unreadable"
-    if not got:
-        return [], [], "empty"
-    indices = sorted(got)
-    return indices, [got[i] for i in indices], "ok"
-
-
-def _packets(container: Any) -> Any:
-    """The video packets with data, up to the first demuxing error (a truncated file keeps what came before)."""
-    try:
-        for packet in container.demux(container.streams.video[0]):
-            if packet.size:
-                yield packet
-    except av.FFmpegError:
-        return
-
-
-def _decode_sample(container: Any, stream: Any, layout: list[tuple[int | None, bool]], count: int,
-                   by_timestamp: bool) -> dict[int, np.ndarray] | None:
-    """Decode the frames :func:`sample_indices` picks (index = rank in display order) from packets laid out as
-    ``layout`` (presentation timestamp, keyframe) in decoding order. ``by_timestamp``: frames are found by their
-    timestamps, and unneeded packets are skipped; otherwise everything is decoded and frames are counted. Returns
-    None when the timestamps of the decoded frames are not increasing (they are not display order)."""
-    if by_timestamp:
-        ranked = sorted(pts for pts, _ in layout)
-        wanted = {ranked[i]: i for i in sample_indices(len(ranked), count)}  # timestamp → frame index
-        skip = _groups_to_skip(layout, set(wanted))
-    else:
-        wanted = {i: i for i in sample_indices(len(layout), count)}  # output position → frame index
-        skip = set()
-    context = stream.codec_context
-    got: dict[int, np.ndarray] = {}
-    shown, last_pts = 0, None
-
-    def keep(frames: Any) -> bool:
-        nonlocal shown, last_pts
-        for frame in frames:
-            if by_timestamp:
-                if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
-                    return False
-                key, last_pts = frame.pts, frame.pts
-            else:
-                key, shown = shown, shown + 1
-            if key in wanted:
-                image = frame.to_ndarray(format="rgb24")
-                turns = round((frame.rotation or 0) / 90) % 4  # phone videos: upright, as players show them
-                got[wanted[key]] = np.ascontiguousarray(np.rot90(image, turns))
-        return True
-
-    skipping = False
-    for position, packet in enumerate(_packets(container)):
-        if position in skip:
-            skipping = True
-            continue
-        if skipping:  # resuming at a keyframe after skipped groups: drain and reset the decoder first, or an
-            skipping = False  # open group's keyframe meets stale reference state and yields nothing
-            try:
-                if not keep(context.decode(None)):
-                    return None
-            except av.FFmpegError:
-                pass
-            context.flush_buffers()
-        if by_timestamp:
-            context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-        try:
-            if not keep(packet.decode()):
-                return None
-        except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may still decode
-            continue
-        if len(got) == len(wanted):
-            return got
-    try:
-        if not keep(context.decode(None)):  # frames still inside the decoder
-            return None
-    except av.FFmpegError:
-        pass
-    return got
-
-
-def _groups_to_skip(layout: list[tuple[int, bool]], wanted: set[int]) -> set[int]:
-    """Packet positions of the groups of pictures (keyframe to keyframe, decoding order) that hold no sampled
-    frame and that no sampled frame may depend on (the leading frames of the next group, shown before its
-    keyframe, can refer to this group)."""
-    starts = [i for i, (_, key) in enumerate(layout) if key] or [0]
-    if starts[0] != 0:
-        starts.insert(0, 0)
-    groups = [range(a, b) for a, b in zip(starts, starts[1:] + [len(layout)])]
-    skip: set[int] = set()
-    for g, group in enumerate(groups):
-        if any(layout[i][0] in wanted for i in group):
-            continue
-        if g + 1 < len(groups):
-            following = groups[g + 1]
-            key_pts = layout[following[0]][0]
-            if any(layout[i][0] in wanted and layout[i][0] < key_pts for i in following):
-                continue
-        skip.update(group)
-    return skip
-
-
-class MTCNNDetector:
-    """facenet-pytorch MTCNN (weights ship in the wheel), batched per video, on frames downscaled so the shorter
-    side is at most ``short_side``; boxes and landmarks are mapped back to full resolution.
-
-    Deepfake datasets film one or two large faces: searching only faces of at least ``min_face`` × the short side
-    cuts MTCNN's image pyramid (its cost) several-fold versus its default 20 px minimum.
-    """
-
-    def __init__(self, device: str | None = None, short_side: int = 360, min_face: float = 0.1,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.7)) -> None:
-        from facenet_pytorch import MTCNN
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.short_side, self.min_face, self.thresholds = short_side, min_face, tuple(thresholds)
-        mtcnn = MTCNN(device=self.device)  # only for its three networks and their weights
-        # Channels-last convolutions: ~20% less detection time on a CPU for these few-channel networks, same boxes.
-        self.networks = tuple(use_strided_pooling(net).to(memory_format=torch.channels_last)
-                              for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet))
-
-    @classmethod
-    def from_settings(cls, settings: ExtractionSettings, device: str | None = None) -> MTCNNDetector:
-        """The detector an extraction with ``settings`` uses (preprocess and ``detect`` alike)."""
-        return cls(device, settings.detect_short_side, settings.min_face, settings.stage_thresholds)
-
-    def __call__(self, frames: list[np.ndarray]) -> list[Detection]:
-        h, w = frames[0].shape[:2]
-        factor = min(1.0, self.short_side / min(h, w))
-        small = frames if factor == 1.0 else [
-            cv2.resize(f, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA) for f in frames]
-        # The levels of MTCNN's pyramid on the full frame that hold faces >= the smallest face (min_face of the
-        # short side, never below MTCNN's usual 20 px on the frames it sees), taken from the downscaled copy; the
-        # final stage crops from the full frame. Both keep the boxes close to those of the reference loop
-        # (full-resolution MTCNN): docs/benchmarks.md.
-        smallest = max(self.min_face * min(h, w), 20 / factor)
-        levels = [(scale / factor, size) for scale, size in pyramid_levels(h, w, smallest)]
-        return detect_faces(np.stack(small), *self.networks, thresholds=self.thresholds, levels=levels,
-                            full_frames=None if factor == 1.0 else frames)
-
-
-def _track(detections: list[Detection], min_prob: float) -> list[int | None]:
-    """One face per frame that stays the same person: start from the largest confident face of the frame where
-    it is largest, then in every frame take the confident face nearest the previous choice (largest as tie-break)."""
-    confident = [np.flatnonzero(p >= min_prob) for _, p, _ in detections]
-    areas = [(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b, _, _ in detections]
-    candidates = [(areas[f][i], f, i) for f in range(len(detections)) for i in confident[f]]
-    if not candidates:
-        return [None] * len(detections)
-    _, anchor_frame, anchor = max(candidates)
-    centre = lambda f, i: detections[f][0][i].reshape(2, 2).mean(0)  # noqa: E731
-    chosen: list[int | None] = [None] * len(detections)
-    chosen[anchor_frame] = anchor
-    for order in (range(anchor_frame + 1, len(detections)), range(anchor_frame - 1, -1, -1)):
-        previous = centre(anchor_frame, anchor)
-        for f in order:
-            if len(confident[f]):
-                distance = [np.linalg.norm(centre(f, i) - previous) - 1e-3 * areas[f][i] for i in confident[f]]
-                chosen[f] = int(confident[f][int(np.argmin(distance))])
-                previous = centre(f, chosen[f])
-    return chosen
-
-
-def crop_box(frame: np.ndarray, box: np.ndarray, size: int, scale: float) -> np.ndarray:
-    """A square of side ``scale × max(w, h)`` centred on the box (edges replicated past the frame), resized."""
-    x0, y0, x1, y1 = box
-    side = scale * max(x1 - x0, y1 - y0)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    # An affine map does crop, pad and resize in one interpolation.
-    factor = size / side
-    matrix = np.array([[factor, 0, size / 2 - factor * cx], [0, factor, size / 2 - factor * cy]], np.float32)
-    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REPLICATE)
-
-
-def crop_aligned(frame: np.ndarray, landmarks: np.ndarray, size: int, scale: float) -> np.ndarray:
-    """Similarity transform of the 5 landmarks onto the standard template, the template shrunk by ``scale`` around
-    the crop centre so the face keeps the same margin as a ``box`` crop."""
-    template = (FACE_TEMPLATE_112 / 112.0 - 0.5) / scale + 0.5
-    matrix, _ = cv2.estimateAffinePartial2D(landmarks.astype(np.float32), template * size, method=cv2.LMEDS)
-    if matrix is None:
-        raise ValueError("landmarks are degenerate: no similarity transform")
-    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-
-
-def select_faces(detections: Sequence[Detection], settings: ExtractionSettings) -> list[list[int]]:
-    """Per frame, the indices of the detections to crop: the tracked face (``faces="largest"``) or every face
-    of at least ``min_prob`` (``faces="all"``)."""
-    if settings.faces == "all":
-        return [[int(i) for i in np.flatnonzero(probs >= settings.min_prob)] for _, probs, _ in detections]
-    return [[] if pick is None else [pick] for pick in _track(list(detections), settings.min_prob)]
-
-
-def crop_face(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
-    """One face crop as ``settings`` asks (``box`` or ``aligned``, side ``size``, margin ``scale``)."""
-    if settings.crop == "aligned":
-        try:
-            return crop_aligned(frame, landmarks, settings.size, settings.scale)
-        except ValueError:  # degenerate landmarks: the square crop still holds the face
-            pass
-    return crop_box(frame, box, settings.size, settings.scale)
+__all__ = ["build_manifest", "done", "extract_dataset", "extract_video", "original_boxes"]
 
 
 def _key(record: VideoRecord) -> str:
@@ -360,13 +52,6 @@ def _key(record: VideoRecord) -> str:
 
 def _record_path(out: Path, record: VideoRecord) -> Path:
     return out / "records" / record.dataset / f"{_key(record)}.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _row(record: VideoRecord, **fields: Any) -> dict[str, Any]:
@@ -393,7 +78,7 @@ def extract_video(record: VideoRecord, out: Path, settings: ExtractionSettings, 
             rows = [_row(record, status=status)]
         else:
             rows = _crop_frames(record, out, settings, detector, indices, frames, reuse_boxes)
-    _write_atomic(_record_path(out, record), json.dumps({"settings": settings.digest(), "rows": rows}))
+    write_atomic(_record_path(out, record), json.dumps({"settings": settings.digest(), "rows": rows}))
     return rows
 
 
@@ -441,8 +126,8 @@ def original_boxes(record: VideoRecord, out: Path,
 
 def done(record: VideoRecord, out: Path, settings: ExtractionSettings) -> bool:
     """Has this video been extracted with these settings already?"""
-    path = _record_path(out, record)
-    return path.is_file() and json.loads(path.read_text()).get("settings") == settings.digest()
+    record_file = Stamp(_record_path(out, record)).read()
+    return record_file is not None and record_file.get("settings") == settings.digest()
 
 
 def build_manifest(out: Path, records: Sequence[VideoRecord] | None = None, name: str = MANIFEST_NAME) -> Path:
@@ -457,3 +142,101 @@ def build_manifest(out: Path, records: Sequence[VideoRecord] | None = None, name
     manifest = out / name
     write_manifest(manifest, rows)
     return manifest
+
+
+def _shard(records: list[VideoRecord], shard: int, num_shards: int) -> list[VideoRecord]:
+    """Deterministic partition: videos sorted by key, every ``num_shards``-th from ``shard``."""
+    ordered = sorted(records, key=lambda r: (r.dataset, r.label, r.video_id))
+    return ordered[shard::num_shards]
+
+
+
+def extract_dataset(
+    dataset: DatasetName,
+    root: Path,
+    out: Path,
+    settings: ExtractionSettings,
+    index_options: dict[str, object] | None = None,
+    workers: int = 2,
+    device: str | None = None,
+    shard: int = 0,
+    num_shards: int = 1,
+    reuse_original_boxes: bool = False,
+) -> Path:
+    """Extract the faces of every video of a dataset (or of one shard of it) into ``out`` and write its manifest.
+
+    ``index_options`` go to the dataset's indexer (:func:`~.indexers.index_dataset`). Videos already extracted
+    with ``settings`` are kept; ``reuse_original_boxes`` crops a fake where its original was cropped (the
+    ``preprocess`` command documents every option).
+    """
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard must be in [0, --num-shards={num_shards}), got {shard}")
+    records = index_dataset(dataset, root, **(index_options or {}))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # What this folder holds, for people reading it; whether a video is done is decided by its own record.
+    write_atomic(out / "settings.json", json.dumps(
+        {"hash": settings.digest(), "extractor_version": EXTRACTOR_VERSION, "dataset": dataset, "root": str(root),
+         "settings": asdict(settings)}, indent=2))
+    mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
+    by_key = {(r.dataset, r.label, r.video_id): r for r in records}
+    todo = [r for r in mine if not done(r, out, settings)]
+    detector = MTCNNDetector.from_settings(settings, device) if any(r.status != "missing" for r in todo) else None
+    statuses: Counter[str] = Counter()
+    workers = max(1, workers)
+    # Each thread extracts whole videos (decode, detect, crop, write) with an equal share of the cores for its
+    # decoder and of torch's threads: on a CPU several narrow pipelines scale far better than one pipeline with
+    # threads inside the decoder and the convolutions (1.56x on 2 cores, docs/benchmarks.md); FFmpeg and torch
+    # release the GIL. Processes (shards) take over where the GIL would limit threads.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    decode_threads = 0 if workers == 1 else max(1, cores // workers)  # 0: FFmpeg's own choice
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, torch_threads // workers))
+    frames_done, start, lock = 0, time.perf_counter(), threading.Lock()
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(todo), unit="video", desc=f"{dataset} shard {shard}/{num_shards}", mininterval=1.0,
+                 disable=None) as bar:  # disable=None: no bar when output is not a terminal
+        def extract(record: VideoRecord) -> None:
+            nonlocal frames_done
+            reuse = original_boxes(record, out, by_key) if reuse_original_boxes and record.label == 1 else None
+            rows = extract_video(record, out, settings, detector, reuse_boxes=reuse, decode_threads=decode_threads)
+            with lock:
+                statuses[rows[0]["status"]] += 1
+                frames_done += sum(1 for r in rows if r["crop_path"])
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(videos_s=f"{(bar.n + 1) / elapsed:.2f}", frames_s=f"{frames_done / elapsed:.1f}")
+                bar.update()
+
+        try:
+            # Fakes reusing their originals' boxes wait until every real video is done.
+            phases = ([[r for r in todo if r.label == 0], [r for r in todo if r.label != 0]] if reuse_original_boxes
+                      else [todo])
+            for phase in phases:
+                futures = [pool.submit(extract, record) for record in phase]
+                try:
+                    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                    for future in finished:
+                        future.result()  # re-raises the first failure (disk full, …)
+                except BaseException:  # that, or Ctrl-C: stop; finished videos stay done for the rerun
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        finally:
+            torch.set_num_threads(torch_threads)
+    # Shards write their own file (no two processes share a temporary name); a 1-shard run writes the whole one.
+    manifest = (build_manifest(out, records) if num_shards == 1
+                else build_manifest(out, mine, name=f"manifest.shard{shard}-of-{num_shards}.csv"))
+    _summary(manifest, statuses, len(mine) - len(todo))
+    return manifest
+
+
+def _summary(manifest: Path, statuses: Counter[str], reused: int) -> None:
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    videos = {(r["dataset"], r["label"], r["video_id"]): r for r in rows}
+    by_status = Counter(r["status"] for r in videos.values())
+    by_split = Counter((r["split"], "fake" if r["label"] == "1" else "real") for r in videos.values()
+                       if r["status"] == "ok")
+    print(f"\nmanifest: {manifest}  ({len(videos)} videos, {sum(1 for r in rows if r['crop_path'])} crops; "
+          f"{reused} videos already done, {sum(statuses.values())} processed now)")
+    print("videos by status: " + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
+    print("usable videos by split/label: " + ", ".join(f"{s}/{lbl} {v}" for (s, lbl), v in sorted(by_split.items())))

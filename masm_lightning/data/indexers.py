@@ -13,10 +13,11 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 __all__ = [
     "FFPP_METHODS",
+    "EXTRACTED_DATASETS",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "VideoRecord",
@@ -27,13 +28,17 @@ __all__ = [
     "index_dfdcp",
     "index_ffpp",
     "index_folder",
+    "inside_root",
 ]
 
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 Compression = Literal["raw", "c23", "c40"]
-DatasetName = Literal["ffpp", "dfd", "celebdf-v1", "celebdf-v2", "dfdc", "dfdcp", "folder"]
+# The datasets read from their official layouts (and extracted); with `folder`, everything `index_dataset` takes.
+OfficialDataset = Literal["ffpp", "dfd", "celebdf-v1", "celebdf-v2", "dfdc", "dfdcp"]
+DatasetName = Literal[OfficialDataset, "folder"]
+EXTRACTED_DATASETS: tuple[str, ...] = get_args(OfficialDataset)
 
 
 class VideoRecord(NamedTuple):
@@ -47,7 +52,7 @@ class VideoRecord(NamedTuple):
     status: str  # "listed" (on disk, not yet processed) or "missing"
 
 
-def _inside(root: Path, relative: str, source: str) -> Path:
+def inside_root(root: Path, relative: str, source: str) -> Path:
     """``root / relative``, refusing names that escape the root (``..``, absolute paths). The check is on the
     names, not on resolved links: a sub-folder symlinked to another disk (common for large datasets) is fine."""
     path = Path(os.path.normpath(Path(root).absolute() / relative))
@@ -104,12 +109,12 @@ def index_ffpp(
             if len(pair) != 2 or not all(isinstance(v, str) and v.isdigit() for v in pair):
                 raise ValueError(f"{path}: expected pairs of video numbers like ['071', '054'], got {pair!r}")
             for real in pair:
-                video = _inside(root, f"original_sequences/youtube/{compression}/videos/{real}.mp4", str(path))
+                video = inside_root(root, f"original_sequences/youtube/{compression}/videos/{real}.mp4", str(path))
                 records.append(_record("ffpp", split, 0, "real", real, "", video))
             for target, source in (pair, pair[::-1]):
                 for method in methods:
                     name = f"{target}_{source}"
-                    video = _inside(root, f"manipulated_sequences/{method}/{compression}/videos/{name}.mp4",
+                    video = inside_root(root, f"manipulated_sequences/{method}/{compression}/videos/{name}.mp4",
                                     str(path))
                     records.append(_record("ffpp", split, 1, method, f"{method}/{name}", target, video))
     return records
@@ -151,7 +156,7 @@ def index_celebdf(root: str | Path, version: Literal["v1", "v2"] = "v2") -> list
         flag, relative = line.split(maxsplit=1)
         if flag not in ("0", "1"):
             raise ValueError(f"{listing}:{number}: label {flag!r} is not 1 (real) or 0 (fake)")
-        _inside(root, relative.strip(), str(listing))
+        inside_root(root, relative.strip(), str(listing))
         test[Path(relative.strip()).with_suffix("").as_posix()] = 1 - int(flag)  # their 1 = real → our 0
     dataset = f"celebdf_{version}"
     on_disk = {p.relative_to(root).with_suffix("").as_posix(): p
@@ -187,7 +192,7 @@ def index_dfdc(root: str | Path) -> list[VideoRecord]:
             label = {"REAL": 0, "FAKE": 1}.get(str(info.get("label", "")).upper())
             if label is None:
                 raise ValueError(f"{metadata}: {filename!r} has label {info.get('label')!r}, expected REAL or FAKE")
-            path = _inside(metadata.parent, filename, str(metadata))
+            path = inside_root(metadata.parent, filename, str(metadata))
             original = Path(info.get("original") or "").stem if label else ""
             records.append(_record("dfdc", "train", label, "dfdc" if label else "real", Path(filename).stem,
                                    original, path))
@@ -195,7 +200,7 @@ def index_dfdc(root: str | Path) -> list[VideoRecord]:
         with labels.open(newline="") as f:
             for row in csv.DictReader(f):
                 label = int(row["label"])
-                path = _inside(labels.parent, row["filename"], str(labels))
+                path = inside_root(labels.parent, row["filename"], str(labels))
                 records.append(_record("dfdc", "test", label, "dfdc" if label else "real", Path(row["filename"]).stem,
                                        "", path))
     if not records:
@@ -216,7 +221,7 @@ def index_dfdcp(root: str | Path) -> list[VideoRecord]:
         if label is None or split not in ("train", "test"):
             raise ValueError(f"{listing}: {relative!r} has label {info.get('label')!r} and set {info.get('set')!r}; "
                              "expected real/fake and train/test")
-        path = _inside(root, relative, str(listing))
+        path = inside_root(root, relative, str(listing))
         records.append(_record("dfdcp", split, label, "dfdcp" if label else "real",
                                Path(relative).with_suffix("").as_posix(), "", path))
     return records
@@ -255,5 +260,5 @@ def index_dataset(name: DatasetName, root: str | Path, **options: object) -> lis
         return index_dfdcp(root)
     if name == "folder":
         return index_folder(root, **options)
-    raise ValueError(f"unknown dataset {name!r}; choose one of ffpp, dfd, celebdf-v1, celebdf-v2, dfdc, dfdcp, folder")
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(get_args(DatasetName))}")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
+
+from ..io import write_csv
 
 __all__ = ["FRAME_COLUMNS", "MANIFEST_NAME", "FrameRecord", "read_manifest", "write_manifest"]
 
@@ -39,13 +40,7 @@ class FrameRecord(NamedTuple):
 
 def write_manifest(path: str | Path, rows: Iterable[dict[str, object]]) -> None:
     """Write rows atomically (temporary file, then rename), so a reader never sees half a manifest."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FRAME_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, rows, FRAME_COLUMNS)
 
 
 def read_manifest(path: str | Path) -> list[FrameRecord]:

@@ -25,18 +25,17 @@ from typing import Literal
 
 import numpy as np
 
-from .extract import ExtractionSettings, _write_atomic
-from .indexers import FFPP_METHODS, IMAGE_SUFFIXES, _inside
+from ..io import Stamp
+from .indexers import EXTRACTED_DATASETS, FFPP_METHODS, IMAGE_SUFFIXES, DatasetName, inside_root
 from .manifest import MANIFEST_NAME, FrameRecord, read_manifest
+from .settings import ExtractionSettings
 
-__all__ = ["DataSource", "assign_video_splits", "index_options", "load_source", "prepare_source",
-           "read_deepfakebench", "read_image_folder", "write_stamp"]
+__all__ = ["DataSource", "assign_video_splits", "extraction_stamp", "index_options", "load_source",
+           "prepare_source", "read_deepfakebench", "read_image_folder"]
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["ffpp", "dfd", "celebdf-v1", "celebdf-v2", "dfdc", "dfdcp", "folder", "deepfakebench",
-                     "manifest"]
-EXTRACTED = ("ffpp", "dfd", "celebdf-v1", "celebdf-v2", "dfdc", "dfdcp")
+SourceKind = Literal[DatasetName, "deepfakebench", "manifest"]
 STAMP_NAME = "prepared.json"  # written after a completed extraction: what was extracted, with which settings
 
 
@@ -111,7 +110,7 @@ class DataSource:
 
     @property
     def needs_extraction(self) -> bool:
-        return self.dataset in EXTRACTED or (self.dataset == "folder" and not self.crops)
+        return self.dataset in EXTRACTED_DATASETS or (self.dataset == "folder" and not self.crops)
 
     def selection(self) -> dict[str, object]:
         """What the extraction covers (besides the crop settings): a change re-runs it."""
@@ -123,14 +122,15 @@ class DataSource:
                 "compression": self.compression if self.dataset in ("ffpp", "dfd") else None, "methods": methods}
 
 
-def _stamp(source: DataSource, settings: ExtractionSettings) -> dict[str, object]:
-    stamp = {"selection": source.selection(), "settings": asdict(settings), "hash": settings.digest()}
-    return json.loads(json.dumps(stamp))  # as read back from disk (tuples become lists)
+def extraction_stamp(out: str | Path) -> Stamp:
+    """The stamp of a completed extraction in ``out``: which videos (:meth:`DataSource.selection`) with which
+    settings. ``preprocess`` and the data module write and read the same one, so either reuses the other's work."""
+    return Stamp(Path(out) / STAMP_NAME)
 
 
-def write_stamp(out: Path, source: DataSource, settings: ExtractionSettings) -> None:
-    """Mark ``out`` as a completed extraction of ``source`` with ``settings`` (read by :func:`prepare_source`)."""
-    _write_atomic(Path(out) / STAMP_NAME, json.dumps(_stamp(source, settings), indent=2))
+def stamp_content(source: DataSource, settings: ExtractionSettings) -> dict[str, object]:
+    """What :func:`extraction_stamp` records for ``source`` extracted with ``settings``."""
+    return {"selection": source.selection(), "settings": asdict(settings), "hash": settings.digest()}
 
 
 def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSettings, workers: int = 2,
@@ -139,19 +139,18 @@ def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSett
     settings is there; returns whether extraction ran. Interrupted extractions resume (per-video records)."""
     if not source.needs_extraction:
         return False
-    from .preprocess import extract_dataset  # MTCNN and the video stack only when something is extracted
-
     out = Path(cache_dir) / source.display_name
-    expected = _stamp(source, settings)
-    stamp = out / STAMP_NAME
-    if (out / MANIFEST_NAME).is_file() and stamp.is_file() and json.loads(stamp.read_text()) == expected:
+    stamp, expected = extraction_stamp(out), stamp_content(source, settings)
+    if (out / MANIFEST_NAME).is_file() and stamp.matches(expected):
         log.info("faces of %s already extracted with these settings (%s): reusing them", source.display_name, out)
         return False
+    from .extract import extract_dataset  # the video and detection stack only when something is extracted
+
     log.info("extracting faces of %s into %s (settings %s)", source.display_name, out, settings.digest())
-    stamp.unlink(missing_ok=True)  # stale until this extraction completes
+    stamp.clear()  # stale until this extraction completes
     extract_dataset(source.dataset, Path(source.root), out, settings, index_options(source), workers=workers,
                     device=device)
-    write_stamp(out, source, settings)
+    stamp.write(expected)
     return True
 
 
@@ -273,7 +272,7 @@ def read_deepfakebench(dataset_json: str | Path, root: str | Path | None, name: 
                 videos = videos[compression]
             for video, entry in videos.items():
                 for position, frame in enumerate(entry["frames"]):
-                    file = Path(frame) if Path(frame).is_absolute() else _inside(base, frame, str(path))
+                    file = Path(frame) if Path(frame).is_absolute() else inside_root(base, frame, str(path))
                     if not file.is_file():
                         absent[label_name] += 1
                         continue

@@ -7,13 +7,12 @@ self-blended images (SBI): real blending artifacts, no third-party media.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..io import Stamp, settings_digest
 from .manifest import MANIFEST_NAME, write_manifest
 from .transforms import ellipse_mask, self_blend
 
@@ -88,11 +87,11 @@ def generate_demo_dataset(
     videos = videos or {"train": 32, "val": 12, "test": 16}
     root = Path(root)
     settings = {"videos": videos, "frames_per_video": frames_per_video, "size": size, "seed": seed, "version": 4}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    manifest = root / MANIFEST_NAME
-    stamp = root / "settings.json"
-    if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()).get("hash") == digest:
+    manifest, stamp = root / MANIFEST_NAME, Stamp(root / "settings.json")
+    expected = {"hash": settings_digest(settings), "settings": settings}
+    if manifest.exists() and stamp.matches(expected):
         return manifest
+    stamp.clear()  # until this generation completes
 
     rows = []
     for split_index, (split, count) in enumerate(sorted(videos.items())):
@@ -117,5 +116,5 @@ def generate_demo_dataset(
                                  "frame_index": f, "crop_path": path.relative_to(root).as_posix(),
                                  "original_id": real_id if label else "", "status": "ok"})
     write_manifest(manifest, rows)
-    stamp.write_text(json.dumps({"hash": digest, "settings": settings}, indent=2))
+    stamp.write(expected)
     return manifest

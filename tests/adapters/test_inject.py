@@ -17,7 +17,7 @@ from masm_lightning.adapters import (
     spectral_consistency_loss,
     unload_adapters,
 )
-from tests.conftest import TINY_VIT, TINY_VIT_KWARGS
+from tests.helpers import TINY_VIT, TINY_VIT_KWARGS
 
 CONFIGS = {
     "default": MASMConfig(),

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from masm_lightning.adapters import MASMConfig, inject_adapters, iter_adapters
 from masm_lightning.callbacks import SelectiveLayerMask
-from tests.conftest import TINY_VIT, TINY_VIT_KWARGS
+from tests.helpers import TINY_VIT, TINY_VIT_KWARGS
 
 NOISY_LAYERS = ("backbone.blocks.0.mlp.fc2", "backbone.blocks.1.attn.proj")
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from masm_lightning.data import preprocess as preprocess_module
+from masm_lightning.commands import preprocess as preprocess_module
+from masm_lightning.data import extract as extract_module
 from masm_lightning.data.datamodule import FaceForgeryDataModule, FrameDataset, VideoFrameSampler
-from masm_lightning.data.extract import ExtractionSettings
+from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.data.manifest import FrameRecord, write_manifest
 from masm_lightning.data.sources import DataSource, load_source, prepare_source
 
@@ -107,10 +108,14 @@ def test_loss_balance_gives_class_weights_and_self_blend_turns_reals_into_pseudo
             for label, count in ((0, 1), (1, 3)) for i in range(count)]
     write_manifest(manifest, rows)
     data = _module(train=DataSource("manifest", manifest=str(manifest)), balance="loss", augmentation="none")
-    data.setup("fit")
-    torch.testing.assert_close(data.class_weights, torch.tensor([2.0, 2 / 3]))
+    with pytest.warns(UserWarning, match="no usable 'val' videos"):
+        data.setup("fit")
+    train = data.datasets["train"]
+    weights = {train[i]["label"]: train[i]["weight"] for i in range(len(train))}  # carried by every item
+    assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
     only = _module(train=DataSource("manifest", manifest=str(manifest)), self_blend="only", augmentation="none")
-    only.setup("fit")
+    with pytest.warns(UserWarning, match="no usable 'val' videos"):
+        only.setup("fit")
     train = only.datasets["train"]
     assert [(r.label, r.video_id) for r in train.records] == [(0, "v00"), (1, "sbi/v00")]
     torch.manual_seed(0)
@@ -179,12 +184,13 @@ def _deepfakebench_tree(root: Path) -> Path:
 
 def test_deepfakebench_frames_are_adopted_as_they_are_with_unique_keys_and_spread_frames(tmp_path, monkeypatch):
     listing = _deepfakebench_tree(tmp_path)
-    monkeypatch.setattr(preprocess_module, "extract_dataset",
+    monkeypatch.setattr(extract_module, "extract_dataset",
                         lambda *a, **k: pytest.fail("DeepfakeBench crops must not be re-extracted"))
     source = DataSource("deepfakebench", root=str(tmp_path), dataset_json=str(listing), name="ffpp_dfb")
     data = _module(train=source, train_frames=4)
     data.prepare_data()
-    data.setup("fit")
+    with pytest.warns(UserWarning, match="no usable 'val' videos"):
+        data.setup("fit")
     train = data.datasets["train"]
     assert train.videos == [("ffpp_dfb", 0, "FF-real/000"), ("ffpp_dfb", 1, "FF-DF/000_003"),
                             ("ffpp_dfb", 1, "FF-FS/000_003")], "one video per method, never merged by name"
@@ -253,7 +259,7 @@ def test_extraction_runs_once_and_again_only_when_settings_or_videos_change(tmp_
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(out / "manifest.csv", [])
 
-    monkeypatch.setattr(preprocess_module, "extract_dataset", fake_extract)
+    monkeypatch.setattr(extract_module, "extract_dataset", fake_extract)
     (tmp_path / "videos" / "real").mkdir(parents=True)
     source = DataSource("folder", root=str(tmp_path / "videos"))
     cache = tmp_path / "cache"
@@ -281,7 +287,7 @@ def test_a_preprocess_run_is_reused_by_the_data_module(tmp_path, monkeypatch):
     monkeypatch.setattr(preprocess_module, "extract_dataset", fake_extract)
     (tmp_path / "videos" / "real").mkdir(parents=True)
     preprocess_module.preprocess("folder", tmp_path / "videos", tmp_path / "cache" / "videos")
-    monkeypatch.setattr(preprocess_module, "extract_dataset", lambda *a, **k: pytest.fail("extracted again"))
+    monkeypatch.setattr(extract_module, "extract_dataset", lambda *a, **k: pytest.fail("extracted again"))
     assert not prepare_source(DataSource("folder", root=str(tmp_path / "videos")), tmp_path / "cache",
                               ExtractionSettings())
 

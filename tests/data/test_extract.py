@@ -12,17 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
+from masm_lightning.commands.preprocess import preprocess
 from masm_lightning.data import extract as extract_module
-from masm_lightning.data.extract import (
-    FACE_TEMPLATE_112,
-    ExtractionSettings,
-    MTCNNDetector,
-    crop_aligned,
-    crop_box,
-    read_frames,
-    sample_indices,
-)
-from masm_lightning.data.preprocess import preprocess
+from masm_lightning.data.crops import FACE_TEMPLATE_112, crop_aligned, crop_box
+from masm_lightning.data.faces import MTCNNDetector
+from masm_lightning.data.settings import ExtractionSettings
+from masm_lightning.data.video import read_frames, sample_indices
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -150,10 +145,10 @@ def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, wor
                 raise KeyboardInterrupt  # as if killed
         return real_extract(record, *args, **kwargs)
 
-    monkeypatch.setattr("masm_lightning.data.preprocess.extract_video", dies_on_the_third_real_video)
+    monkeypatch.setattr("masm_lightning.data.extract.extract_video", dies_on_the_third_real_video)
     with pytest.raises(KeyboardInterrupt):
         preprocess(out=tmp_path / "resumed", **options)
-    monkeypatch.setattr("masm_lightning.data.preprocess.extract_video", real_extract)
+    monkeypatch.setattr("masm_lightning.data.extract.extract_video", real_extract)
     assert preprocess(out=tmp_path / "resumed", **options).read_text() == reference
 
 
@@ -186,8 +181,9 @@ def _two_faces(frames: list[np.ndarray]) -> list:
 
 @pytest.mark.parametrize(("faces", "expected"), [("largest", 1), ("all", 2)])
 def test_largest_face_by_default_all_faces_on_request(tmp_path, faces, expected):
-    from masm_lightning.data.extract import ExtractionSettings, extract_video
+    from masm_lightning.data.extract import extract_video
     from masm_lightning.data.indexers import VideoRecord
+    from masm_lightning.data.settings import ExtractionSettings
 
     _noise_video(tmp_path / "clip.mp4", frames=6)
     record = VideoRecord("mine", "test", 0, "real", "clip", "", tmp_path / "clip.mp4", "listed")
@@ -199,8 +195,9 @@ def test_largest_face_by_default_all_faces_on_request(tmp_path, faces, expected)
 
 
 def test_images_in_a_folder_dataset_are_single_frames(tmp_path):
-    from masm_lightning.data.extract import ExtractionSettings, extract_video
+    from masm_lightning.data.extract import extract_video
     from masm_lightning.data.indexers import index_folder
+    from masm_lightning.data.settings import ExtractionSettings
 
     (tmp_path / "data" / "fake").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "data" / "fake" / "face.png"), np.full((96, 96, 3), 127, np.uint8))

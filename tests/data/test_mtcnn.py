@@ -10,7 +10,9 @@ import pytest
 import torch
 from facenet_pytorch import MTCNN
 
-from masm_lightning.data.extract import ExtractionSettings, MTCNNDetector, read_frames
+from masm_lightning.data.faces import MTCNNDetector
+from masm_lightning.data.settings import ExtractionSettings
+from masm_lightning.data.video import read_frames
 from masm_lightning.data.mtcnn import StridedMaxPool2d, detect_faces, pyramid_levels, use_strided_pooling
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"

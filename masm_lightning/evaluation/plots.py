@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchmetrics.functional.classification import binary_auroc, binary_roc  # noqa: E402
 
+from ..io import atomic_path  # noqa: E402
+
 __all__ = ["robustness_figure", "roc_figure"]
 
 
@@ -29,7 +31,8 @@ def roc_figure(curves: dict[str, tuple[Tensor, Tensor]], title: str, path: str |
            title=f"ROC — {title}", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return Path(path)
 
@@ -54,7 +57,8 @@ def mask_heatmap(history: list[dict], path: str | Path) -> Path:
     ax.set(xlabel="optimizer step", title="MASM selective layer mask: share of subspaces updating")
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return Path(path)
 
@@ -85,6 +89,7 @@ def robustness_figure(rows: list[dict], names: dict[str, str], path: str | Path)
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return Path(path)

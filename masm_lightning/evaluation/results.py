@@ -14,17 +14,21 @@ def _cell(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def results_markdown(results: Mapping[str, Mapping[str, float]], threshold: float, source: str = "") -> str:
+def results_markdown(results: Mapping[str, Mapping[str, float]], threshold: float, source: str = "",
+                     trainable: int | None = None) -> str:
     """One table per test set: frame and video rows of AUC, AP, EER and accuracy, with the counts behind them.
 
     Args:
         results: test-set name → :meth:`~masm_lightning.metrics.DetectionMetrics.compute` values as floats.
         threshold: the fake-probability threshold accuracy was computed at.
         source: what was tested (a checkpoint path), printed under the title.
+        trainable: the model's trainable-parameter count, printed under the title (budget-matched comparisons).
     """
     lines = ["# Test results", ""]
     if source:
         lines += [f"Checkpoint: `{source}`", ""]
+    if trainable is not None:
+        lines += [f"Trainable parameters: {trainable:,}", ""]
     lines += [f"Accuracy at threshold {threshold:g}; a video's score is the mean of its frames' fake probabilities. "
               "n/a: the set holds one class only, so ranking metrics are undefined. ROC curves: "
               "`roc_<set>.png` in this folder.", ""]

@@ -1,0 +1,27 @@
+"""The run's folder and its images: where every callback writes, and how figures reach the loggers.
+
+One definition of "the run folder" for everything that writes files during fit/test/predict (results tables, ROC
+plots, the mask trace and heatmap, predictions, the robustness sweep): the first logger's versioned folder
+(``<default_root_dir>/<name>/version_N`` for the CSV logger), else ``default_root_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import WandbLogger
+
+__all__ = ["log_dir", "log_image"]
+
+
+def log_dir(trainer: Trainer) -> Path:
+    """The run folder. Call it on every rank: under DDP ``trainer.log_dir`` is a collective (a broadcast)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def log_image(trainer: Trainer, key: str, path: str | Path) -> None:
+    """Send a saved figure to the loggers that show images (W&B); the file itself is already in the run folder."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)])

@@ -1,0 +1,108 @@
+"""Writing files so that a reader never sees half of one, and stamps that say "this was made with these settings".
+
+Every file the project writes — results tables, CSVs, JSON, plots, manifests, per-video records, exports — goes
+through :func:`atomic_path` (or its two shorthands): the content is written to a temporary name beside the target
+and renamed over it, so a crash, a kill or a full disk leaves the old file or none, never a truncated one.
+
+A :class:`Stamp` is the one mechanism for "same inputs and settings → reuse, else redo": a JSON file holding what
+was made and how (plus its :func:`settings_digest`), written only once the work is complete. Work that is
+interrupted leaves no stamp (or a stale one that does not match) and is redone; finer-grained work (per video)
+records its own digest and resumes where it stopped.
+
+Standard library only: every layer of the package may import it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["Stamp", "atomic_open", "atomic_path", "settings_digest", "write_atomic", "write_csv"]
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` in one rename.
+
+    The temporary name keeps the target's suffix (``.png``, ``.csv``), so writers that pick a format from the
+    extension (matplotlib, OpenCV) still do. On an exception the temporary file is removed and ``path`` is left
+    as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open()`` for writing whose file appears at ``path`` only when the block completes."""
+    with atomic_path(path) as tmp, tmp.open(mode, **kwargs) as f:
+        yield f
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write text or bytes to ``path`` atomically; returns ``path``."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
+    """Write dict rows as a CSV with a header, atomically; keys outside ``fieldnames`` are ignored."""
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def settings_digest(settings: Any) -> str:
+    """A short, stable hash of JSON-able settings (key order and tuple/list spelling do not matter)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stamp:
+    """A JSON file recording that some work was completed with given inputs and settings.
+
+    ``matches(expected)`` is true only when the file exists and records exactly ``expected`` (compared as read
+    back from JSON, so tuples and lists are equal); ``write(expected)`` is called once the work is complete;
+    ``clear()`` before redoing it, so an interrupted redo is never taken for a finished one.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @staticmethod
+    def _normal(content: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(content, default=str))
+
+    def read(self) -> dict[str, Any] | None:
+        """The recorded content, or None when there is no (readable) stamp."""
+        try:
+            content = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return content if isinstance(content, dict) else None
+
+    def matches(self, expected: dict[str, Any]) -> bool:
+        return self.read() == self._normal(expected)
+
+    def write(self, content: dict[str, Any]) -> None:
+        write_atomic(self.path, json.dumps(self._normal(content), indent=2))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Stamp({str(self.path)!r})"
