@@ -13,10 +13,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
+import torch
+from lightning.pytorch import Trainer
 
-from masm_lightning.model import MASMDetector  # noqa: E402
+from masm_lightning.model import MASMDetector
 
 
 def main() -> None:

@@ -22,14 +22,14 @@ import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import timm
+import torch
+from torch import nn
 
-from masm_lightning.adapters import MASMConfig, iter_adapters  # noqa: E402
-from masm_lightning.data.settings import ExtractionSettings  # noqa: E402
-from masm_lightning.export import export_model, load_exported  # noqa: E402
-from masm_lightning.model import MASMDetector  # noqa: E402
+from masm_lightning.adapters import MASMConfig, iter_adapters
+from masm_lightning.data.settings import ExtractionSettings
+from masm_lightning.export import export_model, load_exported
+from masm_lightning.model import MASMDetector
 
 
 def build(args: argparse.Namespace) -> dict[str, nn.Module]:

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 
+from masm_lightning.data.extract import extract_dataset
+from masm_lightning.data.indexers import index_dfdc, index_ffpp
 from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.data.video import sample_indices
-from masm_lightning.data.indexers import index_dfdc, index_ffpp
-from masm_lightning.data.extract import extract_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

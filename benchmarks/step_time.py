@@ -23,18 +23,18 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from masm_lightning.adapters import (  # noqa: E402
+from masm_lightning.adapters import (
     MASMConfig,
     inject_adapters,
     orthogonality_loss,
     spectral_consistency_loss,
 )
-from masm_lightning.callbacks import SelectiveLayerMask  # noqa: E402
+from masm_lightning.callbacks import SelectiveLayerMask
 
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -60,7 +60,7 @@ class ComposedResidualLinear(nn.Module):
 class _NoDistributed:
     """Just enough of a Trainer for SelectiveLayerMask's per-step work outside Lightning."""
 
-    class strategy:  # noqa: N801
+    class strategy:
         @staticmethod
         def broadcast(obj: object, src: int = 0) -> object:
             return obj

@@ -42,6 +42,17 @@ def _summary(fn: Callable[..., Any]) -> str:
     return (inspect.getdoc(fn) or "").split("\n", 1)[0]
 
 
+def _accept_dashes(parser: LightningArgumentParser) -> None:
+    """``--num-shards`` as well as ``--num_shards`` for the project's commands (their options have always taken
+    both spellings); Lightning's commands keep LightningCLI's underscores."""
+    for action in list(parser._actions):
+        for option in list(action.option_strings):
+            alias = option.replace("_", "-")
+            if option.startswith("--") and alias != option and alias not in parser._option_string_actions:
+                action.option_strings.append(alias)
+                parser._option_string_actions[alias] = action
+
+
 class MASMCLI(LightningCLI):
     """LightningCLI plus the project's commands and conventions.
 
@@ -67,6 +78,7 @@ class MASMCLI(LightningCLI):
                 command.add_argument("paths", nargs="+", help="video files, image files or folders")
                 skip.add("paths")
             command.add_function_arguments(fn, as_positional=False, skip=skip)
+            _accept_dashes(command)
             subcommands.add_subcommand(name, command, help=_summary(fn))
 
     @override

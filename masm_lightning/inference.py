@@ -182,7 +182,7 @@ class _Scorer:
 
     @property
     def detector(self) -> MTCNNDetector:
-        if self._detector is None:  # built on first use: not at all for --no-face-crop
+        if self._detector is None:  # built on first use: not at all for --face_crop false
             self._detector = MTCNNDetector.from_settings(self.classifier.face_crop, str(self.classifier.device))
         return self._detector
 
@@ -274,11 +274,11 @@ def detect(
         ValueError: a bad option (the message names it).
     """
     if aggregation not in ("mean", "confident"):
-        raise ValueError(f"--aggregate {aggregation!r} is not one of 'mean', 'confident'")
+        raise ValueError(f"--aggregation {aggregation!r} is not one of 'mean', 'confident'")
     if threshold is not None and not 0 < threshold < 1:
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if (frames is not None and frames < 1) or batch_size < 1:
-        raise ValueError(f"--frames and --batch-size must be >= 1, got {frames} and {batch_size}")
+        raise ValueError(f"--frames and --batch_size must be >= 1, got {frames} and {batch_size}")
     classifier = load_classifier(ckpt, device)  # before the output: a bad checkpoint must not clobber old results
     output = _Output(Path(out) if out is not None else None, per_frame)
     if threshold is not None:

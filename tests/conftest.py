@@ -9,15 +9,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable
+from pathlib import Path
 
-import pytest  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import pytest
+import timm
+import torch
+from torch import nn
 
-from tests.helpers import TINY_VIT, TINY_VIT_KWARGS, tiny_args  # noqa: E402
+from tests.helpers import TINY_VIT, TINY_VIT_KWARGS, tiny_args
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import torch
 import wandb
 
 from masm_lightning.cli import main
-
 from tests.helpers import ROOT, TINY_CONFIG, tiny_args
 
 

@@ -26,7 +26,7 @@ def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
     short = ["--data.init_args.videos", "{train: 8, val: 4, test: 4}", "--data.init_args.frames_per_video", "2",
              "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1"]
     main(["fit", *_demo_args(*short)])
-    best = tmp_path / "outputs" / "demo" / "checkpoints" / "best.ckpt"
+    best = tmp_path / "outputs" / "demo" / "demo" / "version_0" / "checkpoints" / "best.ckpt"
     assert best.is_file()
     tested = main(["test", *_demo_args(*short, "--ckpt_path", str(best))])
     assert tested.trainer.callback_metrics["test/demo/num_videos"] == 4
@@ -34,8 +34,8 @@ def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
 
 @pytest.mark.slow
 def test_demo_learns_to_detect_self_blended_fakes(tmp_path):
-    main(["fit", *_demo_args()])
-    tested = main(["test", *_demo_args("--ckpt_path", "outputs/demo/checkpoints/best.ckpt")])
+    fit = main(["fit", *_demo_args()])
+    tested = main(["test", *_demo_args("--ckpt_path", fit.trainer.checkpoint_callback.best_model_path)])
     metrics = tested.trainer.callback_metrics
     assert metrics["test/demo/num_videos"] == 64
     assert metrics["test/demo/video_auc"] > 0.8, f"demo did not learn: {dict(metrics)}"

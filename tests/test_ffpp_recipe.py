@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from masm_lightning.checkpoint import face_crop_settings
 from masm_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def recipe_args(tmp_path: Path) -> list[str]:
 
 
 def test_ffpp_recipe_extracts_once_fits_and_tests_across_datasets(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the config's checkpoint folder is relative: outputs/ffpp/checkpoints
+    monkeypatch.chdir(tmp_path)  # the config's run folders are relative: outputs/ffpp/<logger name>/version_N
     with pytest.warns(UserWarning, match="no usable 'val' videos: validation is skipped"):
         fit = main(["fit", *recipe_args(tmp_path)])  # the sample has no val pair on disk
     data = fit.datamodule
@@ -53,9 +54,11 @@ def test_ffpp_recipe_extracts_once_fits_and_tests_across_datasets(tmp_path, monk
     manifest = tmp_path / "faces" / "ffpp_c23" / "manifest.csv"
     stamp = json.loads((manifest.parent / "prepared.json").read_text())
     assert stamp["settings"]["frames"] == 3 and stamp["settings"]["crop"] == "aligned"
-    last = tmp_path / "outputs" / "ffpp" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "outputs" / "ffpp" / "ffpp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert Path(fit.trainer.checkpoint_callbacks[-1].best_model_path).resolve() == last
     checkpoint = torch.load(last, weights_only=True)
-    assert checkpoint["masm"]["face_crop"]["crop"] == "aligned", "inference will crop as training did"
+    assert face_crop_settings(checkpoint, last).crop == "aligned", "inference will crop as training did"
+    assert checkpoint["FaceForgeryDataModule"]["face_crop"]["crop"] == "aligned", "in the data module's state"
 
     extracted_at = manifest.stat().st_mtime_ns
     test = main(["test", *recipe_args(tmp_path), "--ckpt_path", str(last)])

@@ -45,7 +45,7 @@ def test_detect_scores_every_clip_and_reports_bad_inputs_without_stopping(tmp_pa
     corrupt = _corrupt_video(tmp_path / "corrupt.mp4")
     out = tmp_path / "results.json"
     main(["detect", str(CLIPS[0]), str(corrupt), str(faceless), str(CLIPS[1]), str(tmp_path / "absent.mp4"),
-          "--ckpt", str(tiny_checkpoint), "--frames", "2", "--out", str(out), "--device", "cpu", "--per-frame"])
+          "--ckpt", str(tiny_checkpoint), "--frames", "2", "--out", str(out), "--device", "cpu", "--per_frame", "true"])
     records = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     assert [Path(r["path"]).name for r in json.loads(out.read_text())] == [
         "519.mp4", "corrupt.mp4", "faceless.mp4", "519_515.mp4", "absent.mp4"], "one record per input, in order"
@@ -81,7 +81,7 @@ def test_a_folder_of_images_is_searched_recursively_and_written_as_csv(tmp_path,
         cv2.imwrite(str(folder / name), rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "results.csv"
-    main(["detect", str(folder), "--ckpt", str(tiny_checkpoint), "--no-face-crop", "--out", str(out),
+    main(["detect", str(folder), "--ckpt", str(tiny_checkpoint), "--face_crop", "false", "--out", str(out),
           "--device", "cpu", "--threshold", "0.3"])
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))

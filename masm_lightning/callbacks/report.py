@@ -8,6 +8,7 @@ pass ``RunReport()`` in the trainer's callbacks.
 from __future__ import annotations
 
 from pathlib import Path
+
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only

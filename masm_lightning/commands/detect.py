@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..inference import Aggregation, ConfidentRule, detect as detect_paths
+from ..inference import Aggregation, ConfidentRule
+from ..inference import detect as detect_paths
 from . import NoResult
 
 __all__ = ["detect"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export import CONFIG_NAME, WEIGHTS_NAME, export as export_checkpoint
+from ..export import CONFIG_NAME, WEIGHTS_NAME
+from ..export import export as export_checkpoint
 
 __all__ = ["export"]
 

@@ -170,7 +170,7 @@ def extract_dataset(
     ``preprocess`` command documents every option).
     """
     if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard must be in [0, --num-shards={num_shards}), got {shard}")
+        raise ValueError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
     records = index_dataset(dataset, root, **(index_options or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

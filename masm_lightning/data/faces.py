@@ -65,7 +65,7 @@ def track_face(detections: list[Detection], min_prob: float) -> list[int | None]
     if not candidates:
         return [None] * len(detections)
     _, anchor_frame, anchor = max(candidates)
-    centre = lambda f, i: detections[f][0][i].reshape(2, 2).mean(0)  # noqa: E731
+    centre = lambda f, i: detections[f][0][i].reshape(2, 2).mean(0)
     chosen: list[int | None] = [None] * len(detections)
     chosen[anchor_frame] = anchor
     for order in (range(anchor_frame + 1, len(detections)), range(anchor_frame - 1, -1, -1)):

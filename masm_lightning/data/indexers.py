@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Literal, NamedTuple, get_args
 
 __all__ = [
-    "FFPP_METHODS",
     "EXTRACTED_DATASETS",
+    "FFPP_METHODS",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
     "VideoRecord",

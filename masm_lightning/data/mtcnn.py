@@ -115,7 +115,7 @@ def _resample_boxes(table: torch.Tensor, images: torch.Tensor, top: torch.Tensor
     pixels = table.reshape(-1, channels)
     row0, row1 = ((images[:, None] * rows + y)[:, :, None] * cols for y in (y0, y1))
     col0, col1 = x0[:, None, :], x1[:, None, :]
-    corner = lambda row, col: pixels.index_select(0, (row + col).reshape(-1))  # noqa: E731 (3x faster than [])
+    corner = lambda row, col: pixels.index_select(0, (row + col).reshape(-1))
     sums = (corner(row1, col1) - corner(row0, col1) - corner(row1, col0) + corner(row0, col0)).view(
         len(images), side, side, channels)
     area = ((y1 - y0)[:, :, None] * (x1 - x0)[:, None, :]).to(torch.float32)

@@ -24,7 +24,7 @@ DEMO_DATASET = "demo"
 def _face_frame(identity: dict, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One RGB frame of one identity, and its face-region mask."""
     s = size / 64
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    _yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     background = identity["bg"] + identity["bg_slope"] * (xx / size)[..., None] * 40
     image = np.clip(background, 0, 255).astype(np.uint8)
     cx = identity["cx"] * size + rng.uniform(-1.5, 1.5) * s

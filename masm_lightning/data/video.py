@@ -148,7 +148,7 @@ def _groups_to_skip(layout: list[tuple[int, bool]], wanted: set[int]) -> set[int
     starts = [i for i, (_, key) in enumerate(layout) if key] or [0]
     if starts[0] != 0:
         starts.insert(0, 0)
-    groups = [range(a, b) for a, b in zip(starts, starts[1:] + [len(layout)])]
+    groups = [range(a, b) for a, b in zip(starts, [*starts[1:], len(layout)])]
     skip: set[int] = set()
     for g, group in enumerate(groups):
         if any(layout[i][0] in wanted for i in group):

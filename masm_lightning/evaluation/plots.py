@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchmetrics.functional.classification import binary_auroc, binary_roc  # noqa: E402
+import matplotlib.pyplot as plt
+from torch import Tensor
+from torchmetrics.functional.classification import binary_auroc, binary_roc
 
-from ..io import atomic_path  # noqa: E402
+from ..io import atomic_path
 
 __all__ = ["robustness_figure", "roc_figure"]
 

@@ -42,7 +42,7 @@ def _inflate_s(model):  # singular values above the semantic floor
 
 
 ORTHOGONALITY: Callable = orthogonality_loss
-WITH_SEMANTICS: Callable = lambda m: orthogonality_loss(m, semantic_weight=1.0)  # noqa: E731
+WITH_SEMANTICS: Callable = lambda m: orthogonality_loss(m, semantic_weight=1.0)
 SPECTRAL: Callable = spectral_consistency_loss
 
 CASES = {
@@ -119,7 +119,7 @@ def test_losses_are_means_over_decomposed_matrices(make_vit):
         model = make_vit(depth=depth)
         inject_adapters(model, MASMConfig())
         with torch.no_grad():
-            for name, module in model.named_modules():
+            for _name, module in model.named_modules():
                 if hasattr(module, "subspaces"):
                     for sub in module.subspaces:
                         sub.U.mul_(1.1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import torch
 from masm_lightning.commands import preprocess as preprocess_module
 from masm_lightning.data import extract as extract_module
 from masm_lightning.data.datamodule import FaceForgeryDataModule, FrameDataset, VideoFrameSampler
-from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.data.manifest import FrameRecord, write_manifest
+from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.data.sources import DataSource, load_source, prepare_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +51,7 @@ def _sampler(dataset: FrameDataset, **kwargs) -> VideoFrameSampler:
 def test_uniform_draw_spreads_frames_over_the_video_and_repeats_every_epoch(tmp_path):
     dataset = FrameDataset(_records({("a", 0): 12}, tmp_path), transform=lambda image: {"image": image})
     sampler = _sampler(dataset, frames_per_video=4, draw="uniform", seed=3)
-    frames = lambda: sorted(dataset.records[i].frame_index for i in sampler)  # noqa: E731
+    frames = lambda: sorted(dataset.records[i].frame_index for i in sampler)
     first = frames()
     assert first == [0, 40, 70, 110], "spread over all 12 extracted frames, not the first 4"
     sampler.set_epoch(1)
@@ -96,7 +98,7 @@ def test_balanced_sampler_sees_both_classes_equally_and_ddp_ranks_split_one_epoc
     assert abs(drawn[0] / sum(drawn.values()) - 0.5) < 0.05
     ranks = [list(_sampler(dataset, frames_per_video=3, seed=5, num_replicas=3, rank=r)) for r in range(3)]
     whole = _sampler(dataset, frames_per_video=3, seed=5).epoch_indices()
-    assert sorted(sum(ranks, [])) == sorted(whole) and len({len(r) for r in ranks}) == 1
+    assert sorted(functools.reduce(operator.iadd, ranks, [])) == sorted(whole) and len({len(r) for r in ranks}) == 1
 
 
 # --- the data module ---

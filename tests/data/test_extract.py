@@ -280,7 +280,7 @@ def test_rotated_phone_videos_are_read_upright(tmp_path):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    indices, frames, status = read_frames(path, 2)
+    _indices, frames, status = read_frames(path, 2)
     shown = cv2.cvtColor(cv2.VideoCapture(str(path)).read()[1], cv2.COLOR_BGR2RGB)  # OpenCV applies the rotation
     assert status == "ok" and len(frames) == 2
     assert frames[0].shape == shown.shape == (64, 32, 3)

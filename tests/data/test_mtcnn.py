@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ import torch
 from facenet_pytorch import MTCNN
 
 from masm_lightning.data.faces import MTCNNDetector
+from masm_lightning.data.mtcnn import StridedMaxPool2d, detect_faces, pyramid_levels, use_strided_pooling
 from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.data.video import read_frames
-from masm_lightning.data.mtcnn import StridedMaxPool2d, detect_faces, pyramid_levels, use_strided_pooling
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 CLIP = SHARED / "FaceForensics++/original_sequences/youtube/c23/videos/634.mp4"  # 1280×720, one face
@@ -34,7 +35,7 @@ def test_only_the_pooling_it_reproduces_is_replaced():
 
 def test_pyramid_levels_are_the_standard_pyramid_from_the_level_holding_the_smallest_face():
     full = pyramid_levels(720, 1280, min_face=20)  # facenet-pytorch's default pyramid: from scale 12/20
-    assert full[0] == (0.6, (433, 769)) and all(b[0] == pytest.approx(a[0] * 0.709) for a, b in zip(full, full[1:]))
+    assert full[0] == (0.6, (433, 769)) and all(b[0] == pytest.approx(a[0] * 0.709) for a, b in itertools.pairwise(full))
     levels = pyramid_levels(720, 1280, min_face=72)
     assert levels == full[len(full) - len(levels):]  # a suffix: the same scales, none of the finest
     scale = levels[0][0]
@@ -42,7 +43,7 @@ def test_pyramid_levels_are_the_standard_pyramid_from_the_level_holding_the_smal
 
 
 def test_frames_must_be_uint8_rgb():
-    networks = [net for net in (MTCNN(device="cpu").pnet,)] * 3
+    networks = [MTCNN(device="cpu").pnet,] * 3
     with pytest.raises(ValueError, match="uint8 RGB"):
         detect_faces(np.zeros((1, 32, 32, 3), np.float32), *networks)
 

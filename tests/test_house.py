@@ -1,0 +1,127 @@
+"""The shape of the house: layers that import one way, light modules that stay light, one command line."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "masm_lightning"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported module, imported names) for every import of a package module, at any depth of the file."""
+    tree = ast.parse(path.read_text())
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.append((module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for module, names in _imports(path):
+            targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in modules] or [module]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_package_modules_import_each_other_without_a_cycle():
+    graph, state, cycles = _graph(), {}, []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append([*stack[stack.index(nxt):], nxt] if nxt in stack else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    # A package's __init__ importing its own submodules is how packages re-export; only other edges count.
+    real = [c for c in cycles if not any(a.startswith(b + ".") or b.startswith(a + ".") for a, b in itertools.pairwise(c))]
+    assert not real, f"import cycles: {real}"
+
+
+def test_no_module_imports_another_modules_private_name():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for module, names in _imports(path):
+            if module.startswith("masm_lightning"):
+                offenders += [f"{_module_name(path)} imports {module}.{n}" for n in names
+                              if n.startswith("_") and not n.startswith("__")]
+    assert not offenders, offenders
+
+
+def test_the_adapter_library_imports_nothing_of_the_program():
+    for path in (PACKAGE / "adapters").rglob("*.py"):
+        for module, _ in _imports(path):
+            assert not module.startswith("masm_lightning") or module.startswith("masm_lightning.adapters"), (
+                f"{path.name} imports {module}")
+
+
+@pytest.mark.parametrize("module", ["masm_lightning.export", "masm_lightning.checkpoint", "masm_lightning.adapters",
+                                    "masm_lightning.data.settings"])
+def test_light_modules_load_neither_the_video_stack_nor_albumentations(module):
+    code = (f"import sys, {module}; heavy = sorted({{m.split('.')[0] for m in sys.modules}} & "
+            "{'av', 'albumentations', 'facenet_pytorch'}); print(heavy); sys.exit(bool(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, f"importing {module} pulled in {result.stdout.strip()} {result.stderr[-500:]}"
+
+
+def test_the_top_level_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "masm_lightning", "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 0
+    for command in ("fit", "validate", "test", "predict", "preprocess", "detect", "export"):
+        assert f"    {command} " in result.stdout, f"{command} missing from --help:\n{result.stdout}"
+
+
+def test_the_masm_console_script_is_installed_and_is_the_same_command_line():
+    script = Path(sys.executable).parent / "masm"
+    assert script.is_file(), "`make install` installs the `masm` console script ([project.scripts])"
+    result = subprocess.run([str(script), "detect", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--ckpt" in result.stdout and "--config" in result.stdout
+
+
+COMMAND_MISTAKES = {
+    "detect_missing_checkpoint": (["detect", "clip.mp4", "--ckpt", "nope.ckpt"], "nope.ckpt"),
+    "export_missing_checkpoint": (["export", "--ckpt", "nope.ckpt", "--out", "x"], "nope.ckpt"),
+    "preprocess_missing_root": (["preprocess", "--dataset", "dfdc", "--root", "no/such/dir", "--out", "o"],
+                                "no/such/dir"),
+    "preprocess_unknown_option": (["preprocess", "--dataset", "dfdc", "--rooot", "x"], "--rooot"),
+}
+
+
+@pytest.mark.parametrize(("argv", "message"), COMMAND_MISTAKES.values(), ids=COMMAND_MISTAKES.keys())
+def test_a_mistake_on_any_command_is_one_message_and_exit_2(tmp_path, argv, message):
+    result = subprocess.run([sys.executable, "-m", "masm_lightning", *argv], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
