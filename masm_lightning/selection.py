@@ -49,7 +49,8 @@ class LayerSelection:
     """FMSD's selection phase: which candidate layers get adapters (see module doc).
 
     Args:
-        batches: B, training batches whose gradients are measured (no update); at least 4.
+        batches: B, training batches whose gradients are measured (no update); at least 4. A smaller training
+            set is read again, with fresh shuffling and augmentation.
         rule: ``top`` keeps the ``keep_ratio`` share of candidates with the highest GSNR; ``threshold`` keeps those
             with GSNR ≥ ``threshold`` (at least the best one).
         keep_ratio: share of candidates kept by ``rule: top``, in (0, 1]; rounded up, at least one layer.
@@ -143,7 +144,10 @@ def choose_layers(scores: dict[str, float], rule: Rule = "top", keep_ratio: floa
 
 
 def _train_batches(trainer: Trainer, module: LightningModule, count: int) -> list[Any]:
-    """``count`` training batches for this rank (every world_size-th batch, offset by rank), on its device."""
+    """``count`` training batches for this rank (every world_size-th batch, offset by rank), on its device.
+
+    A training set with fewer batches is read again (fresh shuffling and augmentation), as training would.
+    """
     if trainer.datamodule is not None:
         loader = trainer.datamodule.train_dataloader()
     elif is_overridden("train_dataloader", module):
@@ -152,14 +156,15 @@ def _train_batches(trainer: Trainer, module: LightningModule, count: int) -> lis
         raise ValueError("LayerSelection needs training batches: fit with a data module or a model that defines "
                          "train_dataloader")
     batches: list[Any] = []
-    for i, batch in enumerate(loader):
-        if i % trainer.world_size == trainer.global_rank:
-            batches.append(move_data_to_device(batch, trainer.strategy.root_device))
-            if len(batches) == count:
-                break
-    if len(batches) < count:
-        raise ValueError(f"LayerSelection.batches is {count}, but the training set gives only {len(batches)} "
-                         f"batches per process: lower model.selection.batches")
+    while len(batches) < count:
+        before = len(batches)
+        for i, batch in enumerate(loader):
+            if i % trainer.world_size == trainer.global_rank:
+                batches.append(move_data_to_device(batch, trainer.strategy.root_device))
+                if len(batches) == count:
+                    break
+        if len(batches) == before:
+            raise ValueError("LayerSelection found no training batch for this process: the training set is empty")
     return batches
 
 
@@ -203,6 +208,7 @@ def _report(trainer: Trainer, selection: LayerSelection, layers: list[str], scor
     folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir helper; every rank (a collective under DDP)
     path = folder / "layer_selection.json"
     for logger in trainer.loggers:
+        logger.log_hyperparams({"selection": {"layers": layers, "batches": selection.batches}})
         logger.log_metrics({f"selection/gsnr/{n}": s for n, s in scores.items()}, step=0)
     if trainer.is_global_zero:
         folder.mkdir(parents=True, exist_ok=True)
