@@ -8,7 +8,7 @@ layers ``MASMConfig.targets``/``blocks`` name) the full weight gradient G_b = �
     GSNR_l = max(0, mean_j r_j)    over the coordinates j of W_l
 
 with the per-coordinate estimator of :mod:`masm_lightning.callbacks.mask_policy` at uniform weights (β = 1: the
-plain mean and unbiased variance of the B samples, ``r_j = (B − 4)/(B − 2) · ḡ_j²/σ̂_j² − 1/B``). The layers with the
+plain mean and unbiased variance of the B samples, ``r_j = (B − 3)/(B − 1) · ḡ_j²/σ̂_j² − 1/B``). The layers with the
 top ``keep_ratio`` share of scores (``rule: top``) or with ``GSNR_l ≥ threshold`` (``rule: threshold``; at least the
 best layer) are decomposed; every other candidate stays a frozen Linear. L is the training loss without
 regularisers (there are no factors yet), under the trainer's precision; under DDP each rank draws its own batches
