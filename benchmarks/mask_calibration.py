@@ -32,8 +32,9 @@ TRUTHS = (0.0, 0.01, 0.1, 1.0, 10.0)
 SIZES = (64, 1024, 16384)  # coordinates per subspace: Effort's d=1 on a 32-wide toy … K·d=16 on ViT-L's 1024
 
 
-def stream(truth: float, sizes: tuple[int, ...], momentum: float, steps: int, readings: list[int], seed: int,
-           eps: float = 1e-8) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def stream(
+    truth: float, sizes: tuple[int, ...], momentum: float, steps: int, readings: list[int], seed: int, eps: float = 1e-8
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The new and the old estimator's per-subspace readings at the given steps."""
     gen = torch.Generator().manual_seed(seed)
     n = sum(sizes)
@@ -57,12 +58,13 @@ def stream(truth: float, sizes: tuple[int, ...], momentum: float, steps: int, re
     return new, old
 
 
-def table(momentum: float, sizes: tuple[int, ...], steps: int, readings: list[int], seeds: int,
-          show: bool) -> tuple[float, float, float]:
+def table(
+    momentum: float, sizes: tuple[int, ...], steps: int, readings: list[int], seeds: int, show: bool
+) -> tuple[float, float, float]:
     worst_abs, worst_rel, noise = 0.0, 0.0, []
     if show:
         print(f"\nmomentum {momentum}: readings at steps {readings}, {seeds} seeds")
-        print(f"| truth | size | mean reading | worst abs err | worst rel err | old estimator |")
+        print("| truth | size | mean reading | worst abs err | worst rel err | old estimator |")
         print("|---|---|---|---|---|---|")
     for truth in TRUTHS:
         runs = [stream(truth, sizes, momentum, steps, readings, 1000 * s + int(truth * 100)) for s in range(seeds)]
@@ -79,8 +81,9 @@ def table(momentum: float, sizes: tuple[int, ...], steps: int, readings: list[in
                 worst_rel = max(worst_rel, rel)
             if show:
                 rel_text = f"{rel:.1%}" if truth else "-"
-                print(f"| {truth:g} | {size} | {new[:, i].mean():.4f} | {err:.4f} | {rel_text} | "
-                      f"{old[:, i].mean():.4f} |")
+                print(
+                    f"| {truth:g} | {size} | {new[:, i].mean():.4f} | {err:.4f} | {rel_text} | {old[:, i].mean():.4f} |"
+                )
     return worst_abs, worst_rel, torch.quantile(torch.cat(noise), 0.99).item()
 
 
@@ -101,8 +104,10 @@ def main() -> None:
         a, r, p = table(momentum, SIZES[:2], args.steps, readings, args.seeds, show=False)
         print(f"| {momentum} | {(1 + momentum) / (1 - momentum):.0f} | {a:.4f} | {r:.1%} | {p:.4f} |")
 
-    print(f"\nmask calibration: max_abs_err_below_0.1={worst_abs:.4f} max_rel_err_above_0.1={worst_rel:.3f} "
-          f"noise_p99={noise:.4f}")
+    print(
+        f"\nmask calibration: max_abs_err_below_0.1={worst_abs:.4f} max_rel_err_above_0.1={worst_rel:.3f} "
+        f"noise_p99={noise:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,15 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
 
-from .adapters import (MASMConfig, find_targets, inject_adapters, iter_adapters, orthogonality_loss,
-                       spectral_consistency_loss, unload_adapters)
+from .adapters import (
+    MASMConfig,
+    find_targets,
+    inject_adapters,
+    iter_adapters,
+    orthogonality_loss,
+    spectral_consistency_loss,
+    unload_adapters,
+)
 from .metrics import DetectionMetrics
 from .selection import LayerSelection, select_layers
 

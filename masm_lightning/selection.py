@@ -67,8 +67,10 @@ class LayerSelection:
 
     def __post_init__(self) -> None:
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < MIN_SAMPLES:
-            raise ValueError(f"LayerSelection.batches must be an int >= {MIN_SAMPLES} (the GSNR estimate needs "
-                             f"{MIN_SAMPLES} samples), got {self.batches!r}")
+            raise ValueError(
+                f"LayerSelection.batches must be an int >= {MIN_SAMPLES} (the GSNR estimate needs "
+                f"{MIN_SAMPLES} samples), got {self.batches!r}"
+            )
         if self.rule not in ("top", "threshold"):
             raise ValueError(f"LayerSelection.rule must be 'top' or 'threshold', got {self.rule!r}")
         if not 0 < self.keep_ratio <= 1:
@@ -80,12 +82,18 @@ class LayerSelection:
                 self.layers = (self.layers,)
             self.layers = tuple(self.layers)
             if not self.layers or any(not isinstance(name, str) or not name for name in self.layers):
-                raise ValueError(f"LayerSelection.layers must be null or a non-empty list of layer names, "
-                                 f"got {self.layers!r}")
+                raise ValueError(
+                    f"LayerSelection.layers must be null or a non-empty list of layer names, got {self.layers!r}"
+                )
 
 
-def gradient_gsnr(model: nn.Module, names: Sequence[str], batches: Iterable[Any], loss_fn: Callable[[Any], Tensor],
-                  reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+def gradient_gsnr(
+    model: nn.Module,
+    names: Sequence[str],
+    batches: Iterable[Any],
+    loss_fn: Callable[[Any], Tensor],
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, float]:
     """GSNR of each named Linear's full weight gradient over ``batches``; nothing is updated.
 
     Pure torch. Every parameter's ``requires_grad`` and ``.grad`` is as before on return; only the named weights
@@ -126,8 +134,9 @@ def gradient_gsnr(model: nn.Module, names: Sequence[str], batches: Iterable[Any]
     return {name: moments[name].gsnr().item() for name in names}
 
 
-def choose_layers(scores: dict[str, float], rule: Rule = "top", keep_ratio: float = 0.5,
-                  threshold: float = 0.05) -> list[str]:
+def choose_layers(
+    scores: dict[str, float], rule: Rule = "top", keep_ratio: float = 0.5, threshold: float = 0.05
+) -> list[str]:
     """The layers ``rule`` keeps, in the order of ``scores`` (see :class:`LayerSelection`)."""
     names = list(scores)
     values = torch.tensor([scores[n] for n in names], dtype=torch.float64)
@@ -137,8 +146,10 @@ def choose_layers(scores: dict[str, float], rule: Rule = "top", keep_ratio: floa
         keep = values >= threshold
         if not keep.any():
             best = names[int(values.nan_to_num(nan=-math.inf).argmax())]
-            rank_zero_warn(f"LayerSelection: no layer reaches GSNR {threshold} (best: {best} with "
-                           f"{scores[best]:.4g}); keeping only {best}: lower `threshold` or use rule 'top'")
+            rank_zero_warn(
+                f"LayerSelection: no layer reaches GSNR {threshold} (best: {best} with "
+                f"{scores[best]:.4g}); keeping only {best}: lower `threshold` or use rule 'top'"
+            )
             keep[names.index(best)] = True
     return [n for n, k in zip(names, keep.tolist()) if k]
 
@@ -153,8 +164,9 @@ def _train_batches(trainer: Trainer, module: LightningModule, count: int) -> lis
     elif is_overridden("train_dataloader", module):
         loader = module.train_dataloader()
     else:
-        raise ValueError("LayerSelection needs training batches: fit with a data module or a model that defines "
-                         "train_dataloader")
+        raise ValueError(
+            "LayerSelection needs training batches: fit with a data module or a model that defines train_dataloader"
+        )
     batches: list[Any] = []
     while len(batches) < count:
         before = len(batches)
@@ -168,8 +180,14 @@ def _train_batches(trainer: Trainer, module: LightningModule, count: int) -> lis
     return batches
 
 
-def select_layers(trainer: Trainer, module: LightningModule, candidates: Sequence[str], selection: LayerSelection,
-                  loss_fn: Callable[[Any], Tensor], prefix: str = "") -> tuple[list[str], dict[str, float]]:
+def select_layers(
+    trainer: Trainer,
+    module: LightningModule,
+    candidates: Sequence[str],
+    selection: LayerSelection,
+    loss_fn: Callable[[Any], Tensor],
+    prefix: str = "",
+) -> tuple[list[str], dict[str, float]]:
     """Run the selection phase in a fit (see module doc): score ``candidates``, choose, report.
 
     ``candidates`` are named relative to ``module.<prefix>`` (e.g. ``prefix="backbone."``); so are the results.
@@ -212,9 +230,16 @@ def _report(trainer: Trainer, selection: LayerSelection, layers: list[str], scor
         logger.log_metrics({f"selection/gsnr/{n}": s for n, s in scores.items()}, step=0)
     if trainer.is_global_zero:
         folder.mkdir(parents=True, exist_ok=True)
-        record = {"rule": selection.rule, "keep_ratio": selection.keep_ratio, "threshold": selection.threshold,
-                  "batches": selection.batches, "layers": layers, "scores": scores}
+        record = {
+            "rule": selection.rule,
+            "keep_ratio": selection.keep_ratio,
+            "threshold": selection.threshold,
+            "batches": selection.batches,
+            "layers": layers,
+            "scores": scores,
+        }
         path.write_text(json.dumps(record, indent=1) + "\n")
-    rank_zero_info(f"FMSD layer selection: {len(layers)} of {len(scores)} candidate layers get adapters "
-                   f"(* = selected, by gradient GSNR over {selection.batches} batches), written to {path}\n"
-                   + "\n".join(lines))
+    rank_zero_info(
+        f"FMSD layer selection: {len(layers)} of {len(scores)} candidate layers get adapters "
+        f"(* = selected, by gradient GSNR over {selection.batches} batches), written to {path}\n" + "\n".join(lines)
+    )

@@ -110,7 +110,8 @@ class SelectiveLayerMask(Callback):
         reset_released: bool = True,
     ) -> None:
         if granularity not in ("layer", "subspace", "both"):
-            raise ValueError(f"SelectiveLayerMask.granularity must be 'layer', 'subspace' or 'both', got {granularity!r}")
+            raise ValueError("SelectiveLayerMask.granularity must be 'layer', 'subspace' or 'both', "
+                             f"got {granularity!r}")
         for name, value, low in (("warmup_steps", warmup_steps, MIN_SAMPLES), ("interval", interval, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"SelectiveLayerMask.{name} must be an int >= {low}, got {value!r}")
@@ -282,7 +283,8 @@ class SelectiveLayerMask(Callback):
         self.history.append(entry)
         updating = 1 - sum(masked) / len(masked)
         layer_of = self.layer_of.tolist()
-        layer_updating = [not all(m for m, j in zip(masked, layer_of) if j == layer) for layer in range(len(self.layers))]
+        layer_updating = [not all(m for m, j in zip(masked, layer_of) if j == layer)
+                          for layer in range(len(self.layers))]
         scores = self.layer_scores(torch.tensor(stats["gsnr"], device=self.layer_of.device)).tolist()
         metrics = {"mask/subspaces_updating": updating,
                    "mask/layers_updating": sum(layer_updating) / len(layer_updating),
@@ -300,7 +302,7 @@ class SelectiveLayerMask(Callback):
     @staticmethod
     def _folder(trainer: Trainer) -> Path:
         """Call on every rank: ``trainer.log_dir`` broadcasts under DDP."""
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir)  # log_dir helper
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -20,8 +20,8 @@ w_i = a_i / Σa; β = ``momentum``, β = 1 is the plain average of every sample)
 (without it, GSNR 10 reads 12% high at β = 0.9). The mean is over coordinates, so each coordinate is measured in
 its own units and a group's score does not depend on how its energy is split between U, V and s. ``ε`` is relative
 to the coordinate's own raw second moment, so a coordinate whose gradient never varies reads ≈ 1/ε instead of
-dividing by zero, whatever the gradient scale, and a coordinate whose gradient is always zero reads 0. The statistic is defined once k > 2
-(four samples at β → 1); :func:`estimate_ready` says when.
+dividing by zero, whatever the gradient scale, and a coordinate whose gradient is always zero reads 0. The
+statistic is defined once k > 2 (four samples at β → 1); :func:`estimate_ready` says when.
 """
 
 from __future__ import annotations
@@ -150,8 +150,9 @@ def _segment_sum(values: Tensor, lengths: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
-def segment_gsnr(mean: Tensor, var: Tensor, count: int, momentum: float, lengths: Tensor | None = None,
-                 eps: float = 1e-8) -> Tensor:
+def segment_gsnr(
+    mean: Tensor, var: Tensor, count: int, momentum: float, lengths: Tensor | None = None, eps: float = 1e-8
+) -> Tensor:
     """GSNR of each group of coordinates: ``max(0, mean_j r_j)`` with r_j from the module doc.
 
     Args:
@@ -183,7 +184,8 @@ def segment_gsnr(mean: Tensor, var: Tensor, count: int, momentum: float, lengths
 def layer_scores(gsnr: Tensor, layer_of: Tensor, num_layers: int) -> Tensor:
     """A layer's score: the mean GSNR of its subspaces (``layer_of[i]`` is subspace i's layer index)."""
     total = torch.zeros(num_layers, device=gsnr.device).index_add_(0, layer_of, gsnr.float())
-    count = torch.zeros(num_layers, device=gsnr.device).index_add_(0, layer_of, torch.ones_like(gsnr, dtype=torch.float))
+    ones = torch.ones_like(gsnr, dtype=torch.float)
+    count = torch.zeros(num_layers, device=gsnr.device).index_add_(0, layer_of, ones)
     return total / count.clamp_min(1)
 
 
@@ -207,8 +209,9 @@ def layer_rule(scores: Tensor, keep_ratio: float, kept: Tensor | None = None, hy
     return out
 
 
-def subspace_rule(gsnr: Tensor, strength: Tensor, masked: Tensor, min_gsnr: float, max_strength: float,
-                  hysteresis: float) -> Tensor:
+def subspace_rule(
+    gsnr: Tensor, strength: Tensor, masked: Tensor, min_gsnr: float, max_strength: float, hysteresis: float
+) -> Tensor:
     """Which subspaces the subspace rule (v1) blocks, given the previous decision ``masked``.
 
     Trip: ``gsnr < min_gsnr`` or ``strength > max_strength``. A blocked subspace is released only when

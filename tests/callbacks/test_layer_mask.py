@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import timm
 import torch
@@ -124,7 +125,7 @@ def test_resume_continues_with_the_same_masks_statistics_and_weights(tmp_path):
     straight, straight_trainer = _fit(make(), tmp_path / "a", steps=9)
 
     first = make()
-    model, trainer = _fit(first, tmp_path / "b", steps=5)
+    _, trainer = _fit(first, tmp_path / "b", steps=5)
     ckpt = tmp_path / "b" / "mid.ckpt"
     trainer.save_checkpoint(ckpt)
     resumed_callback = make()

@@ -20,8 +20,9 @@ from masm_lightning.callbacks.mask_policy import (
 )
 
 
-def _stream(truth: float, size: int, steps: int, momentum: float, seed: int = 0,
-            scale: torch.Tensor | None = None) -> GradientMoments:
+def _stream(
+    truth: float, size: int, steps: int, momentum: float, seed: int = 0, scale: torch.Tensor | None = None
+) -> GradientMoments:
     gen = torch.Generator().manual_seed(seed)
     mu = (torch.randint(0, 2, (size,), generator=gen) * 2 - 1) * math.sqrt(truth)
     scale = torch.ones(size) if scale is None else scale
@@ -66,7 +67,8 @@ def test_bias_correction_makes_the_mean_exact_from_the_first_sample():
     assert moments.mean.tolist() == [2.0, -4.0]  # no pull towards the zero initialisation
     moments.update(torch.tensor([4.0, -2.0]))
     w = torch.tensor([0.99, 1.0]) / 1.99  # normalised weights of the two samples
-    torch.testing.assert_close(moments.mean, torch.tensor([w @ torch.tensor([2.0, 4.0]), w @ torch.tensor([-4.0, -2.0])]))
+    expected = torch.tensor([w @ torch.tensor([2.0, 4.0]), w @ torch.tensor([-4.0, -2.0])])
+    torch.testing.assert_close(moments.mean, expected)
 
 
 def test_a_non_finite_sample_is_skipped():
@@ -112,13 +114,19 @@ SUBSPACE_RULE = {  # gsnr, strength, previously masked → masked   (min_gsnr 0.
 
 @pytest.mark.parametrize(("gsnr", "strength", "before", "after"), SUBSPACE_RULE.values(), ids=SUBSPACE_RULE.keys())
 def test_subspace_rule(gsnr, strength, before, after):
-    out = subspace_rule(torch.tensor(gsnr), torch.tensor(strength), torch.tensor(before), min_gsnr=0.05,
-                        max_strength=1.0, hysteresis=0.2)
+    out = subspace_rule(
+        torch.tensor(gsnr),
+        torch.tensor(strength),
+        torch.tensor(before),
+        min_gsnr=0.05,
+        max_strength=1.0,
+        hysteresis=0.2,
+    )
     assert out.tolist() == after
 
 
 def test_subspace_rule_sequence_does_not_flap():
-    rule = dict(min_gsnr=0.01, max_strength=1.0, hysteresis=0.2)
+    rule = {"min_gsnr": 0.01, "max_strength": 1.0, "hysteresis": 0.2}
     masked = torch.zeros(4, dtype=torch.bool)
     strength = torch.tensor([0.1, 0.1, 0.1, 1.5])
     # noisy, in the dead band, healthy, over-fitted
@@ -144,8 +152,9 @@ LAYER_RULE = {  # scores, keep_ratio, previously kept (None: first decision), hy
 }
 
 
-@pytest.mark.parametrize(("scores", "ratio", "kept", "hysteresis", "expected"), LAYER_RULE.values(),
-                         ids=LAYER_RULE.keys())
+@pytest.mark.parametrize(
+    ("scores", "ratio", "kept", "hysteresis", "expected"), LAYER_RULE.values(), ids=LAYER_RULE.keys()
+)
 def test_layer_rule(scores, ratio, kept, hysteresis, expected):
     previous = None if kept is None else torch.tensor(kept)
     assert layer_rule(torch.tensor(scores), ratio, previous, hysteresis).tolist() == expected
@@ -180,13 +189,13 @@ def test_released(before, after, expected):
 
 
 ERRORS = {
-    "momentum": (dict(momentum=1.5), r"GradientMoments.momentum must be in \[0, 1\], got 1.5"),
-    "shape": (dict(var=torch.zeros(2)), r"GradientMoments.mean and .var differ in shape"),
+    "momentum": ({"momentum": 1.5}, r"GradientMoments.momentum must be in \[0, 1\], got 1.5"),
+    "shape": ({"var": torch.zeros(2)}, r"GradientMoments.mean and .var differ in shape"),
 }
 
 
 @pytest.mark.parametrize(("kwargs", "message"), ERRORS.values(), ids=ERRORS.keys())
 def test_bad_estimator_arguments_are_refused(kwargs, message):
-    args = dict(momentum=0.9, mean=torch.zeros(3), var=torch.zeros(3)) | kwargs
+    args = {"momentum": 0.9, "mean": torch.zeros(3), "var": torch.zeros(3)} | kwargs
     with pytest.raises(ValueError, match=message):
         GradientMoments(**args)
