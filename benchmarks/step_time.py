@@ -113,8 +113,7 @@ def build(name: str, model_name: str, depth: int | None, rank: int, device: torc
     # nothing masked, so the optimizer does the same work as `masm`; decisions run every `interval` steps only.
     mask = None
     if name == "masm_mask":
-        mask = SelectiveLayerMask(warmup_steps=10**9)
-        mask._discover(model)
+        mask = SelectiveLayerMask(warmup_steps=10**9)  # finds the adapters on its first call (a warm-up step)
     return Method(name, model.train(), head, extra, mask)
 
 

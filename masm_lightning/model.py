@@ -19,9 +19,18 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
 
-from .adapters import MASMConfig, inject_adapters, orthogonality_loss, spectral_consistency_loss
+from .adapters import (
+    MASMConfig,
+    find_targets,
+    inject_adapters,
+    iter_adapters,
+    orthogonality_loss,
+    spectral_consistency_loss,
+    unload_adapters,
+)
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
+from .selection import LayerSelection, select_layers
 
 __all__ = ["MASMDetector", "run_checkpoints", "weights_fingerprint"]
 
@@ -76,6 +85,9 @@ class MASMDetector(LightningModule):
         lr_scheduler: optional, stepped per epoch.
         threshold: fake-probability threshold for accuracy.
         backbone_seed: seed of a random-init backbone (no weights given), so a checkpoint reloads onto the same base.
+        selection: FMSD (the paper's v3 reading): choose the layers to decompose among ``adapters``' targets from
+            full-weight gradient GSNR at the start of ``fit``, before injection (:mod:`masm_lightning.selection`);
+            None decomposes every target (v1). The chosen layers are kept in the checkpoint.
 
     Model selection: ``monitor`` (``val/video_auc``, the validation split of the training data, never a test set)
     is maximised; every ``fit`` saves ``best.ckpt`` and ``last.ckpt`` in its run folder (:func:`run_checkpoints`).
@@ -98,10 +110,16 @@ class MASMDetector(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         threshold: float = 0.5,
         backbone_seed: int = 0,
+        selection: LayerSelection | None = None,
     ) -> None:
         super().__init__()
         if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters
             adapters = MASMConfig(**adapters)
+        if isinstance(selection, Mapping):
+            selection = LayerSelection(**selection)
+        if selection is not None and adapters is None:
+            raise ValueError("model.selection chooses where adapters go, but model.adapters is null: set adapters "
+                             "(its targets are the candidates) or drop selection")
         if lambda_orth < 0 or lambda_spec < 0:
             raise ValueError(f"lambda_orth and lambda_spec must be >= 0, got {lambda_orth} and {lambda_spec}")
         if not 0 < threshold < 1:
@@ -112,8 +130,11 @@ class MASMDetector(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "adapters"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "adapters", "selection"])
         self.hparams["adapters"] = None if adapters is None else dataclasses.asdict(adapters)
+        self.selection = selection
+        self.selection_scores: dict[str, float] | None = None
+        self._record_selection()
         self.backbone: nn.Module | None = None
         self.head: nn.Linear | None = None
         self.fingerprint: str | None = None
@@ -161,12 +182,39 @@ class MASMDetector(LightningModule):
             return
         backbone = self._create_backbone()
         self.fingerprint = weights_fingerprint(backbone)
-        if self.adapter_config is not None:
-            inject_adapters(backbone, self.adapter_config)
-        elif self.hparams.freeze_backbone:
-            backbone.requires_grad_(False)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, 2)
+        if self.adapter_config is not None:
+            backbone.requires_grad_(False)  # also while injection waits for a checkpoint's selection
+            if self.selection is None:
+                inject_adapters(backbone, self.adapter_config)
+            else:
+                self._inject(self._selected_layers())
+        elif self.hparams.freeze_backbone:
+            backbone.requires_grad_(False)
+
+    def _selected_layers(self) -> list[str] | None:
+        """Where FMSD puts adapters: the known selection, a fresh one when fitting, or None (test/predict without a
+        known selection: ``on_load_checkpoint`` injects the checkpoint's layers)."""
+        if self.selection.layers is None:
+            if self._trainer is None or self.trainer.state.fn != "fit":
+                return None
+            candidates = find_targets(self.backbone, self.adapter_config)
+            layers, self.selection_scores = select_layers(self.trainer, self, candidates, self.selection,
+                                                          self.task_loss, prefix="backbone.")
+            self.selection = dataclasses.replace(self.selection, layers=tuple(layers))
+            self._record_selection()
+        return list(self.selection.layers)
+
+    def _inject(self, layers: list[str] | None) -> None:
+        """Adapters on exactly ``layers`` (names inside the backbone), replacing any present; None injects none."""
+        if [name for name, _ in iter_adapters(self.backbone)] == layers or layers is None:
+            return
+        unload_adapters(self.backbone)
+        inject_adapters(self.backbone, dataclasses.replace(self.adapter_config, targets=tuple(layers), blocks=None))
+
+    def _record_selection(self) -> None:
+        self.hparams["selection"] = None if self.selection is None else dataclasses.asdict(self.selection)
 
     @override
     def forward(self, images: Tensor) -> Tensor:
@@ -176,15 +224,17 @@ class MASMDetector(LightningModule):
     def fake_probability(self, images: Tensor) -> Tensor:
         return self(images).softmax(-1)[:, 1]
 
-    @override
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def task_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The data term of the training loss: cross-entropy, class-weighted where the batch carries weights."""
         logits = self(batch["image"])
         if "weight" in batch:  # class weights carried by the batch (data.balance: loss): weighted-mean CE
             weight = batch["weight"].to(logits)
-            ce = (F.cross_entropy(logits, batch["label"], reduction="none") * weight).sum() / weight.sum()
-        else:
-            ce = F.cross_entropy(logits, batch["label"])
-        terms = {"ce": ce}
+            return (F.cross_entropy(logits, batch["label"], reduction="none") * weight).sum() / weight.sum()
+        return F.cross_entropy(logits, batch["label"])
+
+    @override
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = {"ce": self.task_loss(batch)}
         loss = terms["ce"]
         if self.adapter_config is not None:
             if self.hparams.lambda_orth:
@@ -307,10 +357,19 @@ class MASMDetector(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
                                       "fingerprint": self.fingerprint, "adapters": self.hparams.adapters,
-                                      "data_config": self.data_config}
+                                      "data_config": self.data_config,
+                                      "selection": None if self.selection is None else {
+                                          "layers": list(self.selection.layers or ()), "scores": self.selection_scores}}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        chosen = (checkpoint.get(CHECKPOINT_KEY, {}).get("selection") or {}).get("layers")
+        if chosen and self.adapter_config is not None and self.backbone is not None:
+            # An FMSD checkpoint: adapters on the layers it selected, whatever this run's config would choose.
+            self._inject(list(chosen))
+            self.selection = dataclasses.replace(self.selection or LayerSelection(), layers=tuple(chosen))
+            self.selection_scores = checkpoint[CHECKPOINT_KEY]["selection"].get("scores")
+            self._record_selection()
         saved = checkpoint.get(CHECKPOINT_KEY, {}).get("fingerprint")
         if saved is not None and self.fingerprint is not None and saved != self.fingerprint:
             raise ValueError(

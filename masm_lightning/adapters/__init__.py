@@ -1,7 +1,7 @@
 """MASM subspace adapters for any torch model with ``nn.Linear`` layers. Imports torch only."""
 
 from .config import MASMConfig
-from .inject import inject_adapters, iter_adapters, merge_adapters, unload_adapters
+from .inject import find_targets, inject_adapters, iter_adapters, merge_adapters, unload_adapters
 from .layer import ArtifactSubspace, MASMLinear
 from .regularizers import orthogonality_loss, spectral_consistency_loss
 
@@ -9,6 +9,7 @@ __all__ = [
     "ArtifactSubspace",
     "MASMConfig",
     "MASMLinear",
+    "find_targets",
     "inject_adapters",
     "iter_adapters",
     "merge_adapters",

@@ -10,7 +10,7 @@ from .config import MASMConfig
 from .layer import MASMLinear
 from .svd import check_ranks, fused_parts
 
-__all__ = ["inject_adapters", "iter_adapters", "merge_adapters", "unload_adapters"]
+__all__ = ["find_targets", "inject_adapters", "iter_adapters", "merge_adapters", "unload_adapters"]
 
 
 def _matches(name: str, target: str) -> bool:
@@ -35,24 +35,12 @@ def iter_adapters(model: nn.Module) -> Iterator[tuple[str, MASMLinear]]:
             yield name, module
 
 
-def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
-    """Wrap the Linear layers that ``config`` selects in :class:`MASMLinear`, in place.
-
-    Every parameter of ``model`` is frozen except the adapters' artifact factors; unfreeze your head afterwards.
-
-    Returns:
-        The qualified names of the wrapped modules, in module order.
+def find_targets(model: nn.Module, config: MASMConfig) -> list[str]:
+    """The qualified names of the ``nn.Linear`` layers ``config`` selects (``targets``, ``blocks``), in module order.
 
     Raises:
-        ValueError: if the model already holds adapters, a target matches no module or a non-Linear, a requested
-            block does not exist, or a rank does not fit a layer.
+        ValueError: if a target matches no module or a non-Linear, or a requested block does not exist.
     """
-    existing = [name for name, _ in iter_adapters(model)]
-    if existing:
-        raise ValueError(
-            f"the model already holds {len(existing)} MASM adapters (first: {existing[0]!r}); "
-            "call merge_adapters or unload_adapters before injecting again"
-        )
     modules = dict(model.named_modules())
     selected: list[str] = []
     for target in config.targets:
@@ -79,7 +67,29 @@ def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
             )
         selected = [name for name in selected if _block_index(name) in config.blocks]
     order = {name: i for i, name in enumerate(modules)}
-    selected = sorted(set(selected), key=order.__getitem__)
+    return sorted(set(selected), key=order.__getitem__)
+
+
+def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
+    """Wrap the Linear layers that ``config`` selects in :class:`MASMLinear`, in place.
+
+    Every parameter of ``model`` is frozen except the adapters' artifact factors; unfreeze your head afterwards.
+
+    Returns:
+        The qualified names of the wrapped modules, in module order.
+
+    Raises:
+        ValueError: if the model already holds adapters, a target matches no module or a non-Linear, a requested
+            block does not exist, or a rank does not fit a layer.
+    """
+    existing = [name for name, _ in iter_adapters(model)]
+    if existing:
+        raise ValueError(
+            f"the model already holds {len(existing)} MASM adapters (first: {existing[0]!r}); "
+            "call merge_adapters or unload_adapters before injecting again"
+        )
+    selected = find_targets(model, config)
+    modules = dict(model.named_modules())
 
     parts = {name: fused_parts(name) if config.split_fused else 1 for name in selected}
     for name in selected:  # validate every layer before the first SVD, so an error leaves the model untouched

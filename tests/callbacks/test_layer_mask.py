@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import timm
@@ -74,45 +73,9 @@ def test_consistent_gradients_have_high_gsnr_and_the_layer_rule_keeps_them(tmp_p
     noisy = [v for k, v in gsnr.items() if k in NOISY_LAYERS]
     assert min(consistent) > 100 * max(noisy)
     assert max(noisy) < 0.2  # zero-mean noise: the moving mean is small next to the spread
+    assert max(noisy) < SelectiveLayerMask().min_gsnr  # the unbiased estimate reads noise below the default threshold
     kept = [layer for layer, keep in zip(callback.layers, callback.layer_kept.tolist()) if keep]
     assert sorted(kept) == sorted(set(callback.layers) - set(NOISY_LAYERS))
-
-
-def _rule_only(masked: list[bool]) -> SelectiveLayerMask:
-    callback = SelectiveLayerMask(granularity="subspace", min_gsnr=0.01, max_strength=1.0, hysteresis=0.2)
-    callback.layers = ["l0"]
-    callback._layer_of = torch.zeros(len(masked), dtype=torch.long)
-    callback.layer_kept = torch.ones(1, dtype=torch.bool)
-    callback.rule_masked = torch.tensor(masked)
-    return callback
-
-
-def _decide(callback: SelectiveLayerMask, gsnr: list[float], strength: list[float]) -> list[bool]:
-    callback.statistics = lambda: {"gsnr": torch.tensor(gsnr), "strength": torch.tensor(strength)}
-    callback._decide(SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src: obj)))
-    return callback.masked.tolist()
-
-
-def test_subspace_rule_trips_on_low_gsnr_or_high_strength_and_releases_with_hysteresis():
-    callback = _rule_only([False] * 4)
-    # noisy, in the dead band, healthy, over-fitted
-    assert _decide(callback, [0.005, 0.011, 0.5, 0.5], [0.1, 0.1, 0.1, 1.5]) == [True, False, False, True]
-    # Subspace 0 recovers into the dead band (0.01 < 0.011 < 0.012): it stays masked, no flapping.
-    assert _decide(callback, [0.011, 0.011, 0.5, 0.5], [0.1, 0.1, 0.1, 1.5]) == [True, False, False, True]
-    # Past min_gsnr·(1 + hysteresis): released. Strength back under max_strength·(1 − hysteresis): released.
-    assert _decide(callback, [0.013, 0.011, 0.5, 0.5], [0.1, 0.1, 0.1, 0.7]) == [False, False, False, False]
-
-
-def test_granularity_both_masks_whole_layers_and_noisy_subspaces_in_kept_layers():
-    callback = SelectiveLayerMask(granularity="both", keep_ratio=0.5, min_gsnr=0.01)
-    callback.layers = ["a", "b"]
-    callback._layer_of = torch.tensor([0, 0, 1, 1])
-    callback.layer_kept = torch.ones(2, dtype=torch.bool)
-    callback.rule_masked = torch.zeros(4, dtype=torch.bool)
-    # layer a scores higher (mean GSNR), but its second subspace is noise; layer b is dropped as a whole.
-    assert _decide(callback, [2.0, 0.001, 0.3, 0.2], [0.1] * 4) == [False, True, True, True]
-    callback.enabled = False  # the ablation: same statistics and decisions logged, nothing masked
-    assert callback.masked.tolist() == [False] * 4
 
 
 class Snapshot(Callback):
@@ -126,12 +89,12 @@ class Snapshot(Callback):
 
 
 def test_masked_factors_are_bit_identical_under_adamw_while_unmasked_move(tmp_path):
-    callback = SelectiveLayerMask(granularity="layer", warmup_steps=3, interval=100, keep_ratio=0.5)
+    callback = SelectiveLayerMask(granularity="layer", warmup_steps=4, interval=100, keep_ratio=0.5)
     snapshot = Snapshot()
     _fit(callback, tmp_path, steps=10, callbacks=[snapshot])
     masked_layers = {layer for layer, keep in zip(callback.layers, callback.layer_kept.tolist()) if not keep}
     assert masked_layers == set(NOISY_LAYERS)
-    after_decision, end = snapshot.values[2], snapshot.values[-1]  # the mask applies from step 3's update on
+    after_decision, end = snapshot.values[3], snapshot.values[-1]  # the mask applies from step 4's update on
     for key in end:
         layer = key.split("/")[0]
         if layer in masked_layers:
@@ -141,15 +104,15 @@ def test_masked_factors_are_bit_identical_under_adamw_while_unmasked_move(tmp_pa
 
 
 def test_gradient_accumulation_gives_one_update_per_optimizer_step(tmp_path):
-    callback = SelectiveLayerMask(warmup_steps=2, interval=1)
-    _fit(callback, tmp_path, steps=4, accumulate_grad_batches=3)
-    assert callback.steps == 4
-    assert [entry["step"] for entry in callback.history] == [2, 3, 4]
+    callback = SelectiveLayerMask(warmup_steps=4, interval=1)
+    _fit(callback, tmp_path, steps=6, accumulate_grad_batches=3)
+    assert callback.steps == 6
+    assert [entry["step"] for entry in callback.history] == [4, 5, 6]
 
 
 def test_bf16_mixed_on_cpu(tmp_path):
-    callback = SelectiveLayerMask(warmup_steps=3, interval=1)
-    _fit(callback, tmp_path, steps=5, precision="bf16-mixed")
+    callback = SelectiveLayerMask(warmup_steps=4, interval=1)
+    _fit(callback, tmp_path, steps=6, precision="bf16-mixed")
     stats = callback.statistics()
     assert all(torch.isfinite(v).all() for v in stats.values())
     assert callback.masked.any()
@@ -157,12 +120,12 @@ def test_bf16_mixed_on_cpu(tmp_path):
 
 def test_resume_continues_with_the_same_masks_statistics_and_weights(tmp_path):
     def make():
-        return SelectiveLayerMask(granularity="both", warmup_steps=3, interval=2, keep_ratio=0.5, min_gsnr=0.05)
+        return SelectiveLayerMask(granularity="both", warmup_steps=4, interval=2, keep_ratio=0.5, min_gsnr=0.05)
 
     straight, straight_trainer = _fit(make(), tmp_path / "a", steps=9)
 
     first = make()
-    _model, trainer = _fit(first, tmp_path / "b", steps=5)
+    _, trainer = _fit(first, tmp_path / "b", steps=5)
     ckpt = tmp_path / "b" / "mid.ckpt"
     trainer.save_checkpoint(ckpt)
     resumed_callback = make()
@@ -174,17 +137,19 @@ def test_resume_continues_with_the_same_masks_statistics_and_weights(tmp_path):
     reference = next(c for c in straight_trainer.callbacks if isinstance(c, SelectiveLayerMask))
     assert resumed_callback.steps == reference.steps == 9
     assert torch.equal(resumed_callback.masked, reference.masked)
-    torch.testing.assert_close(resumed_callback.variances, reference.variances)
+    for key in ("count", "mean_grad", "var_grad"):
+        torch.testing.assert_close(resumed_callback.state_dict()[key], reference.state_dict()[key], msg=key)
+    assert resumed_callback.history == reference.history
     for (name, a), (_, b) in zip(resumed._factors(), straight._factors()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 def test_jsonl_and_heatmap_are_written(tmp_path):
-    callback = SelectiveLayerMask(warmup_steps=2, interval=2)
-    _fit(callback, tmp_path, steps=8)
+    callback = SelectiveLayerMask(warmup_steps=4, interval=2)
+    _fit(callback, tmp_path, steps=10)
     lines = (tmp_path / "layer_masks.jsonl").read_text().splitlines()
     entries = [json.loads(line) for line in lines]
-    assert [e["step"] for e in entries] == [2, 4, 6, 8]
+    assert [e["step"] for e in entries] == [4, 6, 8, 10]
     first = entries[0]["subspaces"][0]
     assert {"layer", "subspace", "gsnr", "variance", "strength", "masked"} <= first.keys()
     assert len(entries[0]["subspaces"]) == 8  # 4 layers x 2 subspaces
@@ -194,9 +159,11 @@ def test_jsonl_and_heatmap_are_written(tmp_path):
 ARGUMENT_ERRORS = {
     "granularity": (dict(granularity="block"), r"granularity must be 'layer', 'subspace' or 'both', got 'block'"),
     "interval": (dict(interval=0), r"interval must be an int >= 1, got 0"),
+    "warmup_steps": (dict(warmup_steps=2), r"warmup_steps must be an int >= 4, got 2"),
     "keep_ratio": (dict(keep_ratio=0.0), r"keep_ratio must be in \(0, 1\], got 0.0"),
     "hysteresis": (dict(hysteresis=1.0), r"hysteresis must be in \[0, 1\), got 1.0"),
-    "momentum": (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+    "momentum": (dict(momentum=1.0), r"momentum must be in \[0.5, 1\), got 1.0"),
+    "momentum_low": (dict(momentum=0.2), r"momentum must be in \[0.5, 1\), got 0.2"),
 }
 
 
@@ -232,9 +199,82 @@ def test_a_model_without_adapters_is_refused_clearly():
 def test_an_overflow_step_does_not_poison_the_statistics():
     model = ControlledGradients()
     callback = SelectiveLayerMask()
-    callback._discover(model)
+    optimizer = model.configure_optimizers()
     for _, p in model._factors():
         p.grad = torch.full_like(p, float("inf"))
-    callback._update_statistics()
-    assert torch.equal(callback.variances, torch.zeros_like(callback.variances))
-    assert torch.equal(callback.mean_grad, torch.zeros_like(callback.mean_grad))
+    callback.on_before_optimizer_step(None, model, optimizer)  # no decision before warm-up: no trainer needed
+    state = callback.state_dict()
+    assert callback.steps == 1 and state["count"] == 0
+    assert torch.equal(state["var_grad"], torch.zeros_like(state["var_grad"]))
+    assert torch.equal(state["mean_grad"], torch.zeros_like(state["mean_grad"]))
+
+
+class PhasedGradients(LightningModule):
+    """One adapter, one subspace; its gradient is chosen by phase: +d, then pure noise, then −d.
+
+    Adam builds momentum along +d in the first phase; the noise phase masks the subspace (GSNR ≈ 0) and freezes
+    that momentum; the −d phase releases it. The loss ``⟨p, g⟩`` makes ``p.grad == g``.
+    """
+
+    def __init__(self, phases: tuple[int, int] = (10, 40)) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 8))
+        inject_adapters(self.net, MASMConfig(num_subspaces=1, subspace_rank=2, targets=("0",)))
+        self.phases = phases
+        gen = torch.Generator().manual_seed(5)
+        self.directions = [torch.randn(p.shape, generator=gen) for p in self.factors()]
+        self.gradients: list[list[torch.Tensor]] = []  # per optimizer step
+
+    def factors(self) -> list[torch.nn.Parameter]:
+        return [p for _, adapter in iter_adapters(self) for sub in adapter.subspaces for p in sub.factors()]
+
+    def training_step(self, batch, batch_idx):
+        step = self.global_step
+        noise = torch.Generator().manual_seed(100 + step)
+        if step < self.phases[0]:
+            grads = self.directions
+        elif step < self.phases[1]:
+            grads = [torch.randn(d.shape, generator=noise) for d in self.directions]
+        else:
+            grads = [-d for d in self.directions]
+        self.gradients.append(grads)
+        return sum((p * g).sum() for p, g in zip(self.factors(), grads))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.factors(), lr=1e-3)
+
+    def train_dataloader(self):
+        return DataLoader(torch.zeros(80, 1), batch_size=1)
+
+
+class FactorSnapshot(Callback):
+    def __init__(self) -> None:
+        self.values: list[list[torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.values.append([p.detach().clone() for p in pl_module.factors()])
+
+
+def _first_step_after_release(tmp_path, reset: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    callback = SelectiveLayerMask(granularity="subspace", warmup_steps=4, interval=1, momentum=0.9, min_gsnr=0.05,
+                                  max_strength=100.0, reset_released=reset)
+    snapshot = FactorSnapshot()
+    model = PhasedGradients()
+    Trainer(max_steps=70, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+            callbacks=[callback, snapshot]).fit(model)
+    masked = {entry["step"]: entry["subspaces"][0]["masked"] for entry in callback.history}
+    assert any(masked[s] for s in range(11, 41)), "the noise phase should mask the subspace"
+    release = next(s for s in range(41, 71) if masked[s - 1] and not masked[s])  # optimizer steps count from 1
+    before, after = snapshot.values[release - 2], snapshot.values[release - 1]
+    return [a - b for a, b in zip(after, before)], model.gradients[release - 1]
+
+
+def test_a_released_subspace_restarts_its_optimizer_state_and_follows_the_new_gradient(tmp_path):
+    steps, grads = _first_step_after_release(tmp_path / "reset", reset=True)
+    for step, grad in zip(steps, grads):
+        assert ((step * grad) < 0).all(), "every coordinate must move against the new gradient"
+    # Without the reset, Adam's momentum from before the mask drags the first step the old way.
+    stale, grads = _first_step_after_release(tmp_path / "stale", reset=False)
+    assert any(((step * grad) > 0).any() for step, grad in zip(stale, grads))
