@@ -107,3 +107,31 @@ def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
     assert list(tmp_path.rglob("roc_demo.png"))
     assert list((tmp_path / "wandb").rglob("*.png")), "the ROC curve is logged to W&B as an image"
     wandb.finish()
+
+
+def test_every_fit_gets_its_own_run_folder_with_best_and_last_and_says_where(tmp_path, caplog):
+    runs = []
+    for _ in range(2):
+        caplog.clear()
+        cli = main(["fit", *tiny_args(tmp_path, "--trainer.max_epochs", "3")])
+        folder = Path(cli.trainer.log_dir)
+        best, last = folder / "checkpoints" / "best.ckpt", folder / "checkpoints" / "last.ckpt"
+        assert best.is_file() and last.is_file()
+        assert folder.parent.parent == tmp_path, "the run folder lives under --trainer.default_root_dir"
+        state = torch.load(last, weights_only=True)
+        assert state["global_step"] == cli.trainer.global_step and state["epoch"] == 2, "last.ckpt is the last state"
+        said = caplog.text
+        assert f"run folder: {folder}" in said and str(best) in said and str(last) in said
+        runs.append((folder, best.stat().st_mtime_ns))
+    (first, first_time), (second, _) = runs
+    assert first != second and (first / "checkpoints" / "best.ckpt").stat().st_mtime_ns == first_time, (
+        "a second run never overwrites the first")
+
+
+@pytest.mark.parametrize("overlay", [None, *BASELINES])
+def test_the_checkpoint_policy_is_the_same_for_every_config_and_overlay(tmp_path, overlay):
+    extra = ["--config", str(ROOT / "configs" / overlay)] if overlay else []
+    cli = main(["fit", *tiny_args(tmp_path), *extra, "--trainer.max_epochs", "1"])
+    names = sorted(Path(c.best_model_path).name for c in cli.trainer.checkpoint_callbacks)
+    assert names == ["best.ckpt", "last.ckpt"]
+    assert cli.trainer.checkpoint_callback.monitor == cli.model.monitor == "val/video_auc"

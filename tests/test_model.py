@@ -9,7 +9,7 @@ from lightning.pytorch import Trainer
 from masm_lightning import MASMConfig
 from masm_lightning.model import MASMDetector
 
-TINY = dict(backbone="vit_base_patch16_clip_quickgelu_224",
+TINY = dict(backbone="vit_base_patch16_clip_quickgelu_224", pretrained=False,
             backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8))
 
 
@@ -160,9 +160,12 @@ def test_checkpoint_path_loads_local_backbone_weights(tmp_path, images, layout):
         torch.testing.assert_close(model.backbone(images), source(images), rtol=1e-4, atol=1e-5)
 
 
-def test_random_backbone_warns_and_a_missing_file_is_named():
+def test_random_backbone_warns_unless_asked_for_and_a_missing_file_is_named(recwarn):
     with pytest.warns(UserWarning, match="starts from random weights"):
-        _detector()
+        _detector(pretrained=None)
+    recwarn.clear()
+    _detector(pretrained=False)  # said on purpose (tests, the demo): no warning
+    assert not [w for w in recwarn if "random weights" in str(w.message)]
     with pytest.raises(FileNotFoundError, match=r"model.checkpoint_path '/nope/ViT-L-14.pt' is not a file"):
         _detector(checkpoint_path="/nope/ViT-L-14.pt")
 

@@ -15,10 +15,11 @@ import torch
 
 from masm_lightning.commands import preprocess as preprocess_module
 from masm_lightning.data import extract as extract_module
-from masm_lightning.data.datamodule import FaceForgeryDataModule, FrameDataset, VideoFrameSampler
-from masm_lightning.data.manifest import FrameRecord, write_manifest
+from masm_lightning.data.datamodule import DemoDataModule, FaceForgeryDataModule, FrameDataset, VideoFrameSampler
+from masm_lightning.data.manifest import FrameRecord, read_manifest, write_manifest
 from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.data.sources import DataSource, load_source, prepare_source
+from masm_lightning.data.synthetic import generate_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -310,3 +311,14 @@ def test_face_crop_settings_are_known_for_inference_when_they_can_be(tmp_path):
     deepfakebench = FaceForgeryDataModule(train=DataSource("deepfakebench", root=str(tmp_path / "dfb"),
                                                            dataset_json=str(listing)))
     assert deepfakebench.face_crop["crop"] == "aligned" and deepfakebench.face_crop["size"] == 256
+
+
+def test_the_demo_draws_frames_from_the_run_seed_and_generates_from_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    demo = DemoDataModule(root=str(tmp_path / "demo"), generation_seed=3)
+    assert demo.seed == 7, "frame draws follow seed_everything, not the generation seed"
+    assert DemoDataModule(root=str(tmp_path / "demo"), seed=5).seed == 5
+    first = generate_demo_dataset(tmp_path / "a", videos={"train": 2}, frames_per_video=1, size=32, seed=3)
+    other = generate_demo_dataset(tmp_path / "b", videos={"train": 2}, frames_per_video=1, size=32, seed=4)
+    image = lambda manifest: cv2.imread(str(read_manifest(manifest)[0].path))
+    assert not np.array_equal(image(first), image(other)), "the generation seed decides the images"
