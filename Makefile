@@ -1,4 +1,4 @@
-# Two commands matter: `make install` (idempotent) and `make test` (installs if needed, then the whole suite).
+# Two commands matter: `make install` (idempotent) and `make test` (installs if needed, lints, then the whole suite).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The suite must never touch the network.
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1
 
-.PHONY: install test demo benchmark clean
+.PHONY: install test lint demo benchmark clean
 
 install: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m pip check
 	touch $(STAMP)
 
-test: install
+test: install lint
 	$(OFFLINE) $(PY) -m pytest -q
+
+# Zero findings or the build fails: ruff (lint + format), mypy (configured in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The main job on a fresh machine: generate the demo data, fit MASM, test the best checkpoint. Nothing is downloaded.
 # Each fit gets its own run folder outputs/demo/demo/version_N/; the test reads the newest one's best checkpoint.

@@ -125,3 +125,29 @@ def test_a_mistake_on_any_command_is_one_message_and_exit_2(tmp_path, argv, mess
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def _declared_requirements() -> set[str]:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = project["dependencies"]
+    return {re.split(r"[<>=!\[; ]", n, maxsplit=1)[0].lower().replace("_", "-") for n in names}
+
+
+def test_every_third_party_package_the_library_imports_is_declared():
+    import importlib.metadata
+
+    providers = importlib.metadata.packages_distributions()
+    declared = _declared_requirements()
+    missing = set()
+    for path in PACKAGE.rglob("*.py"):
+        for module, _ in _imports(path):
+            top = module.split(".")[0]
+            if not top or top == "masm_lightning" or top in sys.stdlib_module_names:
+                continue
+            distributions = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
+            if not distributions & declared:
+                missing.add(f"{top} ({', '.join(sorted(distributions))}) in {_module_name(path)}")
+    assert not missing, f"imported but not in [project] dependencies: {sorted(missing)}"

@@ -180,6 +180,6 @@ def test_data_module_follows_the_backbone_and_refuses_a_disagreement(tmp_path):
     trainer.strategy.connect(model)
     data.trainer = trainer
     with pytest.raises(ValueError, match=r"data.input_config .* disagrees with the model's data_config"):
-        data._input_config()
+        data.resolved_input_config()
     data.hparams.input_config = None
-    assert data._input_config() == {**model.data_config}
+    assert data.resolved_input_config() == {**model.data_config}

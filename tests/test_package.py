@@ -6,11 +6,17 @@ import subprocess
 import sys
 
 
-def test_public_names_import_from_the_package():
-    from masm_lightning import MASMConfig, MASMDetector, SelectiveLayerMask, inject_adapters, merge_adapters
+def test_public_names_import_from_the_package_and_are_the_modules_own():
+    import masm_lightning
+    from masm_lightning.adapters import MASMConfig, inject_adapters, merge_adapters
+    from masm_lightning.callbacks.layer_mask import SelectiveLayerMask
+    from masm_lightning.model import MASMDetector
 
-    assert MASMDetector.__name__ == "MASMDetector" and SelectiveLayerMask.__name__ == "SelectiveLayerMask"
-    assert callable(inject_adapters) and callable(merge_adapters) and MASMConfig().num_subspaces == 4
+    expected = {"MASMConfig": MASMConfig, "MASMDetector": MASMDetector, "SelectiveLayerMask": SelectiveLayerMask,
+                "inject_adapters": inject_adapters, "merge_adapters": merge_adapters}
+    assert set(masm_lightning.__all__) == set(expected)
+    for name, obj in expected.items():
+        assert getattr(masm_lightning, name) is obj, name
 
 
 def test_the_adapter_library_imports_torch_only():

@@ -297,7 +297,9 @@ class FaceForgeryDataModule(LightningDataModule):
                                self.hparams.extract_device)
                 done.add(source.display_name)
 
-    def _input_config(self) -> dict[str, Any]:
+    def resolved_input_config(self) -> dict[str, Any]:
+        """The backbone's input configuration (size, mean, std, interpolation) this module resizes and normalises
+        with: ``data.input_config`` (linked by the CLI) or the trainer's model's ``data_config``; they must agree."""
         linked = self.hparams.input_config
         model = self.trainer.lightning_module if self.trainer is not None else None
         own = getattr(model, "data_config", None)
@@ -318,7 +320,7 @@ class FaceForgeryDataModule(LightningDataModule):
 
     @override
     def setup(self, stage: str) -> None:
-        config = self._input_config()
+        config = self.resolved_input_config()
         size, mean, std, interpolation = (config[k] for k in ("image_size", "mean", "std", "interpolation"))
         eval_tf = eval_transform(size, mean, std, interpolation)
         self.datasets = {}
