@@ -27,6 +27,8 @@ __all__ = ["MASMDetector", "weights_fingerprint"]
 
 CHECKPOINT_KEY = "masm"
 _KEY_PREFIXES = ("module.", "model.")
+# Layers with running statistics (timm's BatchNormAct2d subclasses BatchNorm2d; SyncBatchNorm under DDP).
+_STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def effort_adam(params: Any) -> torch.optim.Optimizer:
@@ -65,6 +67,10 @@ class MASMDetector(LightningModule):
         lr_scheduler: optional, stepped per epoch.
         threshold: fake-probability threshold for accuracy.
         backbone_seed: seed of a random-init backbone (no weights given), so a checkpoint reloads onto the same base.
+        freeze_norm_stats: a frozen backbone (adapters or linear probe) keeps its BatchNorm layers in eval mode while
+            training: the pretrained running mean/var normalise every batch and are never updated, so the frozen
+            weights compute what they were trained to (and injection stays exact). False updates the statistics
+            from the training batches (they are then saved in checkpoints). Full fine-tuning always updates them.
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class MASMDetector(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         threshold: float = 0.5,
         backbone_seed: int = 0,
+        freeze_norm_stats: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters
@@ -149,6 +156,29 @@ class MASMDetector(LightningModule):
             backbone.requires_grad_(False)
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, 2)
+
+    def _norm_stats_frozen(self) -> bool:
+        frozen_backbone = self.adapter_config is not None or self.hparams.freeze_backbone
+        return frozen_backbone and self.hparams.freeze_norm_stats
+
+    def _freeze_norms(self) -> None:
+        if self.training and self.backbone is not None and self._norm_stats_frozen():
+            for module in self.backbone.modules():
+                if isinstance(module, _STAT_NORMS):
+                    module.eval()
+
+    @override
+    def train(self, mode: bool = True) -> MASMDetector:
+        """Any loop's switch to training; a frozen backbone's BatchNorm stays in eval mode."""
+        super().train(mode)
+        self._freeze_norms()
+        return self
+
+    @override
+    def on_train_start(self) -> None:
+        # Lightning's fit loop never calls train() (and warns about eval-mode modules just before this hook); its
+        # evaluation loops restore each module's own mode afterwards, so this holds for the whole fit.
+        self._freeze_norms()
 
     @override
     def forward(self, images: Tensor) -> Tensor:
@@ -268,9 +298,14 @@ class MASMDetector(LightningModule):
     # --- checkpoints: what training changed, plus the identity of the frozen base ---
 
     def _trained_keys(self) -> set[str]:
-        """The trainable parameters; the frozen backbone and the adapters' initial factors are rebuilt from the
-        base weights (pinned by the fingerprint) in ``configure_model``."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """The trainable parameters, and the BatchNorm statistics when training updates them; the frozen backbone and
+        the adapters' initial factors are rebuilt from the base weights (pinned by the fingerprint) in
+        ``configure_model``."""
+        keys = {name for name, p in self.named_parameters() if p.requires_grad}
+        if self.backbone is not None and not self._norm_stats_frozen():
+            keys |= {f"backbone.{name}.{buffer}" for name, module in self.backbone.named_modules()
+                     if isinstance(module, _STAT_NORMS) for buffer, _ in module.named_buffers(recurse=False)}
+        return keys
 
     @override
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
