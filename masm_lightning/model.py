@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from .adapters import MASMConfig, inject_adapters, orthogonality_loss, spectral_consistency_loss
 from .metrics import DetectionMetrics
+from .weights import create_from_foreign_checkpoint
 
 __all__ = ["MASMDetector", "weights_fingerprint"]
 
@@ -58,7 +59,8 @@ class MASMDetector(LightningModule):
             OpenAI's weights; the plain ``_clip_`` name uses the wrong activation).
         backbone_kwargs: passed to ``timm.create_model`` (``depth``, ``img_size``, …).
         pretrained: load timm's pretrained weights (needs the hub or its cache).
-        checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format.
+        checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format, or a
+            torchvision MobileNetV2 / lukemelas EfficientNet file (mapped by :mod:`masm_lightning.weights`).
         adapters: MASM configuration; ``None`` trains no adapters (full fine-tuning or linear probe).
         freeze_backbone: without adapters, train the head only (linear probe) or, if false, everything.
         lambda_orth: weight of :func:`~masm_lightning.adapters.orthogonality_loss`.
@@ -128,6 +130,9 @@ class MASMDetector(LightningModule):
         if path is not None:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model.checkpoint_path {path!r} is not a file")
+            foreign = create_from_foreign_checkpoint(self.backbone_name, path, **kwargs)
+            if foreign is not None:  # torchvision MobileNetV2 / lukemelas EfficientNet keys, mapped in weights.py
+                return foreign
             # timm reads the file with weights_only=True, converts OpenAI/open_clip `visual.*` keys through the
             # model's checkpoint filter, and drops the file's projection head (its num_classes differs from ours).
             return timm.create_model(self.backbone_name, pretrained=True,
