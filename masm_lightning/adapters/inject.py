@@ -11,7 +11,7 @@ from .config import MASMConfig
 from .layer import MASMAdapter, MASMConv2d, MASMLinear, pointwise_conv_problem
 from .svd import check_ranks, fused_parts
 
-__all__ = ["inject_adapters", "iter_adapters", "merge_adapters", "unload_adapters"]
+__all__ = ["inject_adapters", "iter_adapters", "merge_adapters", "select_targets", "unload_adapters"]
 
 
 _WRAPPABLE = "nn.Linear and pointwise nn.Conv2d (1x1 kernel, groups=1, no padding, any stride)"
@@ -57,21 +57,14 @@ def iter_adapters(model: nn.Module) -> Iterator[tuple[str, MASMAdapter]]:
             yield name, module
 
 
-def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
-    """Wrap the layers that ``config`` selects in MASM adapters, in place.
-
-    An ``nn.Linear`` becomes a :class:`MASMLinear`; a pointwise ``nn.Conv2d`` (1×1 kernel, ``groups=1``, no
-    padding, any stride: a Linear over channels) becomes a :class:`MASMConv2d`. Spatial (k×k) and grouped or
-    depthwise convolutions are not linear maps over channels alone and cannot be wrapped.
-
-    Every parameter of ``model`` is frozen except the adapters' artifact factors; unfreeze your head afterwards.
+def select_targets(model: nn.Module, config: MASMConfig) -> list[str]:
+    """The layers :func:`inject_adapters` would wrap, fully validated, without touching the model (no SVD).
 
     Returns:
-        The qualified names of the wrapped modules, in module order.
+        Qualified module names, in module order.
 
     Raises:
-        ValueError: if the model already holds adapters, a target matches no module or one that cannot be wrapped,
-            a requested block does not exist, or a rank does not fit a layer.
+        ValueError: as :func:`inject_adapters`.
     """
     existing = [name for name, _ in iter_adapters(model)]
     if existing:
@@ -111,7 +104,7 @@ def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
     selected = sorted(set(selected), key=order.__getitem__)
 
     parts = {name: fused_parts(name) if config.split_fused else 1 for name in selected}
-    for name in selected:  # validate every layer before the first SVD, so an error leaves the model untouched
+    for name in selected:
         outputs, inputs = _matrix_shape(modules[name])
         if outputs % parts[name]:
             raise ValueError(f"{name}: {outputs} output features do not split into {parts[name]} "
@@ -119,7 +112,28 @@ def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
         block_shape = (outputs // parts[name], inputs)
         where = name if parts[name] == 1 else f"{name} (each of its {parts[name]} fused blocks)"
         check_ranks(block_shape, config.ranks, config.semantic_rank, where)
+    return selected
 
+
+def inject_adapters(model: nn.Module, config: MASMConfig) -> list[str]:
+    """Wrap the layers that ``config`` selects in MASM adapters, in place.
+
+    An ``nn.Linear`` becomes a :class:`MASMLinear`; a pointwise ``nn.Conv2d`` (1×1 kernel, ``groups=1``, no
+    padding, any stride: a Linear over channels) becomes a :class:`MASMConv2d`. Spatial (k×k) and grouped or
+    depthwise convolutions are not linear maps over channels alone and cannot be wrapped.
+
+    Every parameter of ``model`` is frozen except the adapters' artifact factors; unfreeze your head afterwards.
+
+    Returns:
+        The qualified names of the wrapped modules, in module order.
+
+    Raises:
+        ValueError: if the model already holds adapters, a target matches no module or one that cannot be wrapped,
+            a requested block does not exist, or a rank does not fit a layer.
+    """
+    selected = select_targets(model, config)  # validates every layer first: an error leaves the model untouched
+    modules = dict(model.named_modules())
+    parts = {name: fused_parts(name) if config.split_fused else 1 for name in selected}
     model.requires_grad_(False)
     for name in selected:  # one at a time, so at most one extra dense weight is alive
         kind = MASMLinear if isinstance(modules[name], nn.Linear) else MASMConv2d

@@ -24,6 +24,7 @@ from masm_lightning.adapters import (
     iter_adapters,
     merge_adapters,
     orthogonality_loss,
+    select_targets,
     spectral_consistency_loss,
     unload_adapters,
 )
@@ -220,15 +221,26 @@ def test_conv_adapter_matches_its_conv_and_merges_back(conv_kwargs, adapter_kwar
         assert _relative(unloaded(x), expected) < tol and _relative(moved, expected) > 1e-3
 
 
-def test_preset_targets_resolve_on_the_large_backbones():
-    """B4 and Xception are slow to decompose; their preset names must at least select pointwise convs only."""
-    for name, family in [("efficientnet_b4", "efficientnet"), ("tf_efficientnet_b4", "efficientnet"),
-                         ("legacy_xception", "legacy_xception"), ("xception41", "xception"), ("resnet50", "resnet")]:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-        config = MASMConfig(**CONFIG, targets=family_targets(family), blocks=(999,))
-        # blocks=(999,) fails after target resolution and before any SVD: the error lists where the targets are.
-        with pytest.raises(ValueError, match=r"MASMConfig\.blocks asks for blocks \[999\]"):
-            inject_adapters(model, config)
+# How many layers each family preset selects on the full-size timm models, from the architectures.
+PRESET_COUNTS = {
+    ("efficientnet_b4", "efficientnet"): 62,  # 32 blocks: 2 depthwise-separable (conv_pw) + 30 inverted residual (x2)
+    ("tf_efficientnet_b4", "efficientnet"): 62,
+    ("legacy_xception", "legacy_xception"): 34,  # 12 blocks with 2 or 3 separable convs each + conv3, conv4
+    ("xception41", "xception"): 39,  # 13 blocks x 3 separable convs
+    ("resnet50", "resnet"): 32,  # 16 bottlenecks x (conv1, conv3)
+    ("mobilenetv2_100", "mobilenetv2"): 33,  # 1 depthwise-separable + 16 inverted residual (x2)
+}
+
+
+@pytest.mark.parametrize(("name", "family"), PRESET_COUNTS, ids=[n for n, _ in PRESET_COUNTS])
+def test_family_presets_select_pointwise_layers_on_the_full_models(name, family):
+    """select_targets validates like inject_adapters without the SVDs, so the large backbones stay fast."""
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    names = select_targets(model, MASMConfig(**CONFIG, targets=family_targets(family)))
+    modules = dict(model.named_modules())
+    assert len(names) == PRESET_COUNTS[name, family]
+    assert all(modules[n].kernel_size == (1, 1) and modules[n].groups == 1 for n in names)
+    assert not any(p.requires_grad is False for p in model.parameters())  # the model was not touched
 
 
 CONV_ERRORS = {
