@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from .adapters import MASMConfig, inject_adapters, orthogonality_loss, spectral_consistency_loss
 from .metrics import DetectionMetrics
-from .weights import create_from_foreign_checkpoint
+from .weights import create_from_foreign_checkpoint, resolve_weights_path
 
 __all__ = ["MASMDetector", "weights_fingerprint"]
 
@@ -60,7 +60,8 @@ class MASMDetector(LightningModule):
         backbone_kwargs: passed to ``timm.create_model`` (``depth``, ``img_size``, …).
         pretrained: load timm's pretrained weights (needs the hub or its cache).
         checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format, or a
-            torchvision MobileNetV2 / lukemelas EfficientNet file (mapped by :mod:`masm_lightning.weights`).
+            torchvision MobileNetV2 / lukemelas EfficientNet file (mapped by :mod:`masm_lightning.weights`);
+            ``package://<module>/<file>`` names a file inside an installed Python package.
         adapters: MASM configuration; ``None`` trains no adapters (full fine-tuning or linear probe).
         freeze_backbone: without adapters, train the head only (linear probe) or, if false, everything.
         lambda_orth: weight of :func:`~masm_lightning.adapters.orthogonality_loss`.
@@ -128,6 +129,7 @@ class MASMDetector(LightningModule):
         kwargs = {**self.backbone_kwargs, "num_classes": 0}
         path = self.hparams.checkpoint_path
         if path is not None:
+            path = resolve_weights_path(path)  # `package://<module>/<file>`: weights a pip package installed
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model.checkpoint_path {path!r} is not a file")
             foreign = create_from_foreign_checkpoint(self.backbone_name, path, **kwargs)

