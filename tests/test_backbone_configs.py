@@ -69,3 +69,23 @@ def test_package_paths_name_what_is_missing():
     detector = MASMDetector(backbone="mobilenetv2_100", checkpoint_path="package://no_such_package/w.pth")
     with pytest.raises(FileNotFoundError, match=r"package 'no_such_package' is not installed"):
         detector.configure_model()
+
+
+@pytest.mark.slow
+def test_masm_on_a_cnn_fits_masks_and_reloads_through_the_cli(tmp_path):
+    """The whole program on a conv backbone: pointwise adapters, both losses, the layer mask, lean checkpoint."""
+    from tests.test_cli import tiny_args
+
+    cnn = ["--model.backbone", "mobilenetv2_050", "--model.backbone_kwargs", "null",
+           "--model.adapters.targets", "[conv_pw, conv_pwl]", "--model.adapters.subspace_rank", "1"]
+    with pytest.warns(UserWarning, match="starts from random weights"):
+        fit = main(["fit", *tiny_args(tmp_path, *cnn, "--trainer.max_epochs", "2")])
+    metrics = fit.trainer.callback_metrics
+    assert {"train/orth", "train/spec", "val/video_auc"} <= metrics.keys()
+    mask = next(c for c in fit.trainer.callbacks if type(c).__name__ == "SelectiveLayerMask")
+    assert mask.layers and all(".conv_pw" in name for name in mask.layers)
+    assert "mask/subspaces_updating" in metrics
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    with pytest.warns(UserWarning, match="starts from random weights"):
+        tested = main(["test", *tiny_args(tmp_path, *cnn, "--ckpt_path", ckpt)])
+    assert "test/demo/video_auc" in tested.trainer.callback_metrics
