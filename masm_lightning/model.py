@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from .adapters import (
     MASMConfig,
-    find_targets,
+    select_targets,
     inject_adapters,
     iter_adapters,
     orthogonality_loss,
@@ -31,11 +31,14 @@ from .adapters import (
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
 from .selection import LayerSelection, select_layers
+from .weights import create_from_foreign_checkpoint, resolve_weights_path
 
 __all__ = ["MASMDetector", "run_checkpoints", "weights_fingerprint"]
 
 CHECKPOINT_KEY = "masm"
 _KEY_PREFIXES = ("module.", "model.")
+# Layers with running statistics (timm's BatchNormAct2d subclasses BatchNorm2d; SyncBatchNorm under DDP).
+_STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def effort_adam(params: Any) -> torch.optim.Optimizer:
@@ -76,7 +79,9 @@ class MASMDetector(LightningModule):
         backbone_kwargs: passed to ``timm.create_model`` (``depth``, ``img_size``, …).
         pretrained: load timm's pretrained weights (needs the hub or its cache); ``false`` says a random-init
             backbone is intended (tests, the demo); unset with no ``checkpoint_path`` warns that it is random.
-        checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format.
+        checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format, or a
+            torchvision MobileNetV2 / lukemelas EfficientNet file (mapped by :mod:`masm_lightning.weights`);
+            ``package://<module>/<file>`` names a file inside an installed Python package.
         adapters: MASM configuration; ``None`` trains no adapters (full fine-tuning or linear probe).
         freeze_backbone: without adapters, train the head only (linear probe) or, if false, everything.
         lambda_orth: weight of :func:`~masm_lightning.adapters.orthogonality_loss`.
@@ -85,6 +90,10 @@ class MASMDetector(LightningModule):
         lr_scheduler: optional, stepped per epoch.
         threshold: fake-probability threshold for accuracy.
         backbone_seed: seed of a random-init backbone (no weights given), so a checkpoint reloads onto the same base.
+        freeze_norm_stats: a frozen backbone (adapters or linear probe) keeps its BatchNorm layers in eval mode while
+            training: the pretrained running mean/var normalise every batch and are never updated, so the frozen
+            weights compute what they were trained to (and injection stays exact). False updates the statistics
+            from the training batches (they are then saved in checkpoints). Full fine-tuning always updates them.
         selection: FMSD (the paper's v3 reading): choose the layers to decompose among ``adapters``' targets from
             full-weight gradient GSNR at the start of ``fit``, before injection (:mod:`masm_lightning.selection`);
             None decomposes every target (v1). The chosen layers are kept in the checkpoint.
@@ -111,6 +120,7 @@ class MASMDetector(LightningModule):
         threshold: float = 0.5,
         backbone_seed: int = 0,
         selection: LayerSelection | None = None,
+        freeze_norm_stats: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters
@@ -158,8 +168,12 @@ class MASMDetector(LightningModule):
         kwargs = {**self.backbone_kwargs, "num_classes": 0}
         path = self.hparams.checkpoint_path
         if path is not None:
+            path = resolve_weights_path(path)  # `package://<module>/<file>`: weights a pip package installed
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model.checkpoint_path {path!r} is not a file")
+            foreign = create_from_foreign_checkpoint(self.backbone_name, path, **kwargs)
+            if foreign is not None:  # torchvision MobileNetV2 / lukemelas EfficientNet keys, mapped in weights.py
+                return foreign
             # timm reads the file with weights_only=True, converts OpenAI/open_clip `visual.*` keys through the
             # model's checkpoint filter, and drops the file's projection head (its num_classes differs from ours).
             return timm.create_model(self.backbone_name, pretrained=True,
@@ -199,7 +213,7 @@ class MASMDetector(LightningModule):
         if self.selection.layers is None:
             if self._trainer is None or self.trainer.state.fn != "fit":
                 return None
-            candidates = find_targets(self.backbone, self.adapter_config)
+            candidates = select_targets(self.backbone, self.adapter_config)
             layers, self.selection_scores = select_layers(self.trainer, self, candidates, self.selection,
                                                           self.task_loss, prefix="backbone.")
             self.selection = dataclasses.replace(self.selection, layers=tuple(layers))
@@ -215,6 +229,29 @@ class MASMDetector(LightningModule):
 
     def _record_selection(self) -> None:
         self.hparams["selection"] = None if self.selection is None else dataclasses.asdict(self.selection)
+
+    def _norm_stats_frozen(self) -> bool:
+        frozen_backbone = self.adapter_config is not None or self.hparams.freeze_backbone
+        return frozen_backbone and self.hparams.freeze_norm_stats
+
+    def _freeze_norms(self) -> None:
+        if self.training and self.backbone is not None and self._norm_stats_frozen():
+            for module in self.backbone.modules():
+                if isinstance(module, _STAT_NORMS):
+                    module.eval()
+
+    @override
+    def train(self, mode: bool = True) -> MASMDetector:
+        """Any loop's switch to training; a frozen backbone's BatchNorm stays in eval mode."""
+        super().train(mode)
+        self._freeze_norms()
+        return self
+
+    @override
+    def on_train_start(self) -> None:
+        # Lightning's fit loop never calls train() (and warns about eval-mode modules just before this hook); its
+        # evaluation loops restore each module's own mode afterwards, so this holds for the whole fit.
+        self._freeze_norms()
 
     @override
     def forward(self, images: Tensor) -> Tensor:
@@ -310,9 +347,14 @@ class MASMDetector(LightningModule):
     # --- checkpoints: what training changed, plus the identity of the frozen base ---
 
     def _trained_keys(self) -> set[str]:
-        """The trainable parameters; the frozen backbone and the adapters' initial factors are rebuilt from the
-        base weights (pinned by the fingerprint) in ``configure_model``."""
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """The trainable parameters, and the BatchNorm statistics when training updates them; the frozen backbone and
+        the adapters' initial factors are rebuilt from the base weights (pinned by the fingerprint) in
+        ``configure_model``."""
+        keys = {name for name, p in self.named_parameters() if p.requires_grad}
+        if self.backbone is not None and not self._norm_stats_frozen():
+            keys |= {f"backbone.{name}.{buffer}" for name, module in self.backbone.named_modules()
+                     if isinstance(module, _STAT_NORMS) for buffer, _ in module.named_buffers(recurse=False)}
+        return keys
 
     @override
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from masm_lightning import MASMConfig
-from masm_lightning.adapters import find_targets, iter_adapters
+from masm_lightning.adapters import select_targets, iter_adapters
 from masm_lightning.model import MASMDetector
 from masm_lightning.selection import LayerSelection, choose_layers, gradient_gsnr
 from tests.conftest import TINY_VIT, TINY_VIT_KWARGS
@@ -23,7 +23,7 @@ NOISY = ("blocks.0.mlp.fc2", "blocks.1.attn.proj")
 def test_layers_whose_gradients_are_noise_score_lowest_and_nothing_is_updated(make_vit):
     vit = make_vit()
     head = torch.nn.Linear(vit.num_features, 2)
-    candidates = find_targets(vit, MASMConfig(targets=("attn.proj", "mlp.fc2")))
+    candidates = select_targets(vit, MASMConfig(targets=("attn.proj", "mlp.fc2")))
     modules = dict(vit.named_modules())
     for name in NOISY:  # zero-mean noise 100x the gradient's own scale: these layers' gradients carry no signal
         gen = torch.Generator().manual_seed(hash(name) % 1000)

@@ -1,19 +1,23 @@
-"""MASM subspace adapters for any torch model with ``nn.Linear`` layers. Imports torch only."""
+"""MASM subspace adapters for any torch model with ``nn.Linear`` or pointwise ``nn.Conv2d`` layers; torch only."""
 
-from .config import MASMConfig
-from .inject import find_targets, inject_adapters, iter_adapters, merge_adapters, unload_adapters
-from .layer import ArtifactSubspace, MASMLinear
+from .config import TARGET_PRESETS, MASMConfig, family_targets
+from .inject import inject_adapters, iter_adapters, merge_adapters, select_targets, unload_adapters
+from .layer import ArtifactSubspace, MASMAdapter, MASMConv2d, MASMLinear
 from .regularizers import orthogonality_loss, spectral_consistency_loss
 
 __all__ = [
+    "TARGET_PRESETS",
     "ArtifactSubspace",
+    "MASMAdapter",
     "MASMConfig",
+    "MASMConv2d",
     "MASMLinear",
-    "find_targets",
     "inject_adapters",
     "iter_adapters",
+    "family_targets",
     "merge_adapters",
     "orthogonality_loss",
+    "select_targets",
     "spectral_consistency_loss",
     "unload_adapters",
 ]

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
-__all__ = ["MASMConfig"]
+__all__ = ["TARGET_PRESETS", "MASMConfig", "family_targets"]
 
 ATTENTION_TARGETS = ("attn.qkv", "attn.proj")
 ALL_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+# `targets` for the common timm families: the layers that are linear maps over features or channels (nn.Linear,
+# pointwise 1x1 nn.Conv2d) inside the repeated blocks. Stems, spatial/depthwise convolutions, squeeze-excitation
+# gates, heads and stride-2 shortcuts are left frozen; add them by name if you want them (docs/backbones.md).
+TARGET_PRESETS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    # ViT / CLIP ViT (timm VisionTransformer): the paper's setting.
+    "vit": ALL_TARGETS,
+    # MobileNetV2/V3, MnasNet, EfficientNet B0-B8, -Lite, tf_ ports (timm EfficientNet): the inverted residual's
+    # expansion (conv_pw) and projection (conv_pwl); MobileNetV2's first block (depthwise-separable) has conv_pw only.
+    "efficientnet": ("conv_pw", "conv_pwl"),
+    "mobilenetv2": ("conv_pw", "conv_pwl"),
+    # timm's xception41/65/71 (aligned Xception): the pointwise half of every separable convolution.
+    "xception": ("conv_pw",),
+    # legacy_xception (Cadene's, the DeepfakeBench Xception): its SeparableConv2d.pointwise.
+    "legacy_xception": ("pointwise",),
+    # ResNet-50/101/152 and ResNeXt bottlenecks: the 1x1 reduce (conv1) and expand (conv3), not the 7x7 stem conv1.
+    "resnet": ("layer*.conv1", "layer*.conv3"),
+    # ConvNeXt: the MLP of each block (nn.Linear, or 1x1 nn.Conv2d in the conv_mlp variants such as convnext_atto).
+    "convnext": ("mlp.fc1", "mlp.fc2"),
+})
+
+
+def family_targets(family: str) -> tuple[str, ...]:
+    """The :data:`TARGET_PRESETS` entry for a backbone family (``"efficientnet"``, ``"resnet"``, …).
+
+    Raises:
+        ValueError: for an unknown family, listing the known ones.
+    """
+    if family not in TARGET_PRESETS:
+        raise ValueError(f"no target preset for backbone family {family!r}; known: {sorted(TARGET_PRESETS)}")
+    return TARGET_PRESETS[family]
 
 
 @dataclass
 class MASMConfig:
     """Where MASM adapters go and how each wrapped weight is split.
 
-    For every wrapped ``nn.Linear`` (or every q/k/v third of a fused ``qkv``), the SVD ``W = U diag(S) Vᵀ`` is split
-    into the top ``semantic_rank`` triplets (frozen) and ``num_subspaces`` disjoint blocks of trailing triplets
-    (the trainable artifact subspaces). Triplets between the two, if any, stay frozen with the semantic part.
+    For every wrapped ``nn.Linear`` or pointwise ``nn.Conv2d`` (its C_out×C_in matrix), or every q/k/v third of a
+    fused ``qkv``, the SVD ``W = U diag(S) Vᵀ`` is split into the top ``semantic_rank`` triplets (frozen) and
+    ``num_subspaces`` disjoint blocks of trailing triplets (the trainable artifact subspaces). Triplets between the
+    two, if any, stay frozen with the semantic part.
 
     Effort (Yan et al., 2024) is the configuration ``MASMConfig.effort()``: one subspace of rank 1 on the attention
     projections, i.e. ``num_subspaces=1, subspace_rank=1, targets=("attn.qkv", "attn.proj")``, which leaves
@@ -31,7 +64,8 @@ class MASMConfig:
     subspace_rank: int | tuple[int, ...] = 4
     # r: frozen top singular triplets; None keeps everything except the K·d trailing triplets.
     semantic_rank: int | None = None
-    # Module-name suffixes to wrap; each must match at least one nn.Linear of the model.
+    # Module-name suffixes (or globs such as `layer*.conv1`) to wrap; each must match at least one nn.Linear or
+    # pointwise (1x1, groups 1, unpadded) nn.Conv2d of the model. Presets per family: TARGET_PRESETS.
     targets: tuple[str, ...] = ALL_TARGETS
     # Transformer block indices to wrap (the first integer in a module's dotted name); None wraps every block.
     blocks: tuple[int, ...] | None = None

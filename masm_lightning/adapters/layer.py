@@ -1,4 +1,5 @@
-"""The MASM adapter: one ``nn.Linear`` split into a frozen semantic weight and trainable artifact subspaces."""
+"""The MASM adapters: one ``nn.Linear`` or pointwise ``nn.Conv2d`` split into a frozen semantic weight and trainable
+artifact subspaces."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from .svd import split_spectrum
 
-__all__ = ["ArtifactSubspace", "MASMLinear"]
+__all__ = ["ArtifactSubspace", "MASMAdapter", "MASMConv2d", "MASMLinear", "pointwise_conv_problem"]
 
 
 def frobenius_inner(u1: Tensor, s1: Tensor, v1: Tensor, u2: Tensor, s2: Tensor, v2: Tensor) -> Tensor:
@@ -22,7 +23,7 @@ def frobenius_inner(u1: Tensor, s1: Tensor, v1: Tensor, u2: Tensor, s2: Tensor, 
 
 
 class ArtifactSubspace(nn.Module):
-    """One trainable artifact subspace ``U diag(s) Vᵀ`` of one (block of a) wrapped Linear.
+    """One trainable artifact subspace ``U diag(s) Vᵀ`` of one (block of a) wrapped layer.
 
     ``U`` (m×d), ``s`` (d), ``V`` (n×d) are the trainable factors; ``U0``, ``s0``, ``V0`` are their values at
     injection, kept as non-persistent buffers: everything that reads them (``unload()``, the fitting strength, the
@@ -60,13 +61,114 @@ class ArtifactSubspace(nn.Module):
         return f"block={self.block}, index={self.index}, U={tuple(self.U.shape)}, V={tuple(self.V.shape)}"
 
 
-class MASMLinear(nn.Module):
-    """A drop-in for ``nn.Linear`` whose weight is ``W_sem + Σ_k U_k diag(s_k) V_kᵀ``.
+class MASMAdapter(nn.Module):
+    """The MASM split of one layer whose weight is a matrix ``W`` (m×n): ``W = W_sem + Σ_k U_k diag(s_k) V_kᵀ``.
 
-    ``W_sem`` (``semantic_weight``) is the frozen rest of the SVD; its dense matmul is the only full-size work.
-    The artifact subspaces of all blocks run as one thin path, ``((x V) ⊙ s) Uᵀ`` with the factors of every
-    subspace concatenated (one matmul per side is faster than one per subspace), so backward never forms an m×n
+    ``W_sem`` (``semantic_weight``, m×n for every kind of layer) is the frozen rest of the SVD; its dense product
+    is the only full-size work. The artifact subspaces of all blocks run as one thin path with the factors of every
+    subspace concatenated (one product per side is faster than one per subspace), so backward never forms an m×n
     weight gradient. A fused projection (``qkv``) is split into ``num_blocks`` row blocks, each with its own SVD.
+
+    Subclasses say how the matrix acts on their input (:class:`MASMLinear`: over the last dimension,
+    :class:`MASMConv2d`: over channels at every pixel) and which plain layer ``merge()``/``unload()`` rebuild;
+    everything a regulariser or a mask callback reads (``subspaces``, ``block_subspaces``, ``semantic_block``,
+    ``energy``, ``semantic_floor``) lives here, identical for both.
+
+    Args:
+        weight: the layer's weight as an m×n matrix (outputs × inputs); it is not kept.
+        bias: the layer's bias (m) or None; kept frozen.
+        ranks: rank of each artifact subspace (K entries).
+        semantic_rank: frozen top triplets per block; None keeps all but the artifact tail.
+        num_blocks: how many row blocks ``weight`` stacks (3 for a fused ``qkv``).
+        name: the module's name in its model, for error messages.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        ranks: Sequence[int],
+        semantic_rank: int | None = None,
+        num_blocks: int = 1,
+        name: str = "layer",
+    ) -> None:
+        super().__init__()
+        rows = weight.shape[0] // num_blocks
+        if weight.shape[0] % num_blocks:
+            raise ValueError(f"{name}: cannot split {weight.shape[0]} outputs into {num_blocks} equal fused blocks")
+        self.num_blocks = num_blocks
+        self.ranks = tuple(ranks)
+        semantic, floors, energies, subspaces = [], [], [], []
+        for b in range(num_blocks):
+            where = name if num_blocks == 1 else f"{name} (block {b} of {num_blocks})"
+            split = split_spectrum(weight[b * rows : (b + 1) * rows], self.ranks, semantic_rank, where)
+            semantic.append(split.semantic)
+            floors.append(split.semantic_floor)
+            energies.append(split.energy)
+            subspaces += [ArtifactSubspace(*f, block=b, index=k) for k, f in enumerate(split.factors)]
+        # A frozen Parameter, not a buffer: it is as large as the original weight, and DDP re-broadcasts buffers
+        # on every forward.
+        self.semantic_weight = nn.Parameter(torch.cat(semantic), requires_grad=False)  # (m, n)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.subspaces = nn.ModuleList(subspaces)
+        # Recomputed from the base weights at injection, like U0/s0/V0.
+        self.register_buffer("semantic_floor", torch.stack(floors), persistent=False)  # (num_blocks,): σ_r
+        self.register_buffer("energy", torch.stack(energies), persistent=False)  # (num_blocks,): ‖W_b‖²_F
+
+    def block_subspaces(self, block: int) -> list[ArtifactSubspace]:
+        """The K subspaces of one row block, in order."""
+        k = len(self.ranks)
+        return list(self.subspaces[block * k : (block + 1) * k])
+
+    def semantic_block(self, block: int) -> Tensor:
+        """Rows of ``W_sem`` belonging to one block (a view)."""
+        rows = self.semantic_weight.shape[0] // self.num_blocks
+        return self.semantic_weight[block * rows : (block + 1) * rows]
+
+    def thin_factors(self) -> tuple[Tensor, Tensor]:
+        """The artifact path as two thin matrices ``(V·s, U)``: ``Σ_k U_k diag(s_k) V_kᵀ = U (V·s)ᵀ``.
+
+        Returns ``v`` (n, B·T) with s folded in (cheaper than scaling the activations) and ``u`` (m, B·T),
+        block-diagonal over fused blocks so each block's U writes only that block's rows.
+        """
+        v = torch.cat([sub.V * sub.s for sub in self.subspaces], dim=1)  # (n, B·T)
+        if self.num_blocks == 1:
+            u = torch.cat([sub.U for sub in self.subspaces], dim=1)  # (m, T)
+        else:
+            u = torch.block_diag(*(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1)
+                                   for b in range(self.num_blocks)))  # (m, B·T)
+        return v, u
+
+    @torch.no_grad()
+    def merged_weight(self, initial: bool = False) -> Tensor:
+        """Dense effective matrix ``W_sem + Σ U s Vᵀ`` (m×n), or the injected original with ``initial=True``."""
+        weight = self.semantic_weight.detach().clone()
+        rows = weight.shape[0] // self.num_blocks
+        for sub in self.subspaces:
+            u, s, v = (sub.U0, sub.s0, sub.V0) if initial else (sub.U, sub.s, sub.V)
+            weight[sub.block * rows : (sub.block + 1) * rows] += (u * s) @ v.mT
+        return weight
+
+    def _rebuild(self, weight: Tensor) -> nn.Module:
+        """The plain, frozen layer with this m×n ``weight`` and the adapter's bias."""
+        raise NotImplementedError
+
+    def merge(self) -> nn.Module:
+        """A plain, frozen layer of the wrapped kind computing what this adapter computes now."""
+        return self._rebuild(self.merged_weight())
+
+    def unload(self) -> nn.Module:
+        """A plain, frozen layer of the wrapped kind with the weight as it was before injection (float32 round-off)."""
+        return self._rebuild(self.merged_weight(initial=True))
+
+    def _frozen_bias(self) -> nn.Parameter | None:
+        return None if self.bias is None else nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+
+
+class MASMLinear(MASMAdapter):
+    """A drop-in for ``nn.Linear`` whose weight is ``W_sem + Σ_k U_k diag(s_k) V_kᵀ`` (see :class:`MASMAdapter`).
+
+    The artifact path is ``((x V) ⊙ s) Uᵀ``, accumulated into the frozen path's output.
 
     Args:
         base: the Linear to wrap; it is not kept (``unload()`` rebuilds it from the frozen parts).
@@ -84,83 +186,99 @@ class MASMLinear(nn.Module):
         num_blocks: int = 1,
         name: str = "linear",
     ) -> None:
-        super().__init__()
         if not isinstance(base, nn.Linear):
-            raise ValueError(f"{name}: MASM wraps nn.Linear modules, got {type(base).__name__}")
-        if base.out_features % num_blocks:
-            raise ValueError(
-                f"{name}: cannot split {base.out_features} output features into {num_blocks} equal fused blocks"
-            )
+            raise ValueError(f"{name}: MASMLinear wraps nn.Linear modules, got {type(base).__name__}")
+        super().__init__(base.weight, base.bias, ranks, semantic_rank, num_blocks, name)
         self.in_features = base.in_features
         self.out_features = base.out_features
-        self.num_blocks = num_blocks
-        self.ranks = tuple(ranks)
-        rows = base.out_features // num_blocks
-        semantic, floors, energies, subspaces = [], [], [], []
-        for b in range(num_blocks):
-            where = name if num_blocks == 1 else f"{name} (block {b} of {num_blocks})"
-            split = split_spectrum(base.weight[b * rows : (b + 1) * rows], self.ranks, semantic_rank, where)
-            semantic.append(split.semantic)
-            floors.append(split.semantic_floor)
-            energies.append(split.energy)
-            subspaces += [ArtifactSubspace(*f, block=b, index=k) for k, f in enumerate(split.factors)]
-        # A frozen Parameter, not a buffer: it is as large as the original weight, and DDP re-broadcasts buffers
-        # on every forward.
-        self.semantic_weight = nn.Parameter(torch.cat(semantic), requires_grad=False)
-        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
-        self.subspaces = nn.ModuleList(subspaces)
-        # Recomputed from the base weights at injection, like U0/s0/V0.
-        self.register_buffer("semantic_floor", torch.stack(floors), persistent=False)  # (num_blocks,): σ_r
-        self.register_buffer("energy", torch.stack(energies), persistent=False)  # (num_blocks,): ‖W_b‖²_F
-
-    def block_subspaces(self, block: int) -> list[ArtifactSubspace]:
-        """The K subspaces of one row block, in order."""
-        k = len(self.ranks)
-        return list(self.subspaces[block * k : (block + 1) * k])
-
-    def semantic_block(self, block: int) -> Tensor:
-        """Rows of ``W_sem`` belonging to one block (a view)."""
-        rows = self.out_features // self.num_blocks
-        return self.semantic_weight[block * rows : (block + 1) * rows]
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.semantic_weight, self.bias)
-        # s is folded into the small V (n×T) rather than scaling the (tokens×T) activations.
-        v = torch.cat([sub.V * sub.s for sub in self.subspaces], dim=1)  # (n, B·T)
-        if self.num_blocks == 1:
-            u = torch.cat([sub.U for sub in self.subspaces], dim=1)  # (m, T)
-        else:  # block-diagonal: each block's U writes only that block's rows
-            u = torch.block_diag(*(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1)
-                                   for b in range(self.num_blocks)))  # (m, B·T)
+        v, u = self.thin_factors()
         # addmm accumulates into the frozen path's output instead of allocating a second (tokens×m) tensor.
         return torch.addmm(out.reshape(-1, self.out_features), (x @ v).reshape(-1, v.shape[1]), u.mT).view_as(out)
 
-    def _linear(self, weight: Tensor) -> nn.Linear:
+    def _rebuild(self, weight: Tensor) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=weight.device, dtype=weight.dtype)
         linear.weight = nn.Parameter(weight, requires_grad=False)
-        if self.bias is not None:
-            linear.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+        linear.bias = self._frozen_bias()
         return linear
-
-    @torch.no_grad()
-    def merged_weight(self, initial: bool = False) -> Tensor:
-        """Dense effective weight ``W_sem + Σ U s Vᵀ`` (or the injected original with ``initial=True``)."""
-        weight = self.semantic_weight.detach().clone()
-        rows = self.out_features // self.num_blocks
-        for sub in self.subspaces:
-            u, s, v = (sub.U0, sub.s0, sub.V0) if initial else (sub.U, sub.s, sub.V)
-            weight[sub.block * rows : (sub.block + 1) * rows] += (u * s) @ v.mT
-        return weight
-
-    def merge(self) -> nn.Linear:
-        """A plain, frozen ``nn.Linear`` computing what this adapter computes now."""
-        return self._linear(self.merged_weight())
-
-    def unload(self) -> nn.Linear:
-        """A plain, frozen ``nn.Linear`` with the weight as it was before injection (to float32 round-off)."""
-        return self._linear(self.merged_weight(initial=True))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, blocks={self.num_blocks}, "
                 f"ranks={list(self.ranks)}, bias={self.bias is not None}")
+
+
+def pointwise_conv_problem(module: nn.Module) -> str | None:
+    """Why ``module`` is not a pointwise convolution :class:`MASMConv2d` can wrap, or None if it is one.
+
+    Wrappable: an ``nn.Conv2d`` with a 1×1 kernel, ``groups=1`` and zero padding (any stride, any dilation) whose
+    class keeps ``nn.Conv2d.forward``. A subclass with its own forward may transform its weight (timm's
+    ``StdConv2d`` standardises it), so wrapping it would not be exact. (timm builds its TF-"same" 1×1 convolutions
+    as plain ``nn.Conv2d``: "same" padding is 0 at 1×1.)
+    """
+    if not isinstance(module, nn.Conv2d):
+        return f"{type(module).__name__} is not an nn.Conv2d"
+    kh, kw = module.kernel_size
+    if (kh, kw) != (1, 1):
+        return f"its kernel is {kh}x{kw}, not 1x1"
+    if module.groups != 1:
+        return f"it is grouped (groups={module.groups}; depthwise when groups == in_channels)"
+    if not (module.padding in ("valid", "same") or tuple(module.padding) == (0, 0)):
+        return f"it pads its input (padding={tuple(module.padding)})"
+    if type(module).forward is not nn.Conv2d.forward:
+        return f"its class {type(module).__name__} overrides nn.Conv2d.forward (it may transform its weight)"
+    return None
+
+
+class MASMConv2d(MASMAdapter):
+    """A drop-in for a pointwise (1×1) ``nn.Conv2d``: a Linear over channels at every pixel, split as MASM splits one.
+
+    The weight ``(C_out, C_in, 1, 1)`` is the matrix ``W`` (C_out×C_in); ``U`` is C_out×d, ``V`` is C_in×d. The
+    frozen path is ``F.conv2d`` with ``W_sem``; the artifact path is two thin 1×1 convolutions (C_in → B·T → C_out),
+    both with the layer's stride (a 1×1 kernel with stride s reads ``x[..., ::s, ::s]``), so no dense weight
+    gradient is formed. ``merge()``/``unload()`` return a plain ``nn.Conv2d`` with the same stride, dilation, bias,
+    dtype and device.
+
+    Args:
+        base: the pointwise Conv2d to wrap (see :func:`pointwise_conv_problem`); it is not kept.
+        ranks: rank of each artifact subspace (K entries).
+        semantic_rank: frozen top triplets per block; None keeps all but the artifact tail.
+        num_blocks: how many row blocks the output channels stack (3 for a fused 1×1 ``qkv``).
+        name: the module's name in its model, for error messages.
+    """
+
+    def __init__(
+        self,
+        base: nn.Conv2d,
+        ranks: Sequence[int],
+        semantic_rank: int | None = None,
+        num_blocks: int = 1,
+        name: str = "conv",
+    ) -> None:
+        problem = pointwise_conv_problem(base)
+        if problem is not None:
+            raise ValueError(f"{name}: MASMConv2d wraps pointwise convolutions only, but {problem}")
+        super().__init__(base.weight[:, :, 0, 0], base.bias, ranks, semantic_rank, num_blocks, name)
+        self.in_channels = base.in_channels
+        self.out_channels = base.out_channels
+        self.stride = tuple(base.stride)
+        self.dilation = tuple(base.dilation)  # irrelevant to a 1×1 kernel; kept so merge() returns the same layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.conv2d(x, self.semantic_weight[:, :, None, None], self.bias, self.stride)
+        v, u = self.thin_factors()
+        thin = F.conv2d(x, v.mT[:, :, None, None], None, self.stride)  # (N, B·T, H', W')
+        return out + F.conv2d(thin, u[:, :, None, None])
+
+    def _rebuild(self, weight: Tensor) -> nn.Conv2d:
+        conv = nn.Conv2d(self.in_channels, self.out_channels, 1, stride=self.stride, padding=0,
+                         dilation=self.dilation, bias=self.bias is not None, device=weight.device, dtype=weight.dtype)
+        conv.weight = nn.Parameter(weight[:, :, None, None].contiguous(), requires_grad=False)
+        conv.bias = self._frozen_bias()
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}, "
+                f"blocks={self.num_blocks}, ranks={list(self.ranks)}, bias={self.bias is not None}")

@@ -48,12 +48,13 @@ INJECT_ERRORS = {
     ),
     "target_matches_nothing": (
         MASMConfig(targets=("attn.q_proj",)),
-        r"targets entry 'attn\.q_proj' matches no module of VisionTransformer; its Linear layers are "
+        r"targets entry 'attn\.q_proj' matches no module of VisionTransformer; its wrappable layers "
+        r"\(nn\.Linear and pointwise nn\.Conv2d \(1x1 kernel, groups=1, no padding, any stride\)\) are "
         r"\['blocks\.\*\.attn\.proj', 'blocks\.\*\.attn\.qkv', 'blocks\.\*\.mlp\.fc1', 'blocks\.\*\.mlp\.fc2'\]",
     ),
     "target_not_linear": (
         MASMConfig(targets=("attn",)),
-        r"targets entry 'attn' matches 'blocks\.0\.attn' of type Attention; only nn\.Linear can be wrapped",
+        r"targets entry 'attn' matches 'blocks\.0\.attn', of type Attention; only nn\.Linear and pointwise nn\.Conv2d",
     ),
     "missing_block": (
         MASMConfig(blocks=(0, 5)),
