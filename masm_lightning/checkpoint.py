@@ -91,5 +91,5 @@ def face_crop_settings(checkpoint: Mapping[str, Any], source: str | Path) -> Ext
 def extraction_settings(saved: Mapping[str, Any]) -> ExtractionSettings:
     """:class:`ExtractionSettings` from a saved dict, ignoring fields this version does not know."""
     known = {f.name for f in dataclasses.fields(ExtractionSettings)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
     return ExtractionSettings(**values)

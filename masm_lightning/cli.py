@@ -49,7 +49,7 @@ def _accept_dashes(parser: LightningArgumentParser) -> None:
         for option in list(action.option_strings):
             alias = option.replace("_", "-")
             if option.startswith("--") and alias != option and alias not in parser._option_string_actions:
-                action.option_strings.append(alias)
+                action.option_strings = [*action.option_strings, alias]
                 parser._option_string_actions[alias] = action
 
 
@@ -70,10 +70,12 @@ class MASMCLI(LightningCLI):
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
         subcommands = parser._subcommands_action  # the action LightningCLI just added; jsonargparse keeps it here
+        if subcommands is None:
+            raise RuntimeError("LightningCLI added no subcommands to the parser")
         for name, fn in _commands().items():
-            command = LightningArgumentParser(description=inspect.getdoc(fn))
+            command = LightningArgumentParser(description=inspect.getdoc(fn) or "")
             command.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
-            skip = set()
+            skip: set[str | int] = set()
             if "paths" in inspect.signature(fn).parameters:  # the inputs of `detect`, positional
                 command.add_argument("paths", nargs="+", help="video files, image files or folders")
                 skip.add("paths")
@@ -128,8 +130,10 @@ class MASMCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _add_callback(self, kind: type[Callback]) -> None:
-        if not any(isinstance(c, kind) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(kind())
+        # Trainer.callbacks is set by Lightning's callback connector, outside Trainer's annotations.
+        callbacks: list[Callback] = self.trainer.callbacks  # type: ignore[attr-defined]
+        if not any(isinstance(c, kind) for c in callbacks):
+            callbacks.append(kind())
 
     def before_fit(self) -> None:
         self._add_callback(RunReport)

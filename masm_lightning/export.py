@@ -23,6 +23,7 @@ from .adapters import merge_adapters
 from .checkpoint import CheckpointError, face_crop_settings, load_checkpoint
 from .data.settings import ExtractionSettings
 from .io import atomic_path, write_atomic
+from .model import MASMDetector
 
 __all__ = ["export", "export_model", "load_exported"]
 
@@ -31,7 +32,7 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "masm_lightning.export/1"
 
 
-def export_model(model: nn.Module, out: str | Path, face_crop: ExtractionSettings, source: str = "") -> Path:
+def export_model(model: MASMDetector, out: str | Path, face_crop: ExtractionSettings, source: str = "") -> Path:
     """Write a :class:`~masm_lightning.model.MASMDetector` as plain timm weights; the adapters of ``model`` are
     merged in place.
 
@@ -45,6 +46,8 @@ def export_model(model: nn.Module, out: str | Path, face_crop: ExtractionSetting
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if model.backbone is None or model.head is None:
+        raise ValueError("the model has no backbone yet: export a loaded checkpoint (or call configure_model())")
     backbone = merge_adapters(model.backbone)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     state |= {f"head.{k}": v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
@@ -66,10 +69,10 @@ def export_model(model: nn.Module, out: str | Path, face_crop: ExtractionSetting
         "labels": ["real", "fake"],  # logit order: softmax(...)[:, 1] is the fake probability
         **model.data_config,
         "face_crop": dataclasses.asdict(face_crop),
-        "threshold": float(model.hparams.threshold),
+        "threshold": float(model.hparams["threshold"]),
         "source_checkpoint": str(source),
         "base_fingerprint": model.fingerprint,
-        "adapters": model.hparams.adapters,
+        "adapters": model.hparams["adapters"],
         "weights": WEIGHTS_NAME,
     }
     write_atomic(out / CONFIG_NAME, json.dumps(config, indent=2))

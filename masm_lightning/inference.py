@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .adapters import merge_adapters
-from .checkpoint import extraction_settings, face_crop_settings, load_checkpoint
+from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
 from .data.crops import crop_face
 from .data.faces import MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -75,7 +75,8 @@ class ConfidentRule:
                 raise ValueError(f"confident rule: {name} must be in [0, 1], got {getattr(self, name)}")
 
 
-def aggregate(scores: Sequence[float], rule: Aggregation = "mean", confident: ConfidentRule = ConfidentRule()) -> float:
+def aggregate(scores: Sequence[float] | np.ndarray, rule: Aggregation = "mean",
+              confident: ConfidentRule = ConfidentRule()) -> float:
     """A video's score from its frames' fake probabilities: ``mean``, or the ``confident`` rule."""
     p = np.asarray(scores, np.float64)
     if p.size == 0:
@@ -126,18 +127,20 @@ def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
     Raises:
         CheckpointError: ``path`` is neither (the message names it and says why).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = Path(path)
     if path.is_dir():
-        model, config = load_exported(path, device)
+        model, config = load_exported(path, target)
         return Classifier(model, config["image_size"], tuple(config["mean"]), tuple(config["std"]),
-                          extraction_settings(config["face_crop"]), config["threshold"], str(path), device,
+                          extraction_settings(config["face_crop"]), config["threshold"], str(path), target,
                           config.get("interpolation", "bicubic"))
-    detector, checkpoint = load_checkpoint(path, device)
+    detector, checkpoint = load_checkpoint(path, target)
+    if detector.backbone is None:
+        raise CheckpointError(f"{str(path)!r}: the loaded model has no backbone")
     merge_adapters(detector.backbone)  # plain Linear layers: the adapters cost nothing at inference
     data = detector.data_config
     return Classifier(detector, data["image_size"], tuple(data["mean"]), tuple(data["std"]),
-                      face_crop_settings(checkpoint, path), float(detector.hparams.threshold), str(path), device,
+                      face_crop_settings(checkpoint, path), float(detector.hparams["threshold"]), str(path), target,
                       data["interpolation"])
 
 
@@ -168,7 +171,10 @@ def _as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
         return crop
     _, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY,
                                                                           settings.jpeg_quality])
-    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise OSError(f"JPEG round trip at quality {settings.jpeg_quality} failed for a crop of shape {crop.shape}")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 class _Scorer:
@@ -214,7 +220,8 @@ class _Output:
     """Writes records as they come: CSV rows appended and flushed, or the JSON list rewritten atomically."""
 
     def __init__(self, path: Path | None, per_frame: bool) -> None:
-        self.path, self.per_frame, self.records = path, per_frame, []
+        self.path, self.per_frame = path, per_frame
+        self.records: list[dict[str, Any]] = []
         self.fields = FIELDS if per_frame else FIELDS[:-2]
         if path is not None and path.suffix.lower() not in (".json", ".csv"):
             raise ValueError(f"--out {str(path)!r}: the output must end in .json or .csv")

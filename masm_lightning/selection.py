@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
@@ -160,8 +160,10 @@ def _train_batches(trainer: Trainer, module: LightningModule, count: int) -> lis
 
     A training set with fewer batches is read again (fresh shuffling and augmentation), as training would.
     """
-    if trainer.datamodule is not None:
-        loader = trainer.datamodule.train_dataloader()
+    # Trainer.datamodule is set by Lightning's data connector, outside Trainer's annotations.
+    datamodule: LightningDataModule | None = trainer.datamodule  # type: ignore[attr-defined]
+    if datamodule is not None:
+        loader = datamodule.train_dataloader()
     elif is_overridden("train_dataloader", module):
         loader = module.train_dataloader()
     else:

@@ -111,9 +111,9 @@ class SelectiveLayerMask(Callback):
         if granularity not in ("layer", "subspace", "both"):
             raise ValueError("SelectiveLayerMask.granularity must be 'layer', 'subspace' or 'both', "
                              f"got {granularity!r}")
-        for name, value, low in (("warmup_steps", warmup_steps, MIN_SAMPLES), ("interval", interval, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"SelectiveLayerMask.{name} must be an int >= {low}, got {value!r}")
+        for name, count, low in (("warmup_steps", warmup_steps, MIN_SAMPLES), ("interval", interval, 1)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < low:
+                raise ValueError(f"SelectiveLayerMask.{name} must be an int >= {low}, got {count!r}")
         checks = (("keep_ratio", keep_ratio, 0 < keep_ratio <= 1, "in (0, 1]"),
                   ("min_gsnr", min_gsnr, min_gsnr >= 0, ">= 0"),
                   ("max_strength", max_strength, max_strength > 0, "> 0"),
@@ -155,10 +155,15 @@ class SelectiveLayerMask(Callback):
     # --- discovery and state ---
 
     def _discover(self, pl_module: LightningModule) -> None:
-        names, layers, subspaces, layer_of = [], [], [], []
+        names: list[str] = []
+        layers: list[str] = []
+        subspaces: list[ArtifactSubspace] = []
+        layer_of: list[int] = []
         for layer_name, adapter in iter_adapters(pl_module):
             layers.append(layer_name)
             for k, sub in enumerate(adapter.subspaces):
+                if not isinstance(sub, ArtifactSubspace):  # a ModuleList holds any module
+                    raise TypeError(f"{layer_name}: subspace {k} is a {type(sub).__name__}, not an ArtifactSubspace")
                 names.append(f"{layer_name}/{k}")
                 subspaces.append(sub)
                 layer_of.append(len(layers) - 1)
@@ -227,10 +232,11 @@ class SelectiveLayerMask(Callback):
 
     @torch.no_grad()
     def _update_statistics(self) -> None:
-        factors = [p for sub in self._subspaces for p in sub.factors()]
-        if any(p.grad is None for p in factors):
+        grads = [p.grad for sub in self._subspaces for p in sub.factors()]
+        present = [g for g in grads if g is not None]
+        if len(present) < len(grads):
             return  # a step without gradients for some factor carries no learning signal to record
-        self.moments.update(torch.cat([p.grad.reshape(-1) for p in factors]).float())  # skips inf/nan steps
+        self.moments.update(torch.cat([g.reshape(-1) for g in present]).float())  # skips inf/nan steps
 
     def _reset_optimizer_state(self, optimizer: Any, freed: Tensor) -> None:
         """Forget the optimizer state (moments, step count) of the released subspaces' factors."""

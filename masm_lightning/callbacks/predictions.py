@@ -43,19 +43,24 @@ class VideoPredictionWriter(Callback):
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         while len(self.metrics) <= dataloader_idx:
-            self.metrics.append(DetectionMetrics(pl_module.hparams.threshold).to(pl_module.device))
+            self.metrics.append(DetectionMetrics(pl_module.hparams["threshold"]).to(pl_module.device))
         self.metrics[dataloader_idx].update(outputs["prob"], outputs["label"], outputs["video"], outputs["index"])
 
     @override
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         folder = log_dir(trainer)  # every rank: a collective under DDP
-        threshold = pl_module.hparams.threshold
-        records = []
-        for (name, loader), metric in zip(named_loaders(trainer.predict_dataloaders, trainer.datamodule),
-                                          self.metrics):
+        threshold = pl_module.hparams["threshold"]
+        records: list[dict[str, Any]] = []
+        # Trainer.datamodule is set by Lightning's data connector, outside Trainer's annotations.
+        loaders = named_loaders(trainer.predict_dataloaders, trainer.datamodule)  # type: ignore[attr-defined]
+        for (name, loader), metric in zip(loaders, self.metrics):
             metric.compute()  # gathers every rank's outputs
             probs, _ = metric.curves["video"]
-            videos = loader.dataset.videos
+            dataset = loader.dataset
+            if not hasattr(dataset, "videos"):
+                raise TypeError(f"prediction set {name!r}: its dataset ({type(dataset).__name__}) has no `videos` "
+                                "(the video keys the per-video scores are written under)")
+            videos = dataset.videos
             for key, prob, frames in zip(metric.video_keys.tolist(), probs.tolist(), metric.video_frames.tolist()):
                 dataset, label, video_id = videos[key]
                 records.append({"set": name, "dataset": dataset, "video_id": video_id, "label": label,

@@ -54,7 +54,7 @@ class RunReport(Callback):
                 rank_zero_info(f"ROC curves for test set {name!r}: {path}")
                 log_image(trainer, f"test/{name}/roc", path)
         threshold = float(pl_module.hparams.get("threshold", 0.5))
-        table = results_markdown(results, threshold, trainer.ckpt_path or "",
+        table = results_markdown(results, threshold, str(trainer.ckpt_path or ""),
                                  trainable=trainable_parameters(pl_module))
         path = write_atomic(folder / "results.md", table)
         rank_zero_info(f"test results table: {path}")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -56,15 +57,17 @@ class RobustnessSweep(Callback):
         rows: list[dict[str, Any]] = []
         training = pl_module.training
         pl_module.eval()
-        for name, loader in named_loaders(trainer.test_dataloaders, trainer.datamodule):
-            if not hasattr(loader.dataset, "transform"):
-                raise TypeError(f"test set {name!r}: its dataset ({type(loader.dataset).__name__}) has no "
+        # Trainer.datamodule is set by Lightning's data connector, outside Trainer's annotations.
+        for name, loader in named_loaders(trainer.test_dataloaders, trainer.datamodule):  # type: ignore[attr-defined]
+            dataset = loader.dataset
+            if not hasattr(dataset, "transform"):
+                raise TypeError(f"test set {name!r}: its dataset ({type(dataset).__name__}) has no "
                                 "`transform` attribute to perturb the images through")
-            clean = self._score(pl_module, loader, loader.dataset.transform)
+            clean = self._score(pl_module, loader, dataset.transform)
             rows.append({"dataset": name, "type": "none", "level": 0, "parameter": "", **clean})
             for kind in self.types:
                 for level in self.levels[1:]:
-                    transform = PerturbedTransform(kind, level, loader.dataset.transform, self.seed)
+                    transform = PerturbedTransform(kind, level, dataset.transform, self.seed)
                     rows.append({"dataset": name, "type": kind, "level": level,
                                  "parameter": LEVELS[kind][level - 1], **self._score(pl_module, loader, transform)})
                 rank_zero_info(f"robustness {name} {kind}: video AUC {clean['video_auc']:.3f} clean, "
@@ -76,16 +79,19 @@ class RobustnessSweep(Callback):
     @staticmethod
     def _score(model: LightningModule, loader: DataLoader, transform: Callable[..., Any]) -> dict[str, float]:
         dataset = copy.copy(loader.dataset)  # shares the records; only the transform differs
+        assert hasattr(dataset, "transform"), "on_test_end checks every test set has one"
         dataset.transform = transform
         # A fresh loader: persistent workers of the clean one would keep the old transform.
         perturbed = DataLoader(dataset, batch_size=loader.batch_size, sampler=loader.sampler,
                                num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                                pin_memory=loader.pin_memory)
-        metric = DetectionMetrics(model.hparams.threshold).to(model.device)
+        metric = DetectionMetrics(model.hparams["threshold"]).to(model.device)
+        # nn.Module.__getattr__ types every attribute as Tensor | Module; the detector's is a method.
+        fake_probability = cast(Callable[[Tensor], Tensor], model.fake_probability)
         with torch.inference_mode():
             for batch in perturbed:
                 batch = {k: v.to(model.device) for k, v in batch.items()}
-                metric.update(model.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
+                metric.update(fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
         values = metric.compute()  # synchronised across processes under DDP
         return {"frame_auc": float(values["frame_auc"]), "video_auc": float(values["video_auc"]),
                 "num_frames": int(values["num_frames"]), "num_videos": int(values["num_videos"])}

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -138,6 +138,7 @@ class VideoFrameSampler(DistributedSampler):
         count = len(group) if self.frames_per_video is None else min(len(group), self.frames_per_video)
         if count == len(group):
             return group
+        picks: list[int] | np.ndarray
         if self.draw == "uniform":
             picks = spread_positions(len(group), count)
         else:
@@ -225,12 +226,12 @@ class FaceForgeryDataModule(LightningDataModule):
         super().__init__()
         for name, value, allowed in (("frame_draw", frame_draw, FrameDraw), ("balance", balance, Balance),
                                      ("self_blend", self_blend, SelfBlend), ("augmentation", augmentation, Preset)):
-            if value not in allowed.__args__:
-                raise ValueError(f"data.{name}={value!r} is not one of {list(allowed.__args__)}")
-        for name, value in (("train_frames", train_frames), ("eval_frames", eval_frames),
+            if value not in get_args(allowed):
+                raise ValueError(f"data.{name}={value!r} is not one of {list(get_args(allowed))}")
+        for name, count in (("train_frames", train_frames), ("eval_frames", eval_frames),
                             ("batch_size", batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"data.{name} must be >= 1 (or null for all frames), got {value}")
+            if count is not None and count < 1:
+                raise ValueError(f"data.{name} must be >= 1 (or null for all frames), got {count}")
         self.train_source = train
         self.test_sources = list(test or [])
         self._check_names()
@@ -259,7 +260,7 @@ class FaceForgeryDataModule(LightningDataModule):
     @property
     def seed(self) -> int:
         """The frame-draw seed: ``data.seed``, else the run's ``seed_everything`` seed, else 0."""
-        return self.hparams.seed if self.hparams.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self.hparams["seed"] if self.hparams["seed"] is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     @property
     def face_crop(self) -> dict[str, Any] | None:
@@ -273,7 +274,7 @@ class FaceForgeryDataModule(LightningDataModule):
         if source.dataset == "deepfakebench":  # its preprocessing: 5-point alignment, scale 1.3, 256 px
             return asdict(ExtractionSettings(crop="aligned", size=256, scale=1.3))
         if source.dataset == "manifest":
-            recorded = Path(source.manifest).parent / "settings.json"
+            recorded = Path(source.require("manifest")).parent / "settings.json"
             try:  # written by `preprocess`; other tools' settings files do not fit
                 return asdict(ExtractionSettings(**json.loads(recorded.read_text())["settings"]))
             except (OSError, KeyError, TypeError, ValueError):
@@ -293,14 +294,14 @@ class FaceForgeryDataModule(LightningDataModule):
         done: set[str] = set()
         for source in [self.train_source, *self.test_sources]:
             if source is not None and source.display_name not in done:
-                prepare_source(source, self.cache_dir, self.extraction, self.hparams.extract_workers,
-                               self.hparams.extract_device)
+                prepare_source(source, self.cache_dir, self.extraction, self.hparams["extract_workers"],
+                               self.hparams["extract_device"])
                 done.add(source.display_name)
 
     def resolved_input_config(self) -> dict[str, Any]:
         """The backbone's input configuration (size, mean, std, interpolation) this module resizes and normalises
         with: ``data.input_config`` (linked by the CLI) or the trainer's model's ``data_config``; they must agree."""
-        linked = self.hparams.input_config
+        linked = self.hparams["input_config"]
         model = self.trainer.lightning_module if self.trainer is not None else None
         own = getattr(model, "data_config", None)
         if linked is not None and own is not None and {k: own[k] for k in linked} != dict(linked):
@@ -332,8 +333,8 @@ class FaceForgeryDataModule(LightningDataModule):
             for record in records:
                 by_split[record.split].append(record)
             if stage == "fit":
-                self.datasets["train"] = self._train_dataset(by_split["train"], config)
-            val = FrameDataset(spread_frames(by_split["val"], self.hparams.eval_frames), eval_tf)
+                self.datasets["train"] = self._train_dataset(by_split["train"], config, self.train_source.display_name)
+            val = FrameDataset(spread_frames(by_split["val"], self.hparams["eval_frames"]), eval_tf)
             if len(val):
                 self.datasets["val"] = val
             else:
@@ -347,34 +348,35 @@ class FaceForgeryDataModule(LightningDataModule):
             for source in self.test_sources:
                 rows = self._load(source)
                 chosen = [r for r in rows if r.split == "test"] or rows
-                dataset = FrameDataset(spread_frames(chosen, self.hparams.eval_frames), eval_tf)
+                dataset = FrameDataset(spread_frames(chosen, self.hparams["eval_frames"]), eval_tf)
                 if not len(dataset):
                     rank_zero_warn(f"test set {source.display_name!r} has no usable videos: skipped")
                     continue
                 self.test_names.append(source.display_name)
                 self.datasets[f"test/{source.display_name}"] = dataset
 
-    def _train_dataset(self, records: list[FrameRecord], config: dict[str, Any]) -> FrameDataset:
+    def _train_dataset(self, records: list[FrameRecord], config: dict[str, Any], name: str) -> FrameDataset:
         if not records:
-            raise ValueError(f"data source {self.train_source.display_name!r} has no usable 'train' videos to fit on")
-        mode = self.hparams.self_blend
+            raise ValueError(f"data source {name!r} has no usable 'train' videos to fit on")
+        mode = self.hparams["self_blend"]
         if mode == "only":
             records = [r for r in records if r.label == 0]
         reals = [r for r in records if r.label == 0] if mode != "off" else []
         if mode != "off" and not reals:
             raise ValueError(f"data.self_blend={mode!r} needs real training videos; "
-                             f"{self.train_source.display_name!r} has none")
+                             f"{name!r} has none")
         transform = train_transform(config["image_size"], config["mean"], config["std"],
-                                    self.hparams.augmentation, config["interpolation"])
+                                    self.hparams["augmentation"], config["interpolation"])
         dataset = FrameDataset(records + reals, transform, [False] * len(records) + [True] * len(reals))
-        if self.hparams.balance == "loss":
+        if self.hparams["balance"] == "loss":
             counts = Counter(dataset.records[i].label for i in self._sampler(dataset).epoch_indices())
             total = sum(counts.values())
             dataset.class_weights = tuple(total / (2 * max(counts[c], 1)) for c in (0, 1))
         videos = Counter(label for _, label, _ in dataset.videos)
+        hp = self.hparams
         rank_zero_info(f"training on {videos[0]} real and {videos[1]} fake videos "
-                       f"({len(dataset)} frames; {self.hparams.train_frames} per video and epoch, "
-                       f"{self.hparams.frame_draw} draw, balance {self.hparams.balance}, self-blend {mode})")
+                       f"({len(dataset)} frames; {hp['train_frames']} per video and epoch, "
+                       f"{hp['frame_draw']} draw, balance {hp['balance']}, self-blend {mode})")
         return dataset
 
     def _sampler(self, dataset: FrameDataset) -> VideoFrameSampler:
@@ -382,13 +384,13 @@ class FaceForgeryDataModule(LightningDataModule):
         # Rank 0's seed on every rank: processes started by srun/torchrun may each have drawn their own.
         seed = trainer.strategy.broadcast(self.seed, src=0) if trainer else self.seed
         return VideoFrameSampler(
-            dataset.video_groups(), [r.label for r in dataset.records], self.hparams.train_frames,
-            self.hparams.frame_draw, self.hparams.balance == "sampler", seed=seed,
+            dataset.video_groups(), [r.label for r in dataset.records], self.hparams["train_frames"],
+            self.hparams["frame_draw"], self.hparams["balance"] == "sampler", seed=seed,
             num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
 
     def _loader(self, dataset: FrameDataset, sampler: VideoFrameSampler | None = None) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, shuffle=False,
+        workers = self.hparams["num_workers"]
+        return DataLoader(dataset, batch_size=self.hparams["batch_size"], sampler=sampler, shuffle=False,
                           drop_last=False, num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -436,8 +438,8 @@ class DemoDataModule(FaceForgeryDataModule):
     ) -> None:
         manifest = DataSource("manifest", manifest=str(Path(root) / "manifest.csv"), name="demo")
         super().__init__(train=manifest, test=[manifest], **kwargs)
-        self.generation = {"root": root, "videos": videos, "frames_per_video": frames_per_video, "size": size,
-                           "seed": generation_seed}
+        self.generation: dict[str, Any] = {"root": root, "videos": videos, "frames_per_video": frames_per_video,
+                                           "size": size, "seed": generation_seed}
 
     @property
     @override

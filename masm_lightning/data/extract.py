@@ -82,12 +82,14 @@ def extract_video(record: VideoRecord, out: Path, settings: ExtractionSettings, 
     return rows
 
 
-def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, detector: Detector,
+def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, detector: Detector | None,
                  indices: list[int], frames: list[np.ndarray], reuse_boxes: dict[str, Any] | None) -> list[dict]:
     if reuse_boxes is not None and all(str(i) in reuse_boxes for i in indices):
         detections = [(np.array([reuse_boxes[str(i)]["box"]], np.float32), np.array([1.0], np.float32),
                         np.array([reuse_boxes[str(i)]["landmarks"]], np.float32)) for i in indices]
     else:
+        if detector is None:
+            raise ValueError(f"video {record.video_id!r} needs a face detector (got none) to find its faces")
         detections = detector(frames)
     folder = out / record.dataset / record.split / ("fake" if record.label else "real") / record.video_id
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 __all__ = [
     "EXTRACTED_DATASETS",
@@ -246,14 +246,14 @@ def index_folder(root: str | Path, split: str = "test", dataset: str | None = No
     return records
 
 
-def index_dataset(name: DatasetName, root: str | Path, **options: object) -> list[VideoRecord]:
+def index_dataset(name: DatasetName, root: str | Path, **options: Any) -> list[VideoRecord]:
     """Dispatch on the dataset name used by ``preprocess --dataset``."""
     if name == "ffpp":
         return index_ffpp(root, **options)
     if name == "dfd":
         return index_dfd(root, **options)
     if name in ("celebdf-v1", "celebdf-v2"):
-        return index_celebdf(root, version=name[-2:], **options)
+        return index_celebdf(root, version="v1" if name == "celebdf-v1" else "v2", **options)
     if name == "dfdc":
         return index_dfdc(root)
     if name == "dfdcp":

@@ -55,7 +55,8 @@ def read_manifest(path: str | Path) -> list[FrameRecord]:
         if missing:
             raise ValueError(f"frame manifest {str(path)!r} lacks columns {sorted(missing)}; "
                              f"expected {list(FRAME_COLUMNS)}")
-        records, skipped = [], Counter()
+        records: list[FrameRecord] = []
+        skipped: Counter[str] = Counter()
         for line, row in enumerate(reader, start=2):
             status = row.get("status") or "ok"
             if status != "ok" or not row["crop_path"]:

@@ -62,7 +62,8 @@ def use_strided_pooling(network: nn.Module) -> nn.Module:
     for name, child in list(network.named_children()):
         if isinstance(child, nn.MaxPool2d):
             if (child.padding not in (0, (0, 0)) or child.dilation not in (1, (1, 1)) or not child.ceil_mode
-                    or not isinstance(child.kernel_size, int) or child.kernel_size < child.stride):
+                    or not isinstance(child.kernel_size, int) or not isinstance(child.stride, int)
+                    or child.kernel_size < child.stride):
                 raise ValueError(f"{name}: only unpadded, undilated ceil-mode pooling with a square kernel no "
                                  f"smaller than its stride is replaced, got {child}")
             setattr(network, name, StridedMaxPool2d(child.kernel_size, child.stride))
@@ -85,11 +86,11 @@ def _summed_area_table(frames: np.ndarray, device: torch.device) -> torch.Tensor
         table = torch.as_tensor(frames, device=device).to(dtype).cumsum(1, dtype=dtype).cumsum(2, dtype=dtype)
         return nn.functional.pad(table, (0, 0, 1, 0, 1, 0))
     # On a CPU NumPy's cumulative sums are ~5x faster than torch's; written straight into the padded table.
-    table = np.zeros((count, h + 1, w + 1, channels), np.int32 if 255 * h * w < 2**31 else np.int64)
-    inner = table[:, 1:, 1:]
-    np.cumsum(frames, 1, dtype=table.dtype, out=inner)
-    np.cumsum(inner, 2, dtype=table.dtype, out=inner)
-    return torch.from_numpy(table)
+    sums = np.zeros((count, h + 1, w + 1, channels), np.int32 if 255 * h * w < 2**31 else np.int64)
+    inner = sums[:, 1:, 1:]
+    np.cumsum(frames, 1, dtype=sums.dtype, out=inner)
+    np.cumsum(inner, 2, dtype=sums.dtype, out=inner)
+    return torch.from_numpy(sums)
 
 
 def _resample_frames(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -146,9 +147,9 @@ def _crops_one_by_one(frames: Sequence[np.ndarray], boxes: torch.Tensor, image_i
     h, w = frames[0].shape[:2]
     y, ey, x, ex = pad(boxes, w, h)
     valid = torch.as_tensor((ey > y - 1) & (ex > x - 1))
-    pixels = [_area_resize(frames[int(i)][y0 - 1:y1, x0 - 1:x1], side)
-              for i, y0, y1, x0, x1, ok in zip(image_inds.tolist(), y, ey, x, ex, valid) if ok]
-    pixels = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2) if pixels else torch.zeros(0, 3, side, side)
+    resized = [_area_resize(frames[int(i)][y0 - 1:y1, x0 - 1:x1], side)
+               for i, y0, y1, x0, x1, ok in zip(image_inds.tolist(), y, ey, x, ex, valid) if ok]
+    pixels = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2) if resized else torch.zeros(0, 3, side, side)
     return _normalise(pixels), valid.to(boxes.device)
 
 
@@ -209,15 +210,16 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
     empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
     if not levels:  # frames too small for P-net's 12 px cell at any scale
         return [empty] * count
-    boxes, image_inds = [], []
+    level_boxes: list[torch.Tensor] = []
+    level_inds: list[torch.Tensor] = []
     for scale, size in levels:
         pyramid = _resample_frames(table, size)
         reg, probs = pnet(_normalise(pyramid))
         found, inds = generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
         keep = batched_nms(found[:, :4], found[:, 4], inds, 0.5)
-        boxes.append(found[keep])
-        image_inds.append(inds[keep])
-    boxes, image_inds = torch.cat(boxes), torch.cat(image_inds)
+        level_boxes.append(found[keep])
+        level_inds.append(inds[keep])
+    boxes, image_inds = torch.cat(level_boxes), torch.cat(level_inds)
     keep = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
     boxes, image_inds = boxes[keep], image_inds[keep]
     width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
@@ -225,7 +227,7 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
                          boxes[:, 2] + boxes[:, 7] * width, boxes[:, 3] + boxes[:, 8] * height, boxes[:, 4]], 1)
     boxes = rerec(boxes)
 
-    def crops(boxes: torch.Tensor, image_inds: torch.Tensor, side: int):
+    def crops(boxes: torch.Tensor, image_inds: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
         # facenet-pytorch crops the box clipped to the frame (1-based inclusive ends) and stretches it to side².
         y, ey, x, ex = (torch.as_tensor(v, dtype=torch.long, device=device) for v in pad(boxes, w, h))
         valid = (ey > y - 1) & (ex > x - 1)  # boxes entirely outside the frame have nothing to crop
@@ -250,10 +252,10 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
     points = torch.zeros(0, 5, 2, device=device)
     if len(boxes) and full_frames is not None:  # from here on, full-resolution coordinates
         full_h, full_w = full_frames[0].shape[:2]
-        scale = torch.tensor([full_w / w, full_h / h], device=device)
+        to_full = torch.tensor([full_w / w, full_h / h], device=device)
         # Boxes are 1-based with inclusive ends (pixels x1-1 … x2-1): the same pixels at full resolution are
         # ((x1-1)·s, x2·s), i.e. 1-based x1' = (x1-1)·s + 1, x2' = x2·s.
-        boxes = torch.cat(((boxes[:, :2] - 1) * scale + 1, boxes[:, 2:4] * scale, boxes[:, 4:]), 1)
+        boxes = torch.cat(((boxes[:, :2] - 1) * to_full + 1, boxes[:, 2:4] * to_full, boxes[:, 4:]), 1)
         boxes = rerec(boxes)
     if len(boxes):
         if full_frames is None:
@@ -274,11 +276,12 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
         keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds, points = boxes[keep], image_inds[keep], points[keep]
 
-    boxes, points, image_inds = boxes.cpu().numpy(), points.cpu().numpy(), image_inds.cpu().numpy()
+    found_boxes, found_points, found_inds = boxes.cpu().numpy(), points.cpu().numpy(), image_inds.cpu().numpy()
     out = []
     for i in range(count):
-        mine = np.flatnonzero(image_inds == i)
-        mine = mine[np.argsort((boxes[mine, 2] - boxes[mine, 0]) * (boxes[mine, 3] - boxes[mine, 1]))[::-1]]
-        out.append((boxes[mine, :4].astype(np.float32), boxes[mine, 4].astype(np.float32),
-                    points[mine].astype(np.float32).reshape(-1, 5, 2)))
+        mine = np.flatnonzero(found_inds == i)
+        areas = (found_boxes[mine, 2] - found_boxes[mine, 0]) * (found_boxes[mine, 3] - found_boxes[mine, 1])
+        mine = mine[np.argsort(areas)[::-1]]
+        out.append((found_boxes[mine, :4].astype(np.float32), found_boxes[mine, 4].astype(np.float32),
+                    found_points[mine].astype(np.float32).reshape(-1, 5, 2)))
     return out

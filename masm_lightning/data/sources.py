@@ -36,6 +36,7 @@ __all__ = ["DataSource", "assign_video_splits", "extraction_stamp", "index_optio
 log = logging.getLogger(__name__)
 
 SourceKind = Literal[DatasetName, "deepfakebench", "manifest"]
+PathField = Literal["root", "manifest", "dataset_json"]
 STAMP_NAME = "prepared.json"  # written after a completed extraction: what was extracted, with which settings
 
 
@@ -82,16 +83,25 @@ class DataSource:
     label_names: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
-        needs = {"manifest": "manifest", "deepfakebench": "dataset_json"}
-        field = needs.get(self.dataset, "root")
-        if getattr(self, field) is None:
-            raise ValueError(f"data source {self.dataset!r} needs `{field}` (got none)")
+        needs: dict[str, PathField] = {"manifest": "manifest", "deepfakebench": "dataset_json"}
+        self.require(needs.get(self.dataset, "root"))
         if isinstance(self.split, dict):
             unknown = set(self.split) - {"train", "val", "test"}
             if unknown or not self.split or any(v < 0 for v in self.split.values()) or sum(self.split.values()) <= 0:
                 raise ValueError(f"source {self.display_name!r}: split ratios {self.split!r} must be non-negative "
                                  "weights over train/val/test")
         re.compile(self.frame_pattern)
+
+    def require(self, field: PathField) -> str:
+        """The value of a path field this kind of source needs (``root``, ``manifest`` or ``dataset_json``).
+
+        Raises:
+            ValueError: the field is unset.
+        """
+        value: str | None = getattr(self, field)
+        if value is None:
+            raise ValueError(f"data source {self.dataset!r} needs `{field}` (got none)")
+        return value
 
     @property
     def display_name(self) -> str:
@@ -100,12 +110,12 @@ class DataSource:
         if self.dataset in ("ffpp", "dfd"):
             return f"{self.dataset}_{self.compression}"
         if self.dataset == "folder":
-            return Path(self.root).name
+            return Path(self.require("root")).name
         if self.dataset == "manifest":  # outputs/faces/dfdc/manifest.csv → dfdc; shards/celebdf.csv → celebdf
-            path = Path(self.manifest)
+            path = Path(self.require("manifest"))
             return path.parent.name if path.stem == "manifest" else path.stem
         if self.dataset == "deepfakebench":
-            return Path(self.dataset_json).stem
+            return Path(self.require("dataset_json")).stem
         return self.dataset
 
     @property
@@ -118,7 +128,7 @@ class DataSource:
         if self.dataset == "ffpp":
             methods = sorted(methods or FFPP_METHODS)
         splits = str(Path(self.splits).resolve()) if self.splits else None  # relative or absolute: same lists
-        return {"dataset": self.dataset, "root": str(Path(self.root).resolve()), "splits": splits,
+        return {"dataset": self.dataset, "root": str(Path(self.require("root")).resolve()), "splits": splits,
                 "compression": self.compression if self.dataset in ("ffpp", "dfd") else None, "methods": methods}
 
 
@@ -137,7 +147,9 @@ def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSett
                    device: str | None = None) -> bool:
     """Extract ``source`` into ``cache_dir/<name>`` unless a completed extraction of the same videos with the same
     settings is there; returns whether extraction ran. Interrupted extractions resume (per-video records)."""
-    if not source.needs_extraction:
+    kind = source.dataset
+    # The two adopted kinds are never extracted; spelled out so that `kind` narrows to an extractable dataset.
+    if kind == "deepfakebench" or kind == "manifest" or not source.needs_extraction:
         return False
     out = Path(cache_dir) / source.display_name
     stamp, expected = extraction_stamp(out), stamp_content(source, settings)
@@ -148,7 +160,7 @@ def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSett
 
     log.info("extracting faces of %s into %s (settings %s)", source.display_name, out, settings.digest())
     stamp.clear()  # stale until this extraction completes
-    extract_dataset(source.dataset, Path(source.root), out, settings, index_options(source), workers=workers,
+    extract_dataset(kind, Path(source.require("root")), out, settings, index_options(source), workers=workers,
                     device=device)
     stamp.write(expected)
     return True
@@ -170,12 +182,12 @@ def load_source(source: DataSource, cache_dir: Path) -> list[FrameRecord]:
     """The usable frame records of ``source`` (videos without crops are counted in a log line and left out);
     ``folder`` sources get their splits here."""
     if source.dataset == "manifest":
-        records = read_manifest(source.manifest)
+        records = read_manifest(source.require("manifest"))
     elif source.dataset == "deepfakebench":
-        records = read_deepfakebench(source.dataset_json, source.root, source.name, source.compression,
+        records = read_deepfakebench(source.require("dataset_json"), source.root, source.name, source.compression,
                                      source.methods, source.label_names)
     elif source.dataset == "folder" and source.crops:
-        records = read_image_folder(source.root, source.display_name, source.frame_pattern)
+        records = read_image_folder(source.require("root"), source.display_name, source.frame_pattern)
     else:
         manifest = Path(cache_dir) / source.display_name / MANIFEST_NAME
         if not manifest.is_file():
@@ -252,7 +264,8 @@ def read_deepfakebench(dataset_json: str | Path, root: str | Path | None, name: 
         raise FileNotFoundError(f"DeepfakeBench dataset JSON {str(path)!r} does not exist")
     info = json.loads(path.read_text())
     if not isinstance(info, dict) or len(info) != 1:
-        raise ValueError(f"{path}: expected one top-level dataset name, got {list(info)[:5] if isinstance(info, dict) else type(info).__name__}")
+        got = list(info)[:5] if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f"{path}: expected one top-level dataset name, got {got}")
     (top, labels), = info.items()
     dataset = name or top
     base = Path(root) if root is not None else path.parent

@@ -37,7 +37,7 @@ def self_blend(image: np.ndarray, face_mask: np.ndarray, rng: np.random.Generato
         rng: the random generator (pass a seeded one for reproducible fakes).
     """
     h, w = image.shape[:2]
-    source = image.astype(np.float32)
+    source: np.ndarray = image.astype(np.float32)  # float32 throughout (cv2's stubs type results as any dtype)
     # Source-target augmentation: per-channel colour shift, contrast change, and either blur or sharpening.
     source = (source - source.mean()) * rng.uniform(0.8, 1.2) + source.mean() + rng.uniform(-20, 20, size=3)
     if rng.random() < 0.5:
@@ -47,7 +47,7 @@ def self_blend(image: np.ndarray, face_mask: np.ndarray, rng: np.random.Generato
     # Small scale/translation warp of the source: misaligned edges at the blending boundary.
     scale = rng.uniform(0.95, 1.05)
     shift = rng.uniform(-0.03, 0.03, size=2) * (w, h)
-    warp = cv2.getRotationMatrix2D((w / 2, h / 2), 0, scale)
+    warp: np.ndarray = cv2.getRotationMatrix2D((w / 2, h / 2), 0, scale)  # float64 (2, 3)
     warp[:, 2] += shift
     source = cv2.warpAffine(source, warp, (w, h), borderMode=cv2.BORDER_REFLECT)
     # Mask deformation: an affine squeeze, then a blur of random width for a soft, irregular boundary.

@@ -86,9 +86,10 @@ def _decode_sample(container: Any, stream: Any, layout: list[tuple[int | None, b
     timestamps, and unneeded packets are skipped; otherwise everything is decoded and frames are counted. Returns
     None when the timestamps of the decoded frames are not increasing (they are not display order)."""
     if by_timestamp:
-        ranked = sorted(pts for pts, _ in layout)
+        timed = [(pts, key) for pts, key in layout if pts is not None]  # all of them: read_frames checked
+        ranked = sorted(pts for pts, _ in timed)
         wanted = {ranked[i]: i for i in sample_indices(len(ranked), count)}  # timestamp → frame index
-        skip = _groups_to_skip(layout, set(wanted))
+        skip = _groups_to_skip(timed, set(wanted))
     else:
         wanted = {i: i for i in sample_indices(len(layout), count)}  # output position → frame index
         skip = set()

@@ -72,7 +72,7 @@ def _blocks(image: np.ndarray, per_256: float, rng: np.random.Generator) -> np.n
 
 
 def _noise(image: np.ndarray, variance: float, rng: np.random.Generator) -> np.ndarray:
-    ycrcb = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2YCrCb)
+    ycrcb: np.ndarray = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2YCrCb)
     sigma = np.sqrt(variance) * 255**2 / np.array([219, 224, 224], np.float32)  # studio-range scaling, see above
     ycrcb += rng.standard_normal(ycrcb.shape).astype(np.float32) * sigma
     return _to_uint8(cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2RGB))
@@ -92,7 +92,10 @@ def _jpeg(image: np.ndarray, quality: float, rng: np.random.Generator) -> np.nda
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise OSError(f"JPEG encoding at quality {quality} failed for an image of shape {image.shape}")
-    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise OSError(f"JPEG decoding at quality {quality} failed for an image of shape {image.shape}")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
