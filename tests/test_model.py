@@ -180,3 +180,31 @@ def test_data_module_follows_the_backbone_and_refuses_a_disagreement(tmp_path):
         data._input_config()
     data.hparams.input_config = None
     assert data._input_config() == {**model.data_config}
+
+
+def test_constraint_step_runs_once_per_optimizer_step_and_stays_out_of_the_loss(tmp_path, monkeypatch):
+    """With accumulate_grad_batches=2, 4 batches are 2 optimizer steps: 2 constraint steps, each after the
+    optimizer's; the loss (hence p.grad, which the layer mask reads) is the task's alone."""
+    import masm_lightning.model as model_module
+    from masm_lightning.data import DemoDataModule
+
+    calls = []
+    real = model_module.apply_constraints
+
+    def spy(adapters, optimizer, constraints):
+        calls.append(sum(s["step"] for s in optimizer.optimizer.state.values()) / len(optimizer.optimizer.state))
+        real(adapters, optimizer, constraints)
+
+    monkeypatch.setattr(model_module, "apply_constraints", spy)
+    model = MASMDetector(**TINY, adapters=MASMConfig(num_subspaces=2, subspace_rank=2))
+    data = DemoDataModule(root=str(tmp_path / "data"), videos={"train": 8, "val": 2, "test": 2}, frames_per_video=2,
+                          size=32, batch_size=4, num_workers=0, augmentation="light")
+    trainer = Trainer(max_steps=2, accumulate_grad_batches=2, limit_val_batches=0, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu", log_every_n_steps=1)
+    with pytest.warns(UserWarning, match="starts from random weights"):
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2
+    assert calls == [1.0, 2.0]  # once per step, after the optimizer's update of that step
+    metrics = trainer.callback_metrics
+    assert metrics["train/loss"] == metrics["train/ce"]
+    assert {"train/orth", "train/spec"} <= metrics.keys()

@@ -3,16 +3,17 @@
 from .config import MASMConfig
 from .inject import inject_adapters, iter_adapters, merge_adapters, unload_adapters
 from .layer import ArtifactSubspace, MASMLinear
-from .regularizers import orthogonality_loss, spectral_consistency_loss
+from .regularizers import SubspaceConstraints, apply_constraints, constraint_metrics
 
 __all__ = [
     "ArtifactSubspace",
     "MASMConfig",
     "MASMLinear",
+    "SubspaceConstraints",
+    "apply_constraints",
+    "constraint_metrics",
     "inject_adapters",
     "iter_adapters",
     "merge_adapters",
-    "orthogonality_loss",
-    "spectral_consistency_loss",
     "unload_adapters",
 ]
