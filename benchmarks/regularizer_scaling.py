@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 
 import torch
 from torch import nn
@@ -99,6 +100,11 @@ def main() -> None:
         worst["progress"] = min(worst["progress"], rows["constrained"]["progress"] / reference)
         worst["drift"] = max(worst["drift"], rows["constrained"]["drift"])
         worst["orth"] = max(worst["orth"], rows["constrained"]["orth"])
+    rank = args.subspaces * args.rank
+    delta = math.sqrt(rank) / args.lambda_orth if args.lambda_orth else math.inf
+    bound_s = 1 / args.lambda_spec if args.lambda_spec else math.inf
+    print(f"documented bounds (kappa = 1, a steady gradient): drift <= 1/lambda_spec = {bound_s:.3g}; "
+          f"orth <= delta(2 + delta), delta = sqrt(T)/lambda_orth = {delta:.3g}: {delta * (2 + delta):.3g}")
     print(f"regularizer scaling: min_progress={worst['progress']:.3f} max_rel_drift_s={worst['drift']:.3g} "
           f"max_orth_err={worst['orth']:.3g}")
 

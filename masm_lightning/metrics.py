@@ -2,9 +2,10 @@
 
 A video's score is the mean of its frames' fake probabilities, accumulated in float64: a float32 sum depends on the
 order of its terms (two videos with the same frames in a different order got different means, which broke the ties
-AUC relies on), while float64 sums of float32 probabilities are exact for any realistic frame count. Videos are grouped by an integer key the dataset
-assigns to each unique (dataset, label, video id) — never by a folder or file basename — and frames by their
-sample index, so the copies a ``DistributedSampler`` pads or repeats are counted once.
+AUC relies on), while float64 sums of float32 probabilities are exact for any realistic frame count. Videos are
+grouped by an integer key the dataset assigns to each unique (dataset, label, video id) — never by a folder or file
+basename — and frames by their sample index, so the copies a ``DistributedSampler`` pads or repeats are counted
+once.
 """
 
 from __future__ import annotations

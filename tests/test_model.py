@@ -208,3 +208,27 @@ def test_constraint_step_runs_once_per_optimizer_step_and_stays_out_of_the_loss(
     metrics = trainer.callback_metrics
     assert metrics["train/loss"] == metrics["train/ce"]
     assert {"train/orth", "train/spec"} <= metrics.keys()
+
+
+def test_num_trainable_parameters_counts_the_factors_and_the_head():
+    model = _detector()  # K=2, d=2 on qkv (3 blocks of 32×32), proj (32×32), fc1 (128×32), fc2 (32×128); depth 2
+    per_block = 4 * (3 * (32 + 32 + 1) + (32 + 32 + 1) + (128 + 32 + 1) + (32 + 128 + 1))
+    assert model.num_trainable_parameters() == 2 * per_block + 32 * 2 + 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("adapters", "expected"), [
+    (MASMConfig(), 7_080_192),  # configs/ffpp.yaml
+    (MASMConfig.effort(), 196_704),  # configs/effort.yaml
+    (MASMConfig(num_subspaces=2, subspace_rank=1, targets=("attn.qkv", "attn.proj")), 393_408),  # masm_budget.yaml
+], ids=["ffpp", "effort", "masm_budget"])
+def test_vit_l14_adapter_budgets_quoted_in_the_configs(adapters, expected):
+    """Counted on a meta-device ViT-L/14: shapes only, no weights, no SVD work."""
+    import timm
+
+    from masm_lightning.adapters import inject_adapters
+
+    with torch.device("meta"):
+        backbone = timm.create_model("vit_large_patch14_clip_quickgelu_224", pretrained=False, num_classes=0)
+    inject_adapters(backbone, adapters)
+    assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == expected

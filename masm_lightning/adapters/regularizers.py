@@ -5,9 +5,9 @@ Adam's per-coordinate normalisation, so whichever is larger sets the direction: 
 range of a pretrained ViT) the regulariser wins and learning stops, with a large one it is ignored. Decoupling them
 the way AdamW decouples weight decay makes both scale-free: the optimizer moves the factors by the task gradient
 alone, then :func:`apply_constraints` applies the proximal step of each penalty. The step's strength is λ times the
-optimizer's learning rate η measured in the factor's own scale ℓ, so it does not depend on the task-gradient norm,
-on η, or on the matrix size; per decomposed matrix (``U = [U_1 … U_K]`` m×T, ``s`` T, ``V`` n×T; ``0`` marks
-values at injection; ``σ_r`` the semantic floor, the smallest frozen singular value)::
+optimizer's learning rate η measured in the factor's own scale ℓ, so the deviation it allows does not depend on
+the task-gradient norm, on η, or on the matrix size; per decomposed matrix (``U = [U_1 … U_K]`` m×T, ``s`` T,
+``V`` n×T; ``0`` marks values at injection; ``σ_r`` the semantic floor, the smallest frozen singular value)::
 
     orthogonality (λ_o, ℓ_U = 1/√m, ℓ_V = 1/√n):   β = c/(1 + c),  c = λ_o·η/ℓ
         U ← (1 − β)·U + β·polar(U),    polar(U) = U (UᵀU)^(-1/2)          (likewise V)
@@ -20,12 +20,14 @@ Each line is the exact proximal operator of its penalty at step η (``λ/(2ℓ)�
 factor held, ``λ_s/(2σ_r)·‖s − s0‖²``, ``λ_f/(2ℓ)·‖P_f U‖²``) followed by the projection onto the cap. Why this
 bounds the drift by λ whatever the gradient scale: Adam moves every coordinate by at most ≈κ·η per step (κ = 1 for a
 steady gradient, ≤ (1 − β₁)/√(1 − β₂) ≈ 3.2 in the worst case), i.e. by κ·η/ℓ in units of the factor's scale, while
-the proximal step removes the fraction c/(1 + c) of the deviation. The deviation d (in units of ℓ) thus follows
-``d_{t+1} ≤ (d_t + κη/ℓ)/(1 + λη/ℓ)`` and stays below its fixed point **κ/λ** from any start at 0: for the
-spectrum, ``|s − s0|/σ_r ≤ κ/λ_s`` per value; for orthogonality, the distance of each factor to the nearest
-orthonormal matrix, ``‖U − polar(U)‖_F·√m``, ≤ κ·√(m·T)/(λ_o·√m)·… — in practice far smaller, because almost all of
-Adam's motion is tangent to the orthonormal set (measured in ``benchmarks/regularizer_scaling.py`` and
-``docs/method_constraints.md``). The task direction keeps moving at Adam's speed; only the deviation is bounded.
+the proximal step removes the fraction c/(1 + c) of the deviation. Hence, from any start at injection:
+
+- spectrum: ``d = |s − s0|/σ_r`` follows ``d ← (d + κη/σ_r)/(1 + λ_s·η/σ_r)``, so **|s − s0|/σ_r ≤ κ/λ_s**;
+- orthogonality: ``δ = ‖U − polar(U)‖_F`` grows by at most ``‖ΔU‖_F ≤ κη√(mT)`` per step and the pull multiplies
+  it by ``1 − β`` (``polar`` is unchanged), so ``δ ≤ κ√T/λ_o`` and **‖UᵀU − I‖_F ≤ δ(2 + δ)** (likewise V).
+
+Neither depends on the task-gradient norm, η or the matrix size; the task direction keeps moving at Adam's speed,
+only the deviation is bounded (measured in ``benchmarks/regularizer_scaling.py``, ``docs/method_constraints.md``).
 
 The cap keeps artifact values at the order of the semantic floor (``cap·σ_r``, default 2): a cap at σ_r itself
 leaves a flat tail (s0 ≈ σ_r) no room to grow (0.05% measured) and pins the subspaces. Effort's Frobenius-energy
@@ -56,7 +58,8 @@ class SubspaceConstraints:
     """Strengths of the decoupled constraint step (formulas in the module docstring).
 
     Attributes:
-        orthogonality: λ_o; the orthogonality error settles at ≲ κ/λ_o. 0 switches the step off.
+        orthogonality: λ_o; ``‖UᵀU − I‖_F ≤ δ(2 + δ)`` with ``δ = κ·√T/λ_o`` (T the matrix's total rank, κ ≈ 1).
+            0 switches the step off.
         spectral: λ_s; each artifact value stays within ``κ·σ_r/λ_s`` of its initial value. 0 switches the pull off
             (the cap still applies).
         semantic: λ_f, Effort's frozen-basis term: pull the artifact directions out of the span of the frozen
@@ -145,7 +148,8 @@ def apply_constraints(
 
     A subspace whose factors all have ``grad is None`` (the optimizer skipped them, e.g. a layer mask) is left
     bit-identical, as is any factor the optimizer does not hold. Runs under ``no_grad`` in float32 with autocast
-    off, whatever the factors' dtype.
+    off, whatever the factors' dtype. σ_r is floored at 1e-3 of the matrix's RMS singular value, so a rank-deficient
+    weight (σ_r = 0) does not pin its subspaces at 0.
     """
     if not constraints.active:
         return
