@@ -7,6 +7,7 @@ step; on CPU the bytes autograd saves for backward plus gradients and optimizer 
 
     python benchmarks/step_time.py                      # CPU: ViT-B/16, depth 4, batch 8
     python benchmarks/step_time.py --methods masm masm_mask --steps 15   # the mask callback's overhead
+    python benchmarks/step_time.py --methods masm masm_unconstrained --steps 15   # the constraint step's
     python benchmarks/step_time.py --depth 12 --steps 10
     python benchmarks/step_time.py --device cuda        # + ViT-L/14, batch 32, bf16 autocast
 """
@@ -28,13 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from masm_lightning.adapters import (
-    MASMConfig,
-    inject_adapters,
-    orthogonality_loss,
-    spectral_consistency_loss,
-)
-from masm_lightning.callbacks import SelectiveLayerMask
+from masm_lightning.adapters import MASMConfig, apply_constraints, inject_adapters  # noqa: E402
+from masm_lightning.callbacks import SelectiveLayerMask  # noqa: E402
 
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -71,7 +67,7 @@ class Method:
     name: str
     model: nn.Module
     head: nn.Linear
-    extra_loss: Callable[[nn.Module], Tensor] | None = None
+    after_step: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None  # MASM's constraint step
     mask: SelectiveLayerMask | None = None
     optimizer: torch.optim.Optimizer = field(init=False)
     times: list[float] = field(default_factory=list)
@@ -91,7 +87,7 @@ def build(name: str, model_name: str, depth: int | None, rank: int, device: torc
     torch.manual_seed(0)
     model = timm.create_model(model_name, pretrained=False, **kwargs).to(device)
     head = nn.Linear(model.num_features, 2).to(device)
-    extra = None
+    after = None
     if name == "full_ft":
         pass
     elif name == "floor":
@@ -102,11 +98,14 @@ def build(name: str, model_name: str, depth: int | None, rank: int, device: torc
         for module_name, module in list(model.named_modules()):
             if isinstance(module, nn.Linear) and module_name.endswith(TARGETS):
                 model.set_submodule(module_name, ComposedResidualLinear(module, rank))
-    elif name in ("masm", "masm_mask"):
+    elif name in ("masm", "masm_mask", "masm_unconstrained"):
         inject_adapters(model, MASMConfig(num_subspaces=4, subspace_rank=rank // 4, targets=TARGETS))
 
-        def extra(m: nn.Module) -> Tensor:
-            return orthogonality_loss(m) + spectral_consistency_loss(m)
+        def after(m: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+            apply_constraints(m, optimizer)
+
+        if name == "masm_unconstrained":  # the constraint step's cost: masm / masm_unconstrained
+            after = None
     else:
         raise ValueError(f"unknown method {name!r}")
     # masm_mask: + the selective layer mask's per-step work (statistics of every subspace, the mask pass) with
@@ -114,7 +113,7 @@ def build(name: str, model_name: str, depth: int | None, rank: int, device: torc
     mask = None
     if name == "masm_mask":
         mask = SelectiveLayerMask(warmup_steps=10**9)  # finds the adapters on its first call (a warm-up step)
-    return Method(name, model.train(), head, extra, mask)
+    return Method(name, model.train(), head, after, mask)
 
 
 def step(method: Method, images: Tensor, labels: Tensor, autocast: torch.dtype | None, device: torch.device,
@@ -134,13 +133,13 @@ def step(method: Method, images: Tensor, labels: Tensor, autocast: torch.dtype |
     start = time.perf_counter()
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None), hooks:
         loss = F.cross_entropy(method.head(method.model(images)), labels)
-        if method.extra_loss is not None:
-            loss = loss + 0.1 * method.extra_loss(method.model)
     method.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if method.mask is not None:
         method.mask.on_before_optimizer_step(_NoDistributed, method.model, method.optimizer)
     method.optimizer.step()
+    if method.after_step is not None:
+        method.after_step(method.model, method.optimizer)
     if device.type == "cuda":
         torch.cuda.synchronize()
         method.memory.append(torch.cuda.max_memory_allocated())
@@ -175,6 +174,8 @@ def run(model_name: str, depth: int | None, batch: int, steps: int, warmup: int,
           f"autocast={autocast} steps={steps} (median of interleaved steps)")
     print(f"{'method':<10}{'step s':>9}{'img/s':>9}{'vs full_ft':>12}{'vs floor':>10}{'trainable':>13}"
           f"{memory_kind:>22}")
+    if "masm" in median and "masm_unconstrained" in median:
+        print(f"constraint step overhead on the MASM step: {median['masm'] / median['masm_unconstrained']:.3f}x")
     if "masm" in median and "masm_mask" in median:
         print(f"selective layer mask overhead on the MASM step: {median['masm_mask'] / median['masm']:.3f}x")
     for m in built:

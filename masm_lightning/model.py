@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
@@ -24,8 +24,9 @@ from .adapters import (
     select_targets,
     inject_adapters,
     iter_adapters,
-    orthogonality_loss,
-    spectral_consistency_loss,
+    SubspaceConstraints,
+    apply_constraints,
+    constraint_metrics,
     unload_adapters,
 )
 from .evaluation.loaders import named_loaders
@@ -42,8 +43,15 @@ _STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def effort_adam(params: Any) -> torch.optim.Optimizer:
-    """The Effort recipe's optimizer: Adam, lr 2e-4, weight decay 5e-4."""
+    """The Effort recipe's optimizer: Adam, lr 2e-4, weight decay 5e-4 (coupled: added to the gradient)."""
     return torch.optim.Adam(params, lr=2e-4, weight_decay=5e-4)
+
+
+def masm_adam(params: Any) -> torch.optim.Optimizer:
+    """MASM's default optimizer: Adam, lr 2e-4, no weight decay. Coupled decay on the factors is normalised by
+    Adam with the task gradient, so it stalls small task gradients and erases tail values; the decoupled
+    constraint step (:func:`~masm_lightning.adapters.apply_constraints`) bounds the factors instead."""
+    return torch.optim.Adam(params, lr=2e-4)
 
 
 def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
@@ -84,8 +92,12 @@ class MASMDetector(LightningModule):
             ``package://<module>/<file>`` names a file inside an installed Python package.
         adapters: MASM configuration; ``None`` trains no adapters (full fine-tuning or linear probe).
         freeze_backbone: without adapters, train the head only (linear probe) or, if false, everything.
-        lambda_orth: weight of :func:`~masm_lightning.adapters.orthogonality_loss`.
-        lambda_spec: weight of :func:`~masm_lightning.adapters.spectral_consistency_loss`.
+        lambda_orth: strength λ_o of the decoupled orthogonality step (proximal pull of every U, V toward the
+            nearest orthonormal matrix after each optimizer step; error ≈ 8/λ_o at worst); 0 switches it off.
+        lambda_spec: strength λ_s of the decoupled spectral step (pull of s toward s0; ``|s − s0|/σ_r ≤ κ/λ_s``).
+        lambda_semantic: strength of Effort's frozen-basis term (artifact directions out of the semantic basis,
+            ``‖[U_r U]ᵀ[U_r U] − I‖``); 0 (default) off. Formulas: :mod:`masm_lightning.adapters.regularizers`.
+        spectral_cap: artifact values are clamped to ``[0, spectral_cap·σ_r]``; null for no cap.
         optimizer: built over every trainable parameter.
         lr_scheduler: optional, stepped per epoch.
         threshold: fake-probability threshold for accuracy.
@@ -113,9 +125,11 @@ class MASMDetector(LightningModule):
         checkpoint_path: str | None = None,
         adapters: MASMConfig | None = MASMConfig(),  # noqa: B008 - an immutable-by-convention default
         freeze_backbone: bool = True,
-        lambda_orth: float = 1.0,
+        lambda_orth: float = 10.0,
         lambda_spec: float = 1.0,
-        optimizer: OptimizerCallable = effort_adam,
+        lambda_semantic: float = 0.0,
+        spectral_cap: float | None = 2.0,
+        optimizer: OptimizerCallable = masm_adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         threshold: float = 0.5,
         backbone_seed: int = 0,
@@ -130,8 +144,14 @@ class MASMDetector(LightningModule):
         if selection is not None and adapters is None:
             raise ValueError("model.selection chooses where adapters go, but model.adapters is null: set adapters "
                              "(its targets are the candidates) or drop selection")
-        if lambda_orth < 0 or lambda_spec < 0:
-            raise ValueError(f"lambda_orth and lambda_spec must be >= 0, got {lambda_orth} and {lambda_spec}")
+        for name, value in (("lambda_orth", lambda_orth), ("lambda_spec", lambda_spec),
+                            ("lambda_semantic", lambda_semantic)):
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"model.{name} must be a finite number >= 0, got {value}")
+        if spectral_cap is not None and not spectral_cap > 0:
+            raise ValueError(f"model.spectral_cap must be > 0 or null (no cap), got {spectral_cap}")
+        self.constraints = SubspaceConstraints(lambda_orth, lambda_spec, lambda_semantic,
+                                               float("inf") if spectral_cap is None else spectral_cap)
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.backbone_name = backbone
@@ -272,14 +292,15 @@ class MASMDetector(LightningModule):
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = {"ce": self.task_loss(batch)}
-        loss = terms["ce"]
-        if self.adapter_config is not None:
-            if self.hparams.lambda_orth:
-                terms["orth"] = orthogonality_loss(self.backbone)
-                loss = loss + self.hparams.lambda_orth * terms["orth"]
-            if self.hparams.lambda_spec:
-                terms["spec"] = spectral_consistency_loss(self.backbone)
-                loss = loss + self.hparams.lambda_spec * terms["spec"]
+        loss = terms["ce"]  # the constraints are a separate step (optimizer_step): p.grad is the task's alone
+        if self.adapter_config is not None and (self.hparams.lambda_orth or self.hparams.lambda_spec
+                                                or self.hparams.lambda_semantic):
+            # What the active constraints bound, as of the last step (T×T Grams: cheap): max ‖UᵀU − I‖_F,
+            # max |s − s0|/σ_r, max ‖P_f U‖_F over the decomposed matrices.
+            found = constraint_metrics(self.backbone, semantic=bool(self.hparams.lambda_semantic))
+            names = {"orth": ("lambda_orth", "orth_error"), "spec": ("lambda_spec", "spectral_drift"),
+                     "semantic": ("lambda_semantic", "semantic_overlap")}
+            terms |= {key: found[metric] for key, (lam, metric) in names.items() if self.hparams[lam]}
         if not torch.isfinite(loss):
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise FloatingPointError(f"non-finite training loss at global step {self.global_step} "
@@ -335,6 +356,23 @@ class MASMDetector(LightningModule):
         # Fitting only: evaluation runs write no checkpoints (and restore none of the checkpoint callbacks' state).
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
         return run_checkpoints(self.monitor, self.mode) if fitting else []
+
+    @override
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Once per optimizer step (not per accumulated batch), identically on every rank (same factors, same
+        # grads-is-None pattern), after the step and before zero_grad: masked subspaces stay untouched.
+        if self.adapter_config is not None:
+            apply_constraints(self.backbone, optimizer, self.constraints)
+
+    def num_trainable_parameters(self) -> int:
+        """Trainable parameters (adapter factors + head, or whatever trains); call after ``configure_model()``."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @override
+    def on_fit_start(self) -> None:
+        rank_zero_info(f"MASMDetector: {self.num_trainable_parameters():,} trainable parameters "
+                       f"({self.backbone_name}, adapters {self.hparams.adapters})")
 
     @override
     def configure_optimizers(self) -> Any:

@@ -41,12 +41,29 @@ def test_video_scores_are_means_of_frame_probabilities():
                   torch.tensor([0, 0, 1, 1, 2]), torch.arange(5))
     out = metric.compute()
     video_probs, video_labels = metric.curves["video"]
-    torch.testing.assert_close(video_probs, torch.tensor([0.2, 0.6, 0.9]))
+    f = torch.tensor([0.1, 0.3, 0.4, 0.8, 0.9]).double()  # the float32 inputs, averaged in float64
+    torch.testing.assert_close(video_probs, torch.stack([(f[0] + f[1]) / 2, (f[2] + f[3]) / 2, f[4]]))
     assert video_labels.tolist() == [0, 1, 1]
     assert out["num_videos"] == 3 and out["num_frames"] == 5
     expected = _sklearn_scores(np.array([0.2, 0.6, 0.9]), np.array([0, 1, 1]))
     assert out["video_auc"].item() == pytest.approx(expected["auc"])
     assert out["video_acc"].item() == pytest.approx(expected["acc"])
+
+
+def test_videos_with_the_same_frames_in_another_order_tie_exactly():
+    """Float32 sums depend on the order of their terms: these five frames sum to 3.108551025 forwards and
+    3.108551264 backwards, which would rank the fake video above the real one (AUC 1 instead of the tie's 0.5)."""
+    frames = torch.tensor([0.6340786814689636, 0.4900934100151062, 0.8964447379112244, 0.455627977848053,
+                           0.6323062777519226])
+    one_video = torch.zeros(5, dtype=torch.long)
+    assert torch.zeros(1).index_add_(0, one_video, frames) != torch.zeros(1).index_add_(0, one_video, frames.flip(0))
+    metric = DetectionMetrics()
+    metric.update(torch.cat([frames, frames.flip(0)]), torch.tensor([0] * 5 + [1] * 5),
+                  torch.tensor([0] * 5 + [1] * 5), torch.arange(10))
+    out = metric.compute()
+    video_probs, _ = metric.curves["video"]
+    assert video_probs[0] == video_probs[1]
+    assert out["video_auc"].item() == 0.5
 
 
 def test_samples_repeated_by_distributed_padding_count_once():

@@ -183,3 +183,55 @@ def test_data_module_follows_the_backbone_and_refuses_a_disagreement(tmp_path):
         data.resolved_input_config()
     data.hparams.input_config = None
     assert data.resolved_input_config() == {**model.data_config}
+
+
+def test_constraint_step_runs_once_per_optimizer_step_and_stays_out_of_the_loss(tmp_path, monkeypatch):
+    """With accumulate_grad_batches=2, 4 batches are 2 optimizer steps: 2 constraint steps, each after the
+    optimizer's; the loss (hence p.grad, which the layer mask reads) is the task's alone."""
+    import masm_lightning.model as model_module
+    from masm_lightning.data import DemoDataModule
+
+    calls = []
+    real = model_module.apply_constraints
+
+    def spy(adapters, optimizer, constraints):
+        calls.append(sum(s["step"] for s in optimizer.optimizer.state.values()) / len(optimizer.optimizer.state))
+        real(adapters, optimizer, constraints)
+
+    monkeypatch.setattr(model_module, "apply_constraints", spy)
+    model = MASMDetector(**TINY, adapters=MASMConfig(num_subspaces=2, subspace_rank=2))
+    data = DemoDataModule(root=str(tmp_path / "data"), videos={"train": 8, "val": 2, "test": 2}, frames_per_video=2,
+                          size=32, batch_size=4, num_workers=0, augmentation="light")
+    trainer = Trainer(max_steps=2, accumulate_grad_batches=2, limit_val_batches=0, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu", log_every_n_steps=1)
+    with pytest.warns(UserWarning, match="starts from random weights"):
+        trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2
+    assert calls == [1.0, 2.0]  # once per step, after the optimizer's update of that step
+    metrics = trainer.callback_metrics
+    assert metrics["train/loss"] == metrics["train/ce"]
+    assert {"train/orth", "train/spec"} <= metrics.keys()
+
+
+def test_num_trainable_parameters_counts_the_factors_and_the_head():
+    model = _detector()  # K=2, d=2 on qkv (3 blocks of 32×32), proj (32×32), fc1 (128×32), fc2 (32×128); depth 2
+    per_block = 4 * (3 * (32 + 32 + 1) + (32 + 32 + 1) + (128 + 32 + 1) + (32 + 128 + 1))
+    assert model.num_trainable_parameters() == 2 * per_block + 32 * 2 + 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("adapters", "expected"), [
+    (MASMConfig(), 7_080_192),  # configs/ffpp.yaml
+    (MASMConfig.effort(), 196_704),  # configs/effort.yaml
+    (MASMConfig(num_subspaces=2, subspace_rank=1, targets=("attn.qkv", "attn.proj")), 393_408),  # masm_budget.yaml
+], ids=["ffpp", "effort", "masm_budget"])
+def test_vit_l14_adapter_budgets_quoted_in_the_configs(adapters, expected):
+    """Counted on a meta-device ViT-L/14: shapes only, no weights, no SVD work."""
+    import timm
+
+    from masm_lightning.adapters import inject_adapters
+
+    with torch.device("meta"):
+        backbone = timm.create_model("vit_large_patch14_clip_quickgelu_224", pretrained=False, num_classes=0)
+    inject_adapters(backbone, adapters)
+    assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == expected

@@ -3,7 +3,7 @@
 from .config import TARGET_PRESETS, MASMConfig, family_targets
 from .inject import inject_adapters, iter_adapters, merge_adapters, select_targets, unload_adapters
 from .layer import ArtifactSubspace, MASMAdapter, MASMConv2d, MASMLinear
-from .regularizers import orthogonality_loss, spectral_consistency_loss
+from .regularizers import SubspaceConstraints, apply_constraints, constraint_metrics
 
 __all__ = [
     "TARGET_PRESETS",
@@ -12,12 +12,13 @@ __all__ = [
     "MASMConfig",
     "MASMConv2d",
     "MASMLinear",
+    "SubspaceConstraints",
+    "apply_constraints",
+    "constraint_metrics",
     "inject_adapters",
     "iter_adapters",
     "family_targets",
     "merge_adapters",
-    "orthogonality_loss",
     "select_targets",
-    "spectral_consistency_loss",
     "unload_adapters",
 ]

@@ -1,8 +1,11 @@
 """Frame- and video-level detection metrics, keyed by sample and by video, correct under DDP.
 
-A video's score is the mean of its frames' fake probabilities. Videos are grouped by an integer key the dataset
-assigns to each unique (dataset, label, video id) — never by a folder or file basename — and frames by their
-sample index, so the copies a ``DistributedSampler`` pads or repeats are counted once.
+A video's score is the mean of its frames' fake probabilities, accumulated in float64: a float32 sum depends on the
+order of its terms (two videos with the same frames in a different order got different means, which broke the ties
+AUC relies on), while float64 sums of float32 probabilities are exact for any realistic frame count. Videos are
+grouped by an integer key the dataset assigns to each unique (dataset, label, video id) — never by a folder or file
+basename — and frames by their sample index, so the copies a ``DistributedSampler`` pads or repeats are counted
+once.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def equal_error_rate(probs: Tensor, labels: Tensor) -> Tensor:
 
 def scores(probs: Tensor, labels: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
     """AUC, AP, EER and accuracy at ``threshold``; ranking metrics are NaN when only one class is present."""
-    probs, labels = probs.float(), labels.long()
+    probs = probs if probs.dtype == torch.float64 else probs.float()  # video means stay float64
+    labels = labels.long()
     acc = ((probs >= threshold).long() == labels).float().mean()
     if labels.unique().numel() < 2:
         nan = torch.tensor(math.nan, device=probs.device)
@@ -87,8 +91,9 @@ class DetectionMetrics(Metric):
         probs, labels, videos = probs[first], labels[first], videos[first]
 
         keys, video_of = torch.unique(videos, return_inverse=True)
-        count = torch.zeros(keys.numel(), device=probs.device).index_add_(0, video_of, torch.ones_like(probs))
-        video_probs = torch.zeros_like(count).index_add_(0, video_of, probs) / count
+        count = torch.zeros(keys.numel(), dtype=torch.float64, device=probs.device).index_add_(
+            0, video_of, torch.ones_like(probs, dtype=torch.float64))
+        video_probs = torch.zeros_like(count).index_add_(0, video_of, probs.double()) / count
         video_labels = torch.zeros_like(keys).scatter_reduce(0, video_of, labels, reduce="amax", include_self=False)
         lowest = torch.zeros_like(keys).scatter_reduce(0, video_of, labels, reduce="amin", include_self=False)
         if not torch.equal(video_labels, lowest):

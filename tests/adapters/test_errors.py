@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from masm_lightning.adapters import MASMConfig, inject_adapters, orthogonality_loss, spectral_consistency_loss
+from masm_lightning.adapters import (
+    MASMConfig,
+    SubspaceConstraints,
+    apply_constraints,
+    constraint_metrics,
+    inject_adapters,
+)
 
 CONFIG_ERRORS = {
     "no_subspaces": (dict(num_subspaces=0), r"num_subspaces must be an int >= 1, got 0"),
@@ -81,7 +87,22 @@ def test_injecting_twice_is_refused(make_vit):
         inject_adapters(model, MASMConfig())
 
 
-@pytest.mark.parametrize("loss_fn", [orthogonality_loss, spectral_consistency_loss])
-def test_regularisers_refuse_a_model_without_adapters(make_vit, loss_fn):
+@pytest.mark.parametrize("constraint_fn", [lambda m: apply_constraints(m, 1e-3), constraint_metrics],
+                         ids=["apply_constraints", "constraint_metrics"])
+def test_constraints_refuse_a_model_without_adapters(make_vit, constraint_fn):
     with pytest.raises(ValueError, match="no MASM adapters found in VisionTransformer; call inject_adapters first"):
-        loss_fn(make_vit())
+        constraint_fn(make_vit())
+
+
+BAD_CONSTRAINTS = {
+    "negative_orthogonality": ({"orthogonality": -1.0}, r"orthogonality must be a finite number >= 0, got -1.0"),
+    "infinite_spectral": ({"spectral": float("inf")}, r"spectral must be a finite number >= 0, got inf"),
+    "nan_semantic": ({"semantic": float("nan")}, r"semantic must be a finite number >= 0, got nan"),
+    "zero_cap": ({"cap": 0.0}, r"cap must be > 0 \(math.inf for no cap\), got 0.0"),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_CONSTRAINTS.values(), ids=BAD_CONSTRAINTS.keys())
+def test_bad_constraint_strengths_are_named(kwargs, message):
+    with pytest.raises(ValueError, match="SubspaceConstraints." + message):
+        SubspaceConstraints(**kwargs)
