@@ -13,12 +13,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import timm
+import torch
+from torch import nn
 
-from masm_lightning.adapters import MASMConfig, family_targets, inject_adapters, select_targets  # noqa: E402
-from masm_lightning.adapters.svd import fused_parts  # noqa: E402
+from masm_lightning.adapters import MASMConfig, family_targets, inject_adapters, select_targets
+from masm_lightning.adapters.svd import fused_parts
 
 # (family preset, timm name, artifact rank d per subspace as in configs/backbones/; K = 4 throughout)
 BACKBONES = [

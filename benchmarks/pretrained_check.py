@@ -32,18 +32,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from lightning.pytorch import Callback, Trainer, seed_everything  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch import Callback, Trainer, seed_everything
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
 
-from masm_lightning import MASMConfig  # noqa: E402
-from masm_lightning.adapters import iter_adapters  # noqa: E402
-from masm_lightning.cli import main as cli_main  # noqa: E402
-from masm_lightning.model import MASMDetector  # noqa: E402
+from masm_lightning import MASMConfig
+from masm_lightning.adapters import iter_adapters
+from masm_lightning.cli import main as cli_main
+from masm_lightning.model import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
@@ -123,7 +123,7 @@ class LossCurve(Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.losses.append(float(outputs["loss"]))
 
 

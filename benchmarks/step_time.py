@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from masm_lightning.adapters import MASMConfig, apply_constraints, inject_adapters  # noqa: E402
-from masm_lightning.callbacks import SelectiveLayerMask  # noqa: E402
+from masm_lightning.adapters import MASMConfig, apply_constraints, inject_adapters
+from masm_lightning.callbacks import SelectiveLayerMask
 
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 

@@ -1,4 +1,4 @@
-"""configs/backbones/*.yaml: overlays on the FF++ recipe that parse, link the right input pipeline and fit their nets."""
+"""configs/backbones/*.yaml: overlays on the FF++ recipe that parse, link the right input pipeline and fit."""
 
 from __future__ import annotations
 

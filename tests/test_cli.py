@@ -97,7 +97,8 @@ def test_shipped_configs_parse(tmp_path, capsys, config):
 def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
     logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
               "init_args": {"project": "masm", "save_dir": str(tmp_path), "offline": True}}
-    common = ["--config", TINY_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", json.dumps(logger),
+    common = ["--config", TINY_CONFIG, "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.logger", json.dumps(logger),
               "--data.init_args.root", str(tmp_path / "demo_data")]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     ckpt = fit.trainer.checkpoint_callback.best_model_path

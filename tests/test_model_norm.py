@@ -39,8 +39,8 @@ def _fit_two_steps(model: MASMDetector) -> None:
 
 
 def _detector(**overrides: object) -> MASMDetector:
+    model = MASMDetector(**{**CNN, "adapters": ADAPTERS, **overrides})
     with pytest.warns(UserWarning, match="starts from random weights"):
-        model = MASMDetector(**{**CNN, "adapters": ADAPTERS, **overrides})
         model.configure_model()
     return model
 

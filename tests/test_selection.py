@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from masm_lightning import MASMConfig
-from masm_lightning.adapters import select_targets, iter_adapters
+from masm_lightning.adapters import iter_adapters, select_targets
 from masm_lightning.model import MASMDetector
 from masm_lightning.selection import LayerSelection, choose_layers, gradient_gsnr
 from tests.conftest import TINY_VIT, TINY_VIT_KWARGS

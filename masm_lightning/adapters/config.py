@@ -77,7 +77,9 @@ class MASMConfig:
             raise ValueError(f"MASMConfig.num_subspaces must be an int >= 1, got {self.num_subspaces!r}")
         ranks = (self.subspace_rank,) if isinstance(self.subspace_rank, int) else tuple(self.subspace_rank)
         if not ranks or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in ranks):
-            raise ValueError(f"MASMConfig.subspace_rank must be an int >= 1 or a list of them, got {self.subspace_rank!r}")
+            raise ValueError(
+                f"MASMConfig.subspace_rank must be an int >= 1 or a list of them, got {self.subspace_rank!r}"
+            )
         if len(ranks) not in (1, self.num_subspaces):
             raise ValueError(
                 f"MASMConfig.subspace_rank lists {len(ranks)} ranks {list(ranks)} but num_subspaces is "

@@ -19,12 +19,12 @@ from masm_lightning.adapters import (
     MASMConfig,
     MASMConv2d,
     MASMLinear,
+    apply_constraints,
+    constraint_metrics,
     family_targets,
     inject_adapters,
     iter_adapters,
     merge_adapters,
-    apply_constraints,
-    constraint_metrics,
     select_targets,
     unload_adapters,
 )
@@ -176,7 +176,7 @@ def test_constraints_hold_at_injection_and_train_conv_factors(built, images):
     trained = constraint_metrics(model)
     assert float(trained["spectral_drift"]) > 0, "the conv factors moved"
     model(images).square().mean().backward()
-    name, adapter = next(iter_adapters(model))
+    _, adapter = next(iter_adapters(model))
     conv = adapter.subspaces[0]
     # U lives in the output channels, V in the input channels of the 1x1 convolution.
     assert conv.U.shape == (adapter.out_channels, 2) and conv.V.shape == (adapter.in_channels, 2)

@@ -161,7 +161,7 @@ def test_bad_options_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match="two data sources are named 'faces' but read different data"):
         FaceForgeryDataModule(test=[DataSource("folder", root="/a/faces", crops=True),
                                     DataSource("folder", root="/b/faces", crops=True)])
-    with pytest.raises(ValueError, match="data.test lists a test set twice"):
+    with pytest.raises(ValueError, match=r"data\.test lists a test set twice"):
         FaceForgeryDataModule(test=[DataSource(**same), DataSource(**same)])
     FaceForgeryDataModule(train=DataSource(**same), test=[DataSource(**same)])  # train's own test split: fine
 

@@ -126,7 +126,7 @@ def test_dfdcp_and_folder_layouts(tmp_path):
 
 @needs_shared
 def test_dfd_names_the_folders_it_expects():
-    with pytest.raises(FileNotFoundError, match="no DFD videos .*original_sequences/actors/c23/videos"):
+    with pytest.raises(FileNotFoundError, match=r"no DFD videos .*original_sequences/actors/c23/videos"):
         index_dfd(SHARED / "FaceForensics++")
 
 

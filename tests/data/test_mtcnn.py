@@ -35,7 +35,8 @@ def test_only_the_pooling_it_reproduces_is_replaced():
 
 def test_pyramid_levels_are_the_standard_pyramid_from_the_level_holding_the_smallest_face():
     full = pyramid_levels(720, 1280, min_face=20)  # facenet-pytorch's default pyramid: from scale 12/20
-    assert full[0] == (0.6, (433, 769)) and all(b[0] == pytest.approx(a[0] * 0.709) for a, b in itertools.pairwise(full))
+    assert full[0] == (0.6, (433, 769))
+    assert all(b[0] == pytest.approx(a[0] * 0.709) for a, b in itertools.pairwise(full))
     levels = pyramid_levels(720, 1280, min_face=72)
     assert levels == full[len(full) - len(levels):]  # a suffix: the same scales, none of the finest
     scale = levels[0][0]
@@ -57,10 +58,10 @@ def test_same_faces_as_facenet_pytorch_on_real_frames():
     boxes, probs, points = reference.detect(frames, landmarks=True)
     ours = detect_faces(frames, *networks, min_face_size=36, thresholds=(0.7, 0.8, 0.9))
     assert sum(len(b) for b, _, _ in ours) >= len(frames)  # the face, in every frame
-    for (our_boxes, our_probs, our_points), b, p, l in zip(ours, boxes, probs, points):
+    for (our_boxes, our_probs, our_points), b, p, marks in zip(ours, boxes, probs, points):
         np.testing.assert_allclose(our_boxes, b.astype(np.float32), atol=1e-3)  # measured: < 1e-4 px
         np.testing.assert_allclose(our_probs, p.astype(np.float32), atol=1e-5)
-        np.testing.assert_allclose(our_points, l.astype(np.float32), atol=1e-3)
+        np.testing.assert_allclose(our_points, marks.astype(np.float32), atol=1e-3)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
