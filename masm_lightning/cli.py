@@ -10,6 +10,7 @@ one ``error:`` line and exit status 2.
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -36,6 +37,17 @@ def _commands() -> dict[str, Callable[..., Any]]:
     from .commands.preprocess import preprocess_command
 
     return {"preprocess": preprocess_command, "detect": detect, "export": export}
+
+
+class _QuietLightning(logging.Filter):
+    """Drops two lines Lightning prints on every run: advertising tips for its cloud products, and the notice that
+    the model's checkpoint policy (``configure_callbacks``) replaces the trainer's default checkpoint callback,
+    which is this project's design."""
+
+    DROPPED = ("💡 Tip:", "The following callbacks returned in `LightningModule.configure_callbacks` will override")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.DROPPED)
 
 
 def _summary(fn: Callable[..., Any]) -> str:
@@ -171,6 +183,12 @@ class MASMCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> MASMCLI:
     """Run the command line; ``args`` replaces ``sys.argv[1:]`` (tests drive it in-process)."""
+    # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecated, on every fit: not ours to fix.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietLightning) for f in logger.filters):
+            logger.addFilter(_QuietLightning())
     return MASMCLI(
         MASMDetector,
         FaceForgeryDataModule,

@@ -2,7 +2,7 @@
 
 The paper's text is not available; its abstracts give two readings. This callback is the first (v1, a dynamic
 mask during training); the second (v3, FMSD: select layers once before injection) is
-:class:`~masm_lightning.selection.LayerSelection`. Both use the same statistic (``docs/method_mask.md``):
+:class:`~masm_lightning.selection.LayerSelection`. Both use the same statistic (``docs/method.md``):
 
 - v1: "a selective layer mask strategy adaptively regulates the update behavior of corresponding network layers
   according to the learning state of each artifact subspace, suppressing overfitting to any single forgery
@@ -65,7 +65,7 @@ Granularity = Literal["layer", "subspace", "both"]
 class SelectiveLayerMask(Callback):
     """Track each artifact subspace's learning state and mask the updates of layers/subspaces (see module doc).
 
-    Defaults come from ``benchmarks/mask_calibration.py`` and ``docs/method_mask.md``:
+    Defaults come from ``benchmarks/mask_calibration.py`` and ``docs/method.md``:
 
     - ``momentum=0.99``: the estimate's time constant 1/(1 − β) = 100 steps equals ``interval``, so each decision
       rests on the gradients since the previous one (n_eff ≈ 199 samples). It is the smallest momentum in the

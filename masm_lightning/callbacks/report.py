@@ -31,10 +31,6 @@ class RunReport(Callback):
     ``test_results`` and ``test_metrics``), and prints where the checkpoints, logs and plots of a ``fit`` are."""
 
     @override
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        rank_zero_info(f"trainable parameters: {trainable_parameters(pl_module):,}")
-
-    @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         folder = log_dir(trainer)  # every rank: a collective under DDP
         results: dict[str, dict[str, float]] = getattr(pl_module, "test_results", {})
