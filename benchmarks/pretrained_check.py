@@ -1,6 +1,6 @@
 """MASM vs its baselines on a real ImageNet-pretrained CNN and real face crops (docs/benchmarks.md).
 
-    python benchmarks/pretrained_check.py [--backbone-config configs/backbones/mobilenetv2.yaml] [--steps 60]
+    python benchmarks/pretrained_check.py [--backbone-config configs/backbones/mobilenetv2.yaml] [--steps 40]
 
 Every method is the shipped configuration, composed and parsed by the real CLI (``fit --print_config``), so the
 check follows whatever the configs say today (constraints, mask, optimizer):
@@ -25,6 +25,7 @@ import importlib
 import io
 import os
 import random
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -142,7 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone-config", default="configs/backbones/mobilenetv2.yaml")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="train/test resolution (the backbone's own, e.g. 224, is ~3x slower on 2 cores)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -162,12 +165,16 @@ def main() -> None:
 
     backbone_targets = composed(args.backbone_config, [])["model"]["adapters"]["targets"]
     results = {}
+    # One row per method as soon as it is done (flushed): a long run that is stopped still reports what it measured.
+    print("| method | trainable | train loss first5 → last5 | fitting strength per subspace k | spectral drift "
+          "| share masked | held-out AUC [95% CI] |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     for method in args.methods:
         overlays, overrides = METHODS[method]
         seed_everything(args.seed, verbose=False)
         model, callbacks = build(composed(args.backbone_config, overlays), backbone_targets, overrides, args.steps)
         model.configure_model()
-        data = model.data_config
+        data = {**model.data_config, "image_size": args.image_size}  # mean/std stay the backbone's
         x_train, y_train = tensors(train, data["image_size"], data["mean"], data["std"])
         x_test, y_test = tensors(test, data["image_size"], data["mean"], data["std"])
         g = torch.Generator().manual_seed(args.seed)
@@ -178,6 +185,7 @@ def main() -> None:
                     batches.append({"image": x_train[idx], "label": y_train[idx], "video": idx, "index": idx})
         curve = LossCurve()
         trainer = Trainer(max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                          default_root_dir=tempfile.mkdtemp(prefix=f"pretrained_check_{method}_"),  # mask's files
                           enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                           callbacks=[curve, *callbacks], deterministic=True)
         trainer.fit(model, DataLoader(batches[: args.steps], batch_size=None))
@@ -201,18 +209,14 @@ def main() -> None:
             drift = float(np.mean(drifts))
         masked = float(callbacks[0].masked.float().mean()) if callbacks else 0.0
         first, last = np.mean(curve.losses[:5]), np.mean(curve.losses[-5:])
-        results[method] = dict(trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                               first=first, last=last, strength=strength, drift=drift, masked=masked, auc=auc,
-                               ci=ci)
-
-    print("| method | trainable | train loss first5 → last5 | fitting strength per subspace k | spectral drift "
-          "| share masked | held-out AUC [95% CI] |")
-    print("|---|---|---|---|---|---|---|")
-    for method, r in results.items():
+        r = results[method] = dict(trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                                   first=first, last=last, strength=strength, drift=drift, masked=masked, auc=auc,
+                                   ci=ci)
         strength = "–" if r["strength"] is None else ", ".join(f"{v:.3f}" for v in r["strength"])
         drift = "–" if r["drift"] is None else f"{r['drift']:.4f}"
         print(f"| {method} | {r['trainable']:,} | {r['first']:.3f} → {r['last']:.3f} | {strength} | {drift} | "
-              f"{r['masked']:.2f} | {r['auc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |")
+              f"{r['masked']:.2f} | {r['auc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |", flush=True)
+
 
     def get(method: str, key: str) -> float:
         return results[method][key] if method in results else float("nan")
