@@ -42,8 +42,11 @@ def count(model: nn.Module, config: MASMConfig) -> tuple[int, int, int]:
     total, convs = 0, 0
     for name in names:
         layer = modules[name]
-        m, n = (layer.out_features, layer.in_features) if isinstance(layer, nn.Linear) else (
-            layer.out_channels, layer.in_channels)
+        m, n = (
+            (layer.out_features, layer.in_features)
+            if isinstance(layer, nn.Linear)
+            else (layer.out_channels, layer.in_channels)
+        )
         convs += isinstance(layer, nn.Conv2d)
         parts = fused_parts(name) if config.split_fused else 1
         total += parts * sum(d * (m // parts + n + 1) for d in config.ranks)
@@ -59,8 +62,11 @@ def main() -> None:
         masm = MASMConfig(num_subspaces=4, subspace_rank=rank, targets=family_targets(family))
         # Effort: one rank-1 direction per matrix; on a ViT only the attention projections, on a CNN the same
         # pointwise layers as MASM (a CNN has no attention).
-        effort = (MASMConfig.effort() if family == "vit"
-                  else MASMConfig(num_subspaces=1, subspace_rank=1, targets=family_targets(family)))
+        effort = (
+            MASMConfig.effort()
+            if family == "vit"
+            else MASMConfig(num_subspaces=1, subspace_rank=1, targets=family_targets(family))
+        )
         layers, convs, masm_n = count(model, masm)
         _, _, effort_n = count(model, effort)
         if name in CHECKED:
@@ -71,12 +77,16 @@ def main() -> None:
         head = 2 * model.num_features + 2
         rows.append((name, family, backbone, layers, convs, rank, masm_n, effort_n, head))
 
-    print("| backbone | preset | backbone params | wrapped layers (Conv2d) | d | MASM trainable | % of backbone "
-          "| Effort trainable | head |")
+    print(
+        "| backbone | preset | backbone params | wrapped layers (Conv2d) | d | MASM trainable | % of backbone "
+        "| Effort trainable | head |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, family, backbone, layers, convs, rank, masm_n, effort_n, head in rows:
-        print(f"| {name} | {family} | {backbone / 1e6:.1f}M | {layers} ({convs}) | {rank} | {masm_n:,} | "
-              f"{100 * masm_n / backbone:.2f} | {effort_n:,} | {head:,} |")
+        print(
+            f"| {name} | {family} | {backbone / 1e6:.1f}M | {layers} ({convs}) | {rank} | {masm_n:,} | "
+            f"{100 * masm_n / backbone:.2f} | {effort_n:,} | {head:,} |"
+        )
     summary = " ".join(f"{name}={masm_n}" for name, *_, masm_n, _, _ in rows)
     print(f"backbone params: {summary}")
 

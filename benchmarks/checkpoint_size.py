@@ -1,6 +1,6 @@
 """Size of a MASM checkpoint for CLIP ViT-L/14 vs the whole model (random init; the size does not depend on it).
 
-    python benchmarks/checkpoint_size.py [--backbone vit_large_patch14_clip_quickgelu_224]
+python benchmarks/checkpoint_size.py [--backbone vit_large_patch14_clip_quickgelu_224]
 """
 
 from __future__ import annotations

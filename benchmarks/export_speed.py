@@ -79,9 +79,11 @@ def main() -> None:
                 if round_ >= args.warmup:
                     times[name].append(time.perf_counter() - start)
     base = statistics.median(times["plain_timm"])
-    print(f"{args.model} depth {args.depth}, batch {args.batch}, {args.dtype} on {device} "
-          f"({torch.get_num_threads()} threads), "
-          f"median of {args.rounds} interleaved rounds, torch {torch.__version__}")
+    print(
+        f"{args.model} depth {args.depth}, batch {args.batch}, {args.dtype} on {device} "
+        f"({torch.get_num_threads()} threads), "
+        f"median of {args.rounds} interleaved rounds, torch {torch.__version__}"
+    )
     print(f"{'model':<20} {'s/batch':>9} {'images/s':>9} {'throughput vs plain':>20}")
     for name, values in times.items():
         median = statistics.median(values)

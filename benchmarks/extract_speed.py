@@ -64,20 +64,37 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="preprocess --workers (videos extracted at once)")
     parser.add_argument("--copies", type=int, default=2, help="times each clip is listed in ours' dataset")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--short-side", type=int, default=ExtractionSettings.detect_short_side,
-                        help="detection resolution (shorter side, px) of ours")
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=ExtractionSettings.detect_short_side,
+        help="detection resolution (shorter side, px) of ours",
+    )
     parser.add_argument("--min-face", type=float, default=ExtractionSettings.min_face)
-    parser.add_argument("--stage-thresholds", type=float, nargs=3, default=ExtractionSettings.stage_thresholds,
-                        help="ours' MTCNN stage thresholds (facenet-pytorch's: 0.6 0.7 0.7)")
+    parser.add_argument(
+        "--stage-thresholds",
+        type=float,
+        nargs=3,
+        default=ExtractionSettings.stage_thresholds,
+        help="ours' MTCNN stage thresholds (facenet-pytorch's: 0.6 0.7 0.7)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    clips = [r for r in index_ffpp(SHARED / "FaceForensics++", methods=("Deepfakes", "FaceSwap"))
-             + index_dfdc(SHARED / "DFDC") if r.status == "listed"]
-    settings = ExtractionSettings(frames=args.frames, detect_short_side=args.short_side, min_face=args.min_face,
-                                  stage_thresholds=tuple(args.stage_thresholds))
+    clips = [
+        r
+        for r in index_ffpp(SHARED / "FaceForensics++", methods=("Deepfakes", "FaceSwap")) + index_dfdc(SHARED / "DFDC")
+        if r.status == "listed"
+    ]
+    settings = ExtractionSettings(
+        frames=args.frames,
+        detect_short_side=args.short_side,
+        min_face=args.min_face,
+        stage_thresholds=tuple(args.stage_thresholds),
+    )
     reference_mtcnn = MTCNN(keep_all=True, device="cpu")  # the reference pipelines' defaults (20 px minimum face)
-    sampled = {c.video_id: len(sample_indices(int(cv2.VideoCapture(str(c.video_path)).get(7)), args.frames))
-               for c in clips}
+    sampled = {
+        c.video_id: len(sample_indices(int(cv2.VideoCapture(str(c.video_path)).get(7)), args.frames)) for c in clips
+    }
     naive_time = ours_time = 0.0
     naive_frames = ours_frames = 0
     reference: dict[str, dict[int, np.ndarray | None]] = {}
@@ -96,8 +113,9 @@ def main() -> None:
                 naive_time += time.perf_counter() - start
                 naive_frames += len(reference[clip.video_id])
             start = time.perf_counter()
-            manifest = extract_dataset("folder", dataset, Path(tmp) / f"out{round_}", settings,
-                                       workers=args.workers, device="cpu")
+            manifest = extract_dataset(
+                "folder", dataset, Path(tmp) / f"out{round_}", settings, workers=args.workers, device="cpu"
+            )
             ours_time += time.perf_counter() - start
             ours_frames += args.copies * sum(sampled.values())
             with manifest.open(newline="") as f:
@@ -117,11 +135,15 @@ def main() -> None:
             else:
                 ious.append(iou(box, ours[clip_id][index]))
     naive_fps, ours_fps = naive_frames / naive_time, ours_frames / ours_time
-    print(f"\n{len(clips)} clips; naive: {naive_fps:.2f} sampled frames/s   ours (--workers {args.workers}): "
-          f"{ours_fps:.2f} sampled frames/s   speed-up {ours_fps / naive_fps:.2f}x")
-    print(f"faces found by the naive loop: {faces_naive}; missed by ours: {faces_missed}; "
-          f"box IoU min {min(ious):.3f}, median {float(np.median(ious)):.3f}, share >= 0.9: "
-          f"{np.mean(np.array(ious) >= 0.9):.3f}, >= 0.85: {np.mean(np.array(ious) >= 0.85):.3f}")
+    print(
+        f"\n{len(clips)} clips; naive: {naive_fps:.2f} sampled frames/s   ours (--workers {args.workers}): "
+        f"{ours_fps:.2f} sampled frames/s   speed-up {ours_fps / naive_fps:.2f}x"
+    )
+    print(
+        f"faces found by the naive loop: {faces_naive}; missed by ours: {faces_missed}; "
+        f"box IoU min {min(ious):.3f}, median {float(np.median(ious)):.3f}, share >= 0.9: "
+        f"{np.mean(np.array(ious) >= 0.9):.3f}, >= 0.85: {np.mean(np.array(ious) >= 0.85):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -82,11 +82,18 @@ def build(config: dict, backbone_targets: list[str], overrides: dict, steps: int
     optimizer = model_cfg["optimizer"]
     module, _, name = optimizer["class_path"].rpartition(".")
     opt_cls, opt_args = getattr(importlib.import_module(module), name), optimizer.get("init_args", {})
-    model = MASMDetector(backbone=model_cfg["backbone"], backbone_kwargs=model_cfg.get("backbone_kwargs"),
-                         pretrained=False, checkpoint_path=model_cfg["checkpoint_path"], adapters=adapters,
-                         freeze_backbone=model_cfg["freeze_backbone"], lambda_orth=model_cfg["lambda_orth"],
-                         lambda_spec=model_cfg["lambda_spec"], optimizer=lambda p: opt_cls(p, **opt_args),
-                         **{k: model_cfg[k] for k in ("freeze_norm_stats",) if k in model_cfg})
+    model = MASMDetector(
+        backbone=model_cfg["backbone"],
+        backbone_kwargs=model_cfg.get("backbone_kwargs"),
+        pretrained=False,
+        checkpoint_path=model_cfg["checkpoint_path"],
+        adapters=adapters,
+        freeze_backbone=model_cfg["freeze_backbone"],
+        lambda_orth=model_cfg["lambda_orth"],
+        lambda_spec=model_cfg["lambda_spec"],
+        optimizer=lambda p: opt_cls(p, **opt_args),
+        **{k: model_cfg[k] for k in ("freeze_norm_stats",) if k in model_cfg},
+    )
     callbacks = []
     for spec in config["trainer"].get("callbacks") or []:
         if spec["class_path"].endswith("SelectiveLayerMask"):
@@ -144,8 +151,12 @@ def main() -> None:
     parser.add_argument("--backbone-config", default="configs/backbones/mobilenetv2.yaml")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--image-size", type=int, default=128,
-                        help="train/test resolution (the backbone's own, e.g. 224, is ~3x slower on 2 cores)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="train/test resolution (the backbone's own, e.g. 224, is ~3x slower on 2 cores)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -160,14 +171,18 @@ def main() -> None:
     held_out = set(videos[: int(0.3 * len(videos))])
     train = [x for x in items if x[2] not in held_out]
     test = [x for x in items if x[2] in held_out]
-    print(f"data: {len(train)} train / {len(test)} held-out images, {len(videos)} videos, "
-          f"fake share {np.mean([x[1] for x in items]):.2f}")
+    print(
+        f"data: {len(train)} train / {len(test)} held-out images, {len(videos)} videos, "
+        f"fake share {np.mean([x[1] for x in items]):.2f}"
+    )
 
     backbone_targets = composed(args.backbone_config, [])["model"]["adapters"]["targets"]
     results = {}
     # One row per method as soon as it is done (flushed): a long run that is stopped still reports what it measured.
-    print("| method | trainable | train loss first5 → last5 | fitting strength per subspace k | spectral drift "
-          "| share masked | held-out AUC [95% CI] |")
+    print(
+        "| method | trainable | train loss first5 → last5 | fitting strength per subspace k | spectral drift "
+        "| share masked | held-out AUC [95% CI] |"
+    )
     print("|---|---|---|---|---|---|---|", flush=True)
     for method in args.methods:
         overlays, overrides = METHODS[method]
@@ -184,10 +199,18 @@ def main() -> None:
                 if len(idx) == args.batch_size:
                     batches.append({"image": x_train[idx], "label": y_train[idx], "video": idx, "index": idx})
         curve = LossCurve()
-        trainer = Trainer(max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                          default_root_dir=tempfile.mkdtemp(prefix=f"pretrained_check_{method}_"),  # mask's files
-                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                          callbacks=[curve, *callbacks], deterministic=True)
+        trainer = Trainer(
+            max_steps=args.steps,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            default_root_dir=tempfile.mkdtemp(prefix=f"pretrained_check_{method}_"),  # mask's files
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            callbacks=[curve, *callbacks],
+            deterministic=True,
+        )
         trainer.fit(model, DataLoader(batches[: args.steps], batch_size=None))
         model.eval()
         with torch.no_grad():
@@ -197,8 +220,9 @@ def main() -> None:
         strength = drift = None
         if adapters:
             k = len(adapters[0].ranks)
-            per_sub = [[float(s.fitting_strength()) for a in adapters for s in a.subspaces if s.index == i]
-                       for i in range(k)]
+            per_sub = [
+                [float(s.fitting_strength()) for a in adapters for s in a.subspaces if s.index == i] for i in range(k)
+            ]
             strength = [float(np.mean(v)) for v in per_sub]
             drifts = []
             for a in adapters:
@@ -209,22 +233,33 @@ def main() -> None:
             drift = float(np.mean(drifts))
         masked = float(callbacks[0].masked.float().mean()) if callbacks else 0.0
         first, last = np.mean(curve.losses[:5]), np.mean(curve.losses[-5:])
-        r = results[method] = dict(trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                                   first=first, last=last, strength=strength, drift=drift, masked=masked, auc=auc,
-                                   ci=ci)
+        r = results[method] = dict(
+            trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            first=first,
+            last=last,
+            strength=strength,
+            drift=drift,
+            masked=masked,
+            auc=auc,
+            ci=ci,
+        )
         strength = "–" if r["strength"] is None else ", ".join(f"{v:.3f}" for v in r["strength"])
         drift = "–" if r["drift"] is None else f"{r['drift']:.4f}"
-        print(f"| {method} | {r['trainable']:,} | {r['first']:.3f} → {r['last']:.3f} | {strength} | {drift} | "
-              f"{r['masked']:.2f} | {r['auc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |", flush=True)
-
+        print(
+            f"| {method} | {r['trainable']:,} | {r['first']:.3f} → {r['last']:.3f} | {strength} | {drift} | "
+            f"{r['masked']:.2f} | {r['auc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |",
+            flush=True,
+        )
 
     def get(method: str, key: str) -> float:
         return results[method][key] if method in results else float("nan")
 
     masm_ci = results["masm"]["ci"] if "masm" in results else (float("nan"),) * 2
-    print(f"pretrained check: masm_auc={get('masm', 'auc'):.3f} masm_ci=[{masm_ci[0]:.3f},{masm_ci[1]:.3f}] "
-          f"effort_auc={get('effort', 'auc'):.3f} fullft_auc={get('full_ft', 'auc'):.3f} "
-          f"masm_loss_drop={get('masm', 'first') - get('masm', 'last'):.3f}")
+    print(
+        f"pretrained check: masm_auc={get('masm', 'auc'):.3f} masm_ci=[{masm_ci[0]:.3f},{masm_ci[1]:.3f}] "
+        f"effort_auc={get('effort', 'auc'):.3f} fullft_auc={get('full_ft', 'auc'):.3f} "
+        f"masm_loss_drop={get('masm', 'first') - get('masm', 'last'):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def power_law_linear(size: int, alpha: float, seed: int) -> nn.Linear:
     return linear
 
 
-def train(initial: MASMLinear, norm: float, variant: str, args: argparse.Namespace,
-          constraints: SubspaceConstraints) -> dict[str, float]:
+def train(
+    initial: MASMLinear, norm: float, variant: str, args: argparse.Namespace, constraints: SubspaceConstraints
+) -> dict[str, float]:
     adapter = copy.deepcopy(initial)
     params = [p for sub in adapter.subspaces for p in sub.factors()]
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -65,8 +66,11 @@ def train(initial: MASMLinear, norm: float, variant: str, args: argparse.Namespa
     with torch.no_grad():
         progress = sum(((p0 - p) * d).sum() for p0, p, d in zip(start, params, direction))
     metrics = constraint_metrics([adapter])
-    return {"progress": float(progress), "drift": float(metrics["spectral_drift"]),
-            "orth": float(metrics["orth_error"])}
+    return {
+        "progress": float(progress),
+        "drift": float(metrics["spectral_drift"]),
+        "orth": float(metrics["orth_error"]),
+    }
 
 
 def main() -> None:
@@ -87,8 +91,10 @@ def main() -> None:
     constraints = SubspaceConstraints(orthogonality=args.lambda_orth, spectral=args.lambda_spec, cap=args.cap)
     torch.set_num_threads(args.threads)  # thin matmuls: more threads only contend on a shared machine
     initial = MASMLinear(power_law_linear(args.size, args.alpha, args.seed), [args.rank] * args.subspaces)
-    print(f"{args.size}x{args.size}, sigma_i = i^-{args.alpha}, K={args.subspaces}, d={args.rank}, Adam lr {args.lr}, "
-          f"{args.steps} steps; constraints: {constraints}")
+    print(
+        f"{args.size}x{args.size}, sigma_i = i^-{args.alpha}, K={args.subspaces}, d={args.rank}, Adam lr {args.lr}, "
+        f"{args.steps} steps; constraints: {constraints}"
+    )
     print(f"{'grad norm':>9} | {'variant':<11} | {'progress':>8} | {'drift s/σr':>10} | {'orth err':>9}")
     worst = {"progress": float("inf"), "drift": 0.0, "orth": 0.0}
     for norm in NORMS:
@@ -103,10 +109,14 @@ def main() -> None:
     rank = args.subspaces * args.rank
     delta = math.sqrt(rank) / args.lambda_orth if args.lambda_orth else math.inf
     bound_s = 1 / args.lambda_spec if args.lambda_spec else math.inf
-    print(f"documented bounds (kappa = 1, a steady gradient): drift <= 1/lambda_spec = {bound_s:.3g}; "
-          f"orth <= delta(2 + delta), delta = sqrt(T)/lambda_orth = {delta:.3g}: {delta * (2 + delta):.3g}")
-    print(f"regularizer scaling: min_progress={worst['progress']:.3f} max_rel_drift_s={worst['drift']:.3g} "
-          f"max_orth_err={worst['orth']:.3g}")
+    print(
+        f"documented bounds (kappa = 1, a steady gradient): drift <= 1/lambda_spec = {bound_s:.3g}; "
+        f"orth <= delta(2 + delta), delta = sqrt(T)/lambda_orth = {delta:.3g}: {delta * (2 + delta):.3g}"
+    )
+    print(
+        f"regularizer scaling: min_progress={worst['progress']:.3f} max_rel_drift_s={worst['drift']:.3g} "
+        f"max_orth_err={worst['orth']:.3g}"
+    )
 
 
 if __name__ == "__main__":

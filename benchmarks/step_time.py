@@ -116,8 +116,14 @@ def build(name: str, model_name: str, depth: int | None, rank: int, device: torc
     return Method(name, model.train(), head, after, mask)
 
 
-def step(method: Method, images: Tensor, labels: Tensor, autocast: torch.dtype | None, device: torch.device,
-         count_saved: bool = False) -> None:
+def step(
+    method: Method,
+    images: Tensor,
+    labels: Tensor,
+    autocast: torch.dtype | None,
+    device: torch.device,
+    count_saved: bool = False,
+) -> None:
     """One timed training step; with ``count_saved`` (CPU, untimed) it records bytes instead of seconds."""
     saved_bytes = 0
 
@@ -146,15 +152,28 @@ def step(method: Method, images: Tensor, labels: Tensor, autocast: torch.dtype |
     elapsed = time.perf_counter() - start
     if count_saved:
         grads = sum(p.numel() * p.element_size() for g in method.optimizer.param_groups for p in g["params"])
-        state = sum(t.numel() * t.element_size() for s in method.optimizer.state.values() for t in s.values()
-                    if isinstance(t, Tensor))
+        state = sum(
+            t.numel() * t.element_size()
+            for s in method.optimizer.state.values()
+            for t in s.values()
+            if isinstance(t, Tensor)
+        )
         method.memory.append(saved_bytes + grads + state)
     else:
         method.times.append(elapsed)
 
 
-def run(model_name: str, depth: int | None, batch: int, steps: int, warmup: int, rank: int,
-        device: torch.device, autocast: torch.dtype | None, methods: list[str]) -> None:
+def run(
+    model_name: str,
+    depth: int | None,
+    batch: int,
+    steps: int,
+    warmup: int,
+    rank: int,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    methods: list[str],
+) -> None:
     built = [build(name, model_name, depth, rank, device) for name in methods]
     size = built[0].model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     images = torch.randn(batch, 3, size, size, device=device)
@@ -170,10 +189,13 @@ def run(model_name: str, depth: int | None, batch: int, steps: int, warmup: int,
             step(method, images, labels, autocast, device, count_saved=True)
     median = {m.name: statistics.median(m.times) for m in built}
     memory_kind = "peak CUDA MB" if device.type == "cuda" else "saved+grad+optim MB"
-    print(f"\n{model_name} depth={depth or 'full'} batch={batch} device={device} "
-          f"autocast={autocast} steps={steps} (median of interleaved steps)")
-    print(f"{'method':<10}{'step s':>9}{'img/s':>9}{'vs full_ft':>12}{'vs floor':>10}{'trainable':>13}"
-          f"{memory_kind:>22}")
+    print(
+        f"\n{model_name} depth={depth or 'full'} batch={batch} device={device} "
+        f"autocast={autocast} steps={steps} (median of interleaved steps)"
+    )
+    print(
+        f"{'method':<10}{'step s':>9}{'img/s':>9}{'vs full_ft':>12}{'vs floor':>10}{'trainable':>13}{memory_kind:>22}"
+    )
     if "masm" in median and "masm_unconstrained" in median:
         print(f"constraint step overhead on the MASM step: {median['masm'] / median['masm_unconstrained']:.3f}x")
     if "masm" in median and "masm_mask" in median:
@@ -181,8 +203,10 @@ def run(model_name: str, depth: int | None, batch: int, steps: int, warmup: int,
     for m in built:
         full = median.get("full_ft", float("nan"))
         floor = median.get("floor", float("nan"))
-        print(f"{m.name:<10}{median[m.name]:>9.3f}{batch / median[m.name]:>9.1f}{median[m.name] / full:>12.3f}"
-              f"{median[m.name] / floor:>10.3f}{m.trainable:>13,}{max(m.memory) / 2**20:>22.1f}")
+        print(
+            f"{m.name:<10}{median[m.name]:>9.3f}{batch / median[m.name]:>9.1f}{median[m.name] / full:>12.3f}"
+            f"{median[m.name] / floor:>10.3f}{m.trainable:>13,}{max(m.memory) / 2**20:>22.1f}"
+        )
 
 
 def main() -> None:
@@ -201,8 +225,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     run(args.model, depth, args.batch, args.steps, args.warmup, args.rank, device, None, args.methods)
     if device.type == "cuda":
-        run("vit_large_patch14_clip_quickgelu_224", None, 32, args.steps, args.warmup, args.rank, device,
-            torch.bfloat16, args.methods)
+        run(
+            "vit_large_patch14_clip_quickgelu_224",
+            None,
+            32,
+            args.steps,
+            args.warmup,
+            args.rank,
+            device,
+            torch.bfloat16,
+            args.methods,
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a file (expected a .ckpt written by `fit`, or an "
-                              "`export` folder)")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a file (expected a .ckpt written by `fit`, or an `export` folder)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors alike: the file is not a checkpoint
@@ -48,8 +49,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             reason = "it holds Python objects that safe loading refuses (it may run code when unpickled)"
         raise CheckpointError(f"{str(path)!r} is not a readable masm_lightning checkpoint: {reason}") from None
     if not isinstance(checkpoint, dict) or "masm" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"{str(path)!r} is not a masm_lightning checkpoint (no 'masm' and "
-                              "'hyper_parameters' entries); pass a checkpoint written by `fit`")
+        raise CheckpointError(
+            f"{str(path)!r} is not a masm_lightning checkpoint (no 'masm' and "
+            "'hyper_parameters' entries); pass a checkpoint written by `fit`"
+        )
     return checkpoint
 
 
@@ -82,8 +85,11 @@ def face_crop_settings(checkpoint: Mapping[str, Any], source: str | Path) -> Ext
     that do not record them (trained on crops of unknown origin)."""
     saved = _recorded_face_crop(checkpoint)
     if saved is None:
-        warnings.warn(f"{source}: the checkpoint does not record its face-crop settings; using the extraction "
-                      f"defaults {dataclasses.asdict(ExtractionSettings())}", stacklevel=2)
+        warnings.warn(
+            f"{source}: the checkpoint does not record its face-crop settings; using the extraction "
+            f"defaults {dataclasses.asdict(ExtractionSettings())}",
+            stacklevel=2,
+        )
         return ExtractionSettings()
     return extraction_settings(saved)
 

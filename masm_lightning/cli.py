@@ -99,8 +99,12 @@ class MASMCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "test":
-            parser.add_argument("--robustness", action=ActionYesNo, default=False,
-                                help="also re-score every test set under the DeeperForensics perturbations")
+            parser.add_argument(
+                "--robustness",
+                action=ActionYesNo,
+                default=False,
+                help="also re-score every test set under the DeeperForensics perturbations",
+            )
         return parser
 
     @override
@@ -123,8 +127,9 @@ class MASMCLI(LightningCLI):
             return
         # Evaluating a checkpoint: the checkpoint callbacks that wrote it are not there (evaluation writes none),
         # which is intended; Lightning's reminder to add them would be noise on every test/validate/predict.
-        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Be aware that when using `ckpt_path`, callbacks used to create", category=UserWarning
+        )
 
     @override
     def instantiate_classes(self) -> None:
@@ -184,7 +189,9 @@ class MASMCLI(LightningCLI):
 def main(args: list[str] | None = None) -> MASMCLI:
     """Run the command line; ``args`` replaces ``sys.argv[1:]`` (tests drive it in-process)."""
     # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecated, on every fit: not ours to fix.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _QuietLightning) for f in logger.filters):
@@ -196,6 +203,8 @@ def main(args: list[str] | None = None) -> MASMCLI:
         args=args,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable
-        parser_kwargs={"prog": "masm", "description": "MASM deepfake detection: train, test, extract faces, "
-                                                      "score videos, export models."},
+        parser_kwargs={
+            "prog": "masm",
+            "description": "MASM deepfake detection: train, test, extract faces, score videos, export models.",
+        },
     )

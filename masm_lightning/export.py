@@ -57,8 +57,10 @@ def export_model(model: MASMDetector, out: str | Path, face_crop: ExtractionSett
     expected = reference.state_dict()
     if state.keys() != expected.keys() or any(state[k].shape != expected[k].shape for k in state):
         odd = sorted(state.keys() ^ expected.keys())[:5]
-        raise ValueError(f"merged weights do not match timm's {model.backbone_name!r} layout (keys {odd}); "
-                         "the exported file would not load with strict=True")
+        raise ValueError(
+            f"merged weights do not match timm's {model.backbone_name!r} layout (keys {odd}); "
+            "the exported file would not load with strict=True"
+        )
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     config = {
@@ -95,12 +97,15 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> tup
 
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise CheckpointError(f"{str(folder)!r} is not an export folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
-                              "(written by `python -m masm_lightning export`)")
+        raise CheckpointError(
+            f"{str(folder)!r} is not an export folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(written by `python -m masm_lightning export`)"
+        )
     try:
         config = json.loads((folder / CONFIG_NAME).read_text())
-        model = timm.create_model(config["architecture"], pretrained=False, num_classes=config["num_classes"],
-                                  **config["model_kwargs"])
+        model = timm.create_model(
+            config["architecture"], pretrained=False, num_classes=config["num_classes"], **config["model_kwargs"]
+        )
         model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
     except (json.JSONDecodeError, KeyError, RuntimeError, OSError) as error:
         raise CheckpointError(f"export folder {str(folder)!r} does not load: {error}") from error

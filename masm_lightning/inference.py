@@ -68,15 +68,18 @@ class ConfidentRule:
 
     def __post_init__(self) -> None:
         if not 0 <= self.real_threshold < self.fake_threshold <= 1:
-            raise ValueError(f"confident rule: need 0 <= real_threshold < fake_threshold <= 1, got "
-                             f"{self.real_threshold} and {self.fake_threshold}")
+            raise ValueError(
+                f"confident rule: need 0 <= real_threshold < fake_threshold <= 1, got "
+                f"{self.real_threshold} and {self.fake_threshold}"
+            )
         for name in ("fake_share", "real_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"confident rule: {name} must be in [0, 1], got {getattr(self, name)}")
 
 
-def aggregate(scores: Sequence[float] | np.ndarray, rule: Aggregation = "mean",
-              confident: ConfidentRule = ConfidentRule()) -> float:
+def aggregate(
+    scores: Sequence[float] | np.ndarray, rule: Aggregation = "mean", confident: ConfidentRule = ConfidentRule()
+) -> float:
     """A video's score from its frames' fake probabilities: ``mean``, or the ``confident`` rule."""
     p = np.asarray(scores, np.float64)
     if p.size == 0:
@@ -131,17 +134,33 @@ def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
     path = Path(path)
     if path.is_dir():
         model, config = load_exported(path, target)
-        return Classifier(model, config["image_size"], tuple(config["mean"]), tuple(config["std"]),
-                          extraction_settings(config["face_crop"]), config["threshold"], str(path), target,
-                          config.get("interpolation", "bicubic"))
+        return Classifier(
+            model,
+            config["image_size"],
+            tuple(config["mean"]),
+            tuple(config["std"]),
+            extraction_settings(config["face_crop"]),
+            config["threshold"],
+            str(path),
+            target,
+            config.get("interpolation", "bicubic"),
+        )
     detector, checkpoint = load_checkpoint(path, target)
     if detector.backbone is None:
         raise CheckpointError(f"{str(path)!r}: the loaded model has no backbone")
     merge_adapters(detector.backbone)  # plain Linear layers: the adapters cost nothing at inference
     data = detector.data_config
-    return Classifier(detector, data["image_size"], tuple(data["mean"]), tuple(data["std"]),
-                      face_crop_settings(checkpoint, path), float(detector.hparams["threshold"]), str(path), target,
-                      data["interpolation"])
+    return Classifier(
+        detector,
+        data["image_size"],
+        tuple(data["mean"]),
+        tuple(data["std"]),
+        face_crop_settings(checkpoint, path),
+        float(detector.hparams["threshold"]),
+        str(path),
+        target,
+        data["interpolation"],
+    )
 
 
 def _inputs(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str, str]]:
@@ -169,8 +188,9 @@ def _as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
     """The crop as training read it back: JPEG-encoded at the extraction quality when crops were stored as jpg."""
     if settings.image_format != "jpg":
         return crop
-    _, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY,
-                                                                          settings.jpeg_quality])
+    _, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+    )
     decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if decoded is None:
         raise OSError(f"JPEG round trip at quality {settings.jpeg_quality} failed for a crop of shape {crop.shape}")
@@ -180,8 +200,15 @@ def _as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
 class _Scorer:
     """One input at a time: frames → faces (same extractor as training) → frame scores → video score."""
 
-    def __init__(self, classifier: Classifier, frames: int, face_crop: bool, batch_size: int,
-                 rule: Aggregation, confident: ConfidentRule) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        frames: int,
+        face_crop: bool,
+        batch_size: int,
+        rule: Aggregation,
+        confident: ConfidentRule,
+    ) -> None:
         self.classifier, self.frames, self.face_crop = classifier, frames, face_crop
         self.batch_size, self.rule, self.confident = batch_size, rule, confident
         self._detector: MTCNNDetector | None = None
@@ -200,8 +227,9 @@ class _Scorer:
         if self.face_crop:
             detections = self.detector(frames)
             crops, used = [], []
-            for index, frame, (boxes, _, points), picks in zip(indices, frames, detections,
-                                                               select_faces(detections, settings)):
+            for index, frame, (boxes, _, points), picks in zip(
+                indices, frames, detections, select_faces(detections, settings)
+            ):
                 for i in picks:
                     crops.append(_as_stored(crop_face(frame, boxes[i], points[i], settings), settings))
                     used.append(index)
@@ -211,9 +239,14 @@ class _Scorer:
             crops, used = frames, indices
         scores = self.classifier.fake_probability(crops, self.batch_size)
         score = aggregate(scores, self.rule, self.confident)
-        return {"status": "ok", "score": round(score, 6),
-                "decision": "fake" if score >= self.classifier.threshold else "real", "frames": len(crops),
-                "frame_indices": used, "frame_scores": [round(float(s), 6) for s in scores]}
+        return {
+            "status": "ok",
+            "score": round(score, 6),
+            "decision": "fake" if score >= self.classifier.threshold else "real",
+            "frames": len(crops),
+            "frame_indices": used,
+            "frame_scores": [round(float(s), 6) for s in scores],
+        }
 
 
 class _Output:
@@ -290,8 +323,7 @@ def detect(
     output = _Output(Path(out) if out is not None else None, per_frame)
     if threshold is not None:
         classifier.threshold = threshold
-    scorer = _Scorer(classifier, frames or classifier.face_crop.frames, face_crop, batch_size, aggregation,
-                     confident)
+    scorer = _Scorer(classifier, frames or classifier.face_crop.frames, face_crop, batch_size, aggregation, confident)
     inputs = list(_inputs(paths))
     try:
         for path, kind, status in tqdm(inputs, unit="input", desc="detect", disable=None):

@@ -16,8 +16,15 @@ TINY_VIT_KWARGS = dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_si
 
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
     """CLI arguments of the tiny config with every output (runs, demo data) inside ``tmp_path``."""
-    return ["--config", TINY_CONFIG, "--trainer.default_root_dir", str(tmp_path),
-            "--data.init_args.root", str(tmp_path / "demo_data"), *extra]
+    return [
+        "--config",
+        TINY_CONFIG,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.init_args.root",
+        str(tmp_path / "demo_data"),
+        *extra,
+    ]
 
 
 class SaveRankState(Callback):
@@ -38,6 +45,13 @@ class SaveRankState(Callback):
         state = {k: v.detach().cpu().clone() for k, v in tensors.items()}
         metrics = {k: v.detach().cpu().clone() for k, v in trainer.callback_metrics.items()}
         masks = [c.state_dict() for c in trainer.callbacks if type(c).__name__ == "SelectiveLayerMask"]
-        torch.save({"state": state, "metrics": metrics, "world_size": trainer.world_size, "masks": masks,
-                    "samples": self.samples},
-                   self.folder / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {
+                "state": state,
+                "metrics": metrics,
+                "world_size": trainer.world_size,
+                "masks": masks,
+                "samples": self.samples,
+            },
+            self.folder / f"rank{trainer.global_rank}.pt",
+        )

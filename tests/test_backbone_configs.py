@@ -28,8 +28,16 @@ OVERLAYS = {
 
 def _model_section(overlay: str, capsys: pytest.CaptureFixture[str]) -> dict:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "ffpp.yaml"),
-              "--config", str(ROOT / "configs" / "backbones" / overlay), "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "ffpp.yaml"),
+                "--config",
+                str(ROOT / "configs" / "backbones" / overlay),
+                "--print_config",
+            ]
+        )
     assert exit_info.value.code == 0
     return yaml.safe_load(capsys.readouterr().out)["model"]
 
@@ -43,23 +51,34 @@ def test_overlay_parses_links_the_backbones_input_pipeline_and_selects_its_layer
     size, mean, std, layers, _ = OVERLAYS[overlay]
     section = _model_section(overlay, capsys)
     config = MASMConfig(**section["adapters"])
-    detector = MASMDetector(backbone=section["backbone"], adapters=config, pretrained=section["pretrained"],
-                            checkpoint_path=section["checkpoint_path"])
+    detector = MASMDetector(
+        backbone=section["backbone"],
+        adapters=config,
+        pretrained=section["pretrained"],
+        checkpoint_path=section["checkpoint_path"],
+    )
     data = detector.data_config  # what the CLI links into data.init_args.input_config
     assert (data["image_size"], tuple(data["mean"]), tuple(data["std"])) == (size, tuple(mean), tuple(std))
     backbone = timm.create_model(section["backbone"], pretrained=False, num_classes=0)
     assert len(select_targets(backbone, config)) == layers  # every target fits, every rank fits every layer
 
 
-@pytest.mark.parametrize("overlay", [o for o, v in OVERLAYS.items() if v[4]],
-                         ids=[o.removesuffix(".yaml") for o, v in OVERLAYS.items() if v[4]])
+@pytest.mark.parametrize(
+    "overlay",
+    [o for o, v in OVERLAYS.items() if v[4]],
+    ids=[o.removesuffix(".yaml") for o, v in OVERLAYS.items() if v[4]],
+)
 def test_offline_overlays_build_the_pretrained_backbone(overlay, capsys):
     package = OVERLAYS[overlay][4]
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} not installed (make install installs requirements/weights.txt)")
     section = _model_section(overlay, capsys)
-    detector = MASMDetector(backbone=section["backbone"], adapters=MASMConfig(**section["adapters"]),
-                            pretrained=section["pretrained"], checkpoint_path=section["checkpoint_path"])
+    detector = MASMDetector(
+        backbone=section["backbone"],
+        adapters=MASMConfig(**section["adapters"]),
+        pretrained=section["pretrained"],
+        checkpoint_path=section["checkpoint_path"],
+    )
     detector.configure_model()  # resolves package://, maps the keys, loads strictly, injects
     trainable = sum(p.numel() for p in detector.backbone.parameters() if p.requires_grad)
     assert trainable > 0 and detector.fingerprint
@@ -76,8 +95,16 @@ def test_masm_on_a_cnn_fits_masks_and_reloads_through_the_cli(tmp_path):
     """The whole program on a conv backbone: pointwise adapters, both losses, the layer mask, lean checkpoint."""
     from tests.test_cli import tiny_args
 
-    cnn = ["--model.backbone", "mobilenetv2_050", "--model.backbone_kwargs", "null",
-           "--model.adapters.targets", "[conv_pw, conv_pwl]", "--model.adapters.subspace_rank", "1"]
+    cnn = [
+        "--model.backbone",
+        "mobilenetv2_050",
+        "--model.backbone_kwargs",
+        "null",
+        "--model.adapters.targets",
+        "[conv_pw, conv_pwl]",
+        "--model.adapters.subspace_rank",
+        "1",
+    ]
     with pytest.warns(UserWarning, match="starts from random weights"):
         fit = main(["fit", *tiny_args(tmp_path, *cnn, "--trainer.max_epochs", "2")])
     metrics = fit.trainer.callback_metrics

@@ -58,8 +58,13 @@ BAD_ARGUMENTS = {
 
 @pytest.mark.parametrize(("extra", "message"), BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
 def test_bad_arguments_exit_non_zero_with_a_message_not_a_traceback(tmp_path, extra, message):
-    result = subprocess.run([sys.executable, "-m", "masm_lightning", "fit", *tiny_args(tmp_path), *extra],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "masm_lightning", "fit", *tiny_args(tmp_path), *extra],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -70,8 +75,9 @@ BASELINES = ["effort.yaml", "full_ft.yaml", "linear_probe.yaml", "masm_no_mask.y
 
 @pytest.mark.parametrize("overlay", BASELINES)
 def test_baseline_configs_compose_with_a_base_config_and_train(tmp_path, overlay):
-    cli = main(["fit", *tiny_args(tmp_path), "--config", str(ROOT / "configs" / overlay),
-                "--trainer.fast_dev_run", "true"])
+    cli = main(
+        ["fit", *tiny_args(tmp_path), "--config", str(ROOT / "configs" / overlay), "--trainer.fast_dev_run", "true"]
+    )
     model = cli.model
     trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
     if overlay == "effort.yaml":
@@ -95,11 +101,20 @@ def test_shipped_configs_parse(tmp_path, capsys, config):
 
 
 def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
-    logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
-              "init_args": {"project": "masm", "save_dir": str(tmp_path), "offline": True}}
-    common = ["--config", TINY_CONFIG, "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.logger", json.dumps(logger),
-              "--data.init_args.root", str(tmp_path / "demo_data")]
+    logger = {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "masm", "save_dir": str(tmp_path), "offline": True},
+    }
+    common = [
+        "--config",
+        TINY_CONFIG,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger",
+        json.dumps(logger),
+        "--data.init_args.root",
+        str(tmp_path / "demo_data"),
+    ]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     ckpt = fit.trainer.checkpoint_callback.best_model_path
     main(["test", *common, "--ckpt_path", ckpt])
@@ -126,7 +141,8 @@ def test_every_fit_gets_its_own_run_folder_with_best_and_last_and_says_where(tmp
         runs.append((folder, best.stat().st_mtime_ns))
     (first, first_time), (second, _) = runs
     assert first != second and (first / "checkpoints" / "best.ckpt").stat().st_mtime_ns == first_time, (
-        "a second run never overwrites the first")
+        "a second run never overwrites the first"
+    )
 
 
 @pytest.mark.parametrize("overlay", [None, *BASELINES])

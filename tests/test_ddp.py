@@ -17,10 +17,24 @@ from tests.helpers import ROOT, tiny_args
 @pytest.mark.slow
 def test_two_process_ddp_fit_ends_with_identical_weights_on_both_ranks(tmp_path):
     callback = {"class_path": "tests.helpers.SaveRankState", "init_args": {"folder": str(tmp_path / "ranks")}}
-    command = [sys.executable, "-m", "masm_lightning", "fit", *tiny_args(tmp_path),
-               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "6",
-               "--data.init_args.frame_draw", "random", "--data.init_args.train_frames", "2",
-               f"--trainer.callbacks+={json.dumps(callback)}"]
+    command = [
+        sys.executable,
+        "-m",
+        "masm_lightning",
+        "fit",
+        *tiny_args(tmp_path),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "6",
+        "--data.init_args.frame_draw",
+        "random",
+        "--data.init_args.train_frames",
+        "2",
+        f"--trainer.callbacks+={json.dumps(callback)}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -50,12 +64,22 @@ def test_two_process_ddp_fit_ends_with_identical_weights_on_both_ranks(tmp_path)
 
     # `test` under DDP too: metrics gathered once per sample, ROC written by rank 0 without a deadlock.
     best = next((tmp_path / "tiny").glob("version_0/checkpoints/*.ckpt"))
-    test = [sys.executable, "-m", "masm_lightning", "test", *tiny_args(tmp_path), "--trainer.strategy", "ddp",
-            "--trainer.devices", "2", "--ckpt_path", str(best)]
+    test = [
+        sys.executable,
+        "-m",
+        "masm_lightning",
+        "test",
+        *tiny_args(tmp_path),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--ckpt_path",
+        str(best),
+    ]
     result = subprocess.run(test, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.glob("tiny/version_1/roc_demo.png"))
     with (tmp_path / "tiny" / "version_1" / "metrics.csv").open() as f:
         logged = next(row for row in csv.DictReader(f) if row.get("test/demo/num_videos"))
     assert float(logged["test/demo/num_videos"]) == 4 and float(logged["test/demo/num_frames"]) == 12
-

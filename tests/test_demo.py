@@ -23,8 +23,16 @@ def _demo_args(*extra: str) -> list[str]:
 
 
 def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
-    short = ["--data.init_args.videos", "{train: 8, val: 4, test: 4}", "--data.init_args.frames_per_video", "2",
-             "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1"]
+    short = [
+        "--data.init_args.videos",
+        "{train: 8, val: 4, test: 4}",
+        "--data.init_args.frames_per_video",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+    ]
     main(["fit", *_demo_args(*short)])
     best = tmp_path / "outputs" / "demo" / "demo" / "version_0" / "checkpoints" / "best.ckpt"
     assert best.is_file()

@@ -56,7 +56,7 @@ def test_package_modules_import_each_other_without_a_cycle():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append([*stack[stack.index(nxt):], nxt] if nxt in stack else [node, nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = "done"
@@ -75,8 +75,11 @@ def test_no_module_imports_another_modules_private_name():
     for path in PACKAGE.rglob("*.py"):
         for module, names in _imports(path):
             if module.startswith("masm_lightning"):
-                offenders += [f"{_module_name(path)} imports {module}.{n}" for n in names
-                              if n.startswith("_") and not n.startswith("__")]
+                offenders += [
+                    f"{_module_name(path)} imports {module}.{n}"
+                    for n in names
+                    if n.startswith("_") and not n.startswith("__")
+                ]
     assert not offenders, offenders
 
 
@@ -84,21 +87,27 @@ def test_the_adapter_library_imports_nothing_of_the_program():
     for path in (PACKAGE / "adapters").rglob("*.py"):
         for module, _ in _imports(path):
             assert not module.startswith("masm_lightning") or module.startswith("masm_lightning.adapters"), (
-                f"{path.name} imports {module}")
+                f"{path.name} imports {module}"
+            )
 
 
-@pytest.mark.parametrize("module", ["masm_lightning.export", "masm_lightning.checkpoint", "masm_lightning.adapters",
-                                    "masm_lightning.data.settings"])
+@pytest.mark.parametrize(
+    "module",
+    ["masm_lightning.export", "masm_lightning.checkpoint", "masm_lightning.adapters", "masm_lightning.data.settings"],
+)
 def test_light_modules_load_neither_the_video_stack_nor_albumentations(module):
-    code = (f"import sys, {module}; heavy = sorted({{m.split('.')[0] for m in sys.modules}} & "
-            "{'av', 'albumentations', 'facenet_pytorch'}); print(heavy); sys.exit(bool(heavy))")
+    code = (
+        f"import sys, {module}; heavy = sorted({{m.split('.')[0] for m in sys.modules}} & "
+        "{'av', 'albumentations', 'facenet_pytorch'}); print(heavy); sys.exit(bool(heavy))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, f"importing {module} pulled in {result.stdout.strip()} {result.stderr[-500:]}"
 
 
 def test_the_top_level_help_lists_every_command():
-    result = subprocess.run([sys.executable, "-m", "masm_lightning", "--help"], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "masm_lightning", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert result.returncode == 0
     for command in ("fit", "validate", "test", "predict", "preprocess", "detect", "export"):
         assert f"    {command} " in result.stdout, f"{command} missing from --help:\n{result.stdout}"
@@ -114,16 +123,19 @@ def test_the_masm_console_script_is_installed_and_is_the_same_command_line():
 COMMAND_MISTAKES = {
     "detect_missing_checkpoint": (["detect", "clip.mp4", "--ckpt", "nope.ckpt"], "nope.ckpt"),
     "export_missing_checkpoint": (["export", "--ckpt", "nope.ckpt", "--out", "x"], "nope.ckpt"),
-    "preprocess_missing_root": (["preprocess", "--dataset", "dfdc", "--root", "no/such/dir", "--out", "o"],
-                                "no/such/dir"),
+    "preprocess_missing_root": (
+        ["preprocess", "--dataset", "dfdc", "--root", "no/such/dir", "--out", "o"],
+        "no/such/dir",
+    ),
     "preprocess_unknown_option": (["preprocess", "--dataset", "dfdc", "--rooot", "x"], "--rooot"),
 }
 
 
 @pytest.mark.parametrize(("argv", "message"), COMMAND_MISTAKES.values(), ids=COMMAND_MISTAKES.keys())
 def test_a_mistake_on_any_command_is_one_message_and_exit_2(tmp_path, argv, message):
-    result = subprocess.run([sys.executable, "-m", "masm_lightning", *argv], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "masm_lightning", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 

@@ -16,10 +16,13 @@ from masm_lightning.inference import ConfidentRule, aggregate, detect
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FFPP = SHARED / "FaceForensics++"
-CLIPS = [FFPP / "original_sequences/youtube/c23/videos/519.mp4",
-         FFPP / "manipulated_sequences/Deepfakes/c23/videos/519_515.mp4"]
-needs_shared = pytest.mark.skipif(not all(p.is_file() for p in CLIPS),
-                                  reason=f"real FF++ sample clips not found under {FFPP}")
+CLIPS = [
+    FFPP / "original_sequences/youtube/c23/videos/519.mp4",
+    FFPP / "manipulated_sequences/Deepfakes/c23/videos/519_515.mp4",
+]
+needs_shared = pytest.mark.skipif(
+    not all(p.is_file() for p in CLIPS), reason=f"real FF++ sample clips not found under {FFPP}"
+)
 
 
 def _faceless_video(path: Path, frames: int = 12) -> Path:
@@ -27,8 +30,10 @@ def _faceless_video(path: Path, frames: int = 12) -> Path:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 120))
     ramp = np.linspace(0, 255, 160, dtype=np.uint8)
     for i in range(frames):
-        frame = np.stack([np.tile(ramp, (120, 1)), np.full((120, 160), 20 * i % 255, np.uint8),
-                          np.tile(ramp[::-1], (120, 1))], axis=-1)
+        frame = np.stack(
+            [np.tile(ramp, (120, 1)), np.full((120, 160), 20 * i % 255, np.uint8), np.tile(ramp[::-1], (120, 1))],
+            axis=-1,
+        )
         writer.write(frame)
     writer.release()
     return path
@@ -44,18 +49,42 @@ def test_detect_scores_every_clip_and_reports_bad_inputs_without_stopping(tmp_pa
     faceless = _faceless_video(tmp_path / "faceless.mp4")
     corrupt = _corrupt_video(tmp_path / "corrupt.mp4")
     out = tmp_path / "results.json"
-    main(["detect", str(CLIPS[0]), str(corrupt), str(faceless), str(CLIPS[1]), str(tmp_path / "absent.mp4"),
-          "--ckpt", str(tiny_checkpoint), "--frames", "2", "--out", str(out), "--device", "cpu", "--per_frame", "true"])
+    main(
+        [
+            "detect",
+            str(CLIPS[0]),
+            str(corrupt),
+            str(faceless),
+            str(CLIPS[1]),
+            str(tmp_path / "absent.mp4"),
+            "--ckpt",
+            str(tiny_checkpoint),
+            "--frames",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--per_frame",
+            "true",
+        ]
+    )
     records = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     assert [Path(r["path"]).name for r in json.loads(out.read_text())] == [
-        "519.mp4", "corrupt.mp4", "faceless.mp4", "519_515.mp4", "absent.mp4"], "one record per input, in order"
+        "519.mp4",
+        "corrupt.mp4",
+        "faceless.mp4",
+        "519_515.mp4",
+        "absent.mp4",
+    ], "one record per input, in order"
     for clip in CLIPS:
         record = records[clip.name]
         assert record["status"] == "ok" and record["kind"] == "video"
         assert 0 <= record["score"] <= 1 and record["frames"] == 2
         assert record["decision"] == ("fake" if record["score"] >= 0.5 else "real")
-        assert len(record["frame_scores"]) == 2 and np.isclose(np.mean(record["frame_scores"]), record["score"],
-                                                                atol=1e-5)
+        assert len(record["frame_scores"]) == 2 and np.isclose(
+            np.mean(record["frame_scores"]), record["score"], atol=1e-5
+        )
     assert records["corrupt.mp4"]["status"] == "unreadable"
     assert records["faceless.mp4"]["status"] == "no_face"
     assert records["absent.mp4"]["status"] == "missing"
@@ -81,12 +110,25 @@ def test_a_folder_of_images_is_searched_recursively_and_written_as_csv(tmp_path,
         cv2.imwrite(str(folder / name), rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "results.csv"
-    main(["detect", str(folder), "--ckpt", str(tiny_checkpoint), "--face_crop", "false", "--out", str(out),
-          "--device", "cpu", "--threshold", "0.3"])
+    main(
+        [
+            "detect",
+            str(folder),
+            "--ckpt",
+            str(tiny_checkpoint),
+            "--face_crop",
+            "false",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--threshold",
+            "0.3",
+        ]
+    )
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [Path(r["path"]).relative_to(folder).as_posix() for r in rows] == ["a.png", "nested/b.jpg",
-                                                                              "nested/c.png"]
+    assert [Path(r["path"]).relative_to(folder).as_posix() for r in rows] == ["a.png", "nested/b.jpg", "nested/c.png"]
     assert all(r["kind"] == "image" and r["status"] == "ok" and r["frames"] == "1" for r in rows)
     assert all(r["decision"] == ("fake" if float(r["score"]) >= 0.3 else "real") for r in rows)
 
@@ -101,8 +143,18 @@ def test_face_crops_of_real_images_are_found_and_scored(tiny_checkpoint):
 def test_exit_status_is_non_zero_when_nothing_can_be_scored(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "results.csv"
     with pytest.raises(SystemExit) as exit_info:
-        main(["detect", str(_corrupt_video(tmp_path / "bad.mp4")), "--ckpt", str(tiny_checkpoint),
-              "--out", str(out), "--device", "cpu"])
+        main(
+            [
+                "detect",
+                str(_corrupt_video(tmp_path / "bad.mp4")),
+                "--ckpt",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
     assert exit_info.value.code == 1
     assert "no input could be scored" in capsys.readouterr().err
     assert "unreadable" in out.read_text(), "the results file still records the failed input"

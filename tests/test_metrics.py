@@ -37,8 +37,12 @@ def test_frame_scores_match_scikit_learn(seed):
 def test_video_scores_are_means_of_frame_probabilities():
     metric = DetectionMetrics()
     # Video 0 (real): frames 0.1, 0.3 -> 0.2; video 1 (fake): 0.4, 0.8 -> 0.6; video 2 (fake): 0.9.
-    metric.update(torch.tensor([0.1, 0.3, 0.4, 0.8, 0.9]), torch.tensor([0, 0, 1, 1, 1]),
-                  torch.tensor([0, 0, 1, 1, 2]), torch.arange(5))
+    metric.update(
+        torch.tensor([0.1, 0.3, 0.4, 0.8, 0.9]),
+        torch.tensor([0, 0, 1, 1, 1]),
+        torch.tensor([0, 0, 1, 1, 2]),
+        torch.arange(5),
+    )
     out = metric.compute()
     video_probs, video_labels = metric.curves["video"]
     f = torch.tensor([0.1, 0.3, 0.4, 0.8, 0.9]).double()  # the float32 inputs, averaged in float64
@@ -53,13 +57,18 @@ def test_video_scores_are_means_of_frame_probabilities():
 def test_videos_with_the_same_frames_in_another_order_tie_exactly():
     """Float32 sums depend on the order of their terms: these five frames sum to 3.108551025 forwards and
     3.108551264 backwards, which would rank the fake video above the real one (AUC 1 instead of the tie's 0.5)."""
-    frames = torch.tensor([0.6340786814689636, 0.4900934100151062, 0.8964447379112244, 0.455627977848053,
-                           0.6323062777519226])
+    frames = torch.tensor(
+        [0.6340786814689636, 0.4900934100151062, 0.8964447379112244, 0.455627977848053, 0.6323062777519226]
+    )
     one_video = torch.zeros(5, dtype=torch.long)
     assert torch.zeros(1).index_add_(0, one_video, frames) != torch.zeros(1).index_add_(0, one_video, frames.flip(0))
     metric = DetectionMetrics()
-    metric.update(torch.cat([frames, frames.flip(0)]), torch.tensor([0] * 5 + [1] * 5),
-                  torch.tensor([0] * 5 + [1] * 5), torch.arange(10))
+    metric.update(
+        torch.cat([frames, frames.flip(0)]),
+        torch.tensor([0] * 5 + [1] * 5),
+        torch.tensor([0] * 5 + [1] * 5),
+        torch.arange(10),
+    )
     out = metric.compute()
     video_probs, _ = metric.curves["video"]
     assert video_probs[0] == video_probs[1]
@@ -72,8 +81,12 @@ def test_samples_repeated_by_distributed_padding_count_once():
     videos, samples = torch.tensor([0, 1, 1, 2]), torch.arange(4)
     once.update(probs, labels, videos, samples)
     # A DistributedSampler over 4 samples and 3 ranks pads to 6 by repeating samples 0 and 1.
-    padded.update(torch.cat([probs, probs[:2]]), torch.cat([labels, labels[:2]]), torch.cat([videos, videos[:2]]),
-                  torch.cat([samples, samples[:2]]))
+    padded.update(
+        torch.cat([probs, probs[:2]]),
+        torch.cat([labels, labels[:2]]),
+        torch.cat([videos, videos[:2]]),
+        torch.cat([samples, samples[:2]]),
+    )
     a, b = once.compute(), padded.compute()
     assert b["num_frames"] == 4
     for key in a:
@@ -82,8 +95,12 @@ def test_samples_repeated_by_distributed_padding_count_once():
 
 def test_video_keys_include_dataset_and_label_not_just_the_name(tmp_path):
     # Two datasets (and a real/fake pair) reuse the video name "000": they must stay four separate videos.
-    records = [FrameRecord(ds, "test", label, "m", "000", f, tmp_path / f"{ds}{label}{f}.png")
-               for ds in ("celebdf", "dfdc") for label in (0, 1) for f in range(2)]
+    records = [
+        FrameRecord(ds, "test", label, "m", "000", f, tmp_path / f"{ds}{label}{f}.png")
+        for ds in ("celebdf", "dfdc")
+        for label in (0, 1)
+        for f in range(2)
+    ]
     dataset = FrameDataset(records, transform=lambda image: {"image": image})
     assert len(dataset.videos) == 4
     assert dataset.video_index == [0, 0, 1, 1, 2, 2, 3, 3]

@@ -9,8 +9,11 @@ from lightning.pytorch import Trainer
 from masm_lightning import MASMConfig
 from masm_lightning.model import MASMDetector
 
-TINY = dict(backbone="vit_base_patch16_clip_quickgelu_224", pretrained=False,
-            backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8))
+TINY = dict(
+    backbone="vit_base_patch16_clip_quickgelu_224",
+    pretrained=False,
+    backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8),
+)
 
 
 def _detector(**overrides) -> MASMDetector:
@@ -63,8 +66,11 @@ def test_a_different_base_is_refused_by_fingerprint(tmp_path):
     model = _detector()
     path = tmp_path / "m.ckpt"
     _save(model, path)
-    with pytest.raises(ValueError, match=r"weight fingerprint [0-9a-f]{16}, but this model's .* has [0-9a-f]{16}: "
-                                         r"load the same base weights as in training"):
+    with pytest.raises(
+        ValueError,
+        match=r"weight fingerprint [0-9a-f]{16}, but this model's .* has [0-9a-f]{16}: "
+        r"load the same base weights as in training",
+    ):
         MASMDetector.load_from_checkpoint(path, backbone_seed=1)
 
 
@@ -83,8 +89,11 @@ def test_strict_load_reports_missing_trained_and_unexpected_keys():
     state = model.state_dict()
     del state["head.weight"]
     state["backbone.not_a_layer.U"] = torch.zeros(1)
-    with pytest.raises(RuntimeError, match=r"missing 1 trained keys \['head.weight'\], unexpected 1 keys "
-                                           r"\['backbone.not_a_layer.U'\]"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"missing 1 trained keys \['head.weight'\], unexpected 1 keys "
+        r"\['backbone.not_a_layer.U'\]",
+    ):
         _detector().load_state_dict(state, strict=True)
 
 
@@ -122,9 +131,17 @@ def test_configure_model_is_idempotent():
 
 def _to_openai_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm CLIP ViT keys → OpenAI/open_clip ``visual.*`` keys (the inverse of timm's converter)."""
-    swaps = [("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."), ("norm_pre", "ln_pre"),
-             ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
-             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]
+    swaps = [
+        ("patch_embed.proj", "conv1"),
+        ("blocks.", "transformer.resblocks."),
+        ("norm_pre", "ln_pre"),
+        ("norm1", "ln_1"),
+        ("norm2", "ln_2"),
+        ("attn.qkv.", "attn.in_proj_"),
+        ("attn.proj", "attn.out_proj"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
+    ]
     out = {}
     for key, value in state.items():
         if key.startswith("norm."):
@@ -174,8 +191,9 @@ def test_data_module_follows_the_backbone_and_refuses_a_disagreement(tmp_path):
     from masm_lightning.data import DemoDataModule
 
     model = MASMDetector(**TINY)
-    data = DemoDataModule(root=str(tmp_path), num_workers=0,
-                          input_config={"image_size": 64, "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    data = DemoDataModule(
+        root=str(tmp_path), num_workers=0, input_config={"image_size": 64, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    )
     trainer = Trainer(logger=False, enable_checkpointing=False)
     trainer.strategy.connect(model)
     data.trainer = trainer
@@ -200,10 +218,25 @@ def test_constraint_step_runs_once_per_optimizer_step_and_stays_out_of_the_loss(
 
     monkeypatch.setattr(model_module, "apply_constraints", spy)
     model = MASMDetector(**TINY, adapters=MASMConfig(num_subspaces=2, subspace_rank=2))
-    data = DemoDataModule(root=str(tmp_path / "data"), videos={"train": 8, "val": 2, "test": 2}, frames_per_video=2,
-                          size=32, batch_size=4, num_workers=0, augmentation="light")
-    trainer = Trainer(max_steps=2, accumulate_grad_batches=2, limit_val_batches=0, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu", log_every_n_steps=1)
+    data = DemoDataModule(
+        root=str(tmp_path / "data"),
+        videos={"train": 8, "val": 2, "test": 2},
+        frames_per_video=2,
+        size=32,
+        batch_size=4,
+        num_workers=0,
+        augmentation="light",
+    )
+    trainer = Trainer(
+        max_steps=2,
+        accumulate_grad_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        log_every_n_steps=1,
+    )
     with pytest.warns(UserWarning, match="starts from random weights"):
         trainer.fit(model, datamodule=data)
     assert trainer.global_step == 2
@@ -220,11 +253,15 @@ def test_num_trainable_parameters_counts_the_factors_and_the_head():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("adapters", "expected"), [
-    (MASMConfig(), 7_080_192),  # configs/ffpp.yaml
-    (MASMConfig.effort(), 196_704),  # configs/effort.yaml
-    (MASMConfig(num_subspaces=2, subspace_rank=1, targets=("attn.qkv", "attn.proj")), 393_408),  # masm_budget.yaml
-], ids=["ffpp", "effort", "masm_budget"])
+@pytest.mark.parametrize(
+    ("adapters", "expected"),
+    [
+        (MASMConfig(), 7_080_192),  # configs/ffpp.yaml
+        (MASMConfig.effort(), 196_704),  # configs/effort.yaml
+        (MASMConfig(num_subspaces=2, subspace_rank=1, targets=("attn.qkv", "attn.proj")), 393_408),  # masm_budget.yaml
+    ],
+    ids=["ffpp", "effort", "masm_budget"],
+)
 def test_vit_l14_adapter_budgets_quoted_in_the_configs(adapters, expected):
     """Counted on a meta-device ViT-L/14: shapes only, no weights, no SVD work."""
     import timm

@@ -20,8 +20,15 @@ ADAPTERS = MASMConfig(num_subspaces=1, subspace_rank=2, targets=("conv_pw", "con
 def _batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     # Far from the N(0, 1) statistics of a fresh BatchNorm, so any update shows.
-    return [{"image": 3 + 2 * torch.randn(4, 3, 32, 32, generator=g), "label": torch.tensor([0, 1, 0, 1]),
-             "video": torch.arange(4), "index": torch.arange(4)} for _ in range(n)]
+    return [
+        {
+            "image": 3 + 2 * torch.randn(4, 3, 32, 32, generator=g),
+            "label": torch.tensor([0, 1, 0, 1]),
+            "video": torch.arange(4),
+            "index": torch.arange(4),
+        }
+        for _ in range(n)
+    ]
 
 
 def _statistics(model: MASMDetector) -> dict[str, torch.Tensor]:
@@ -30,9 +37,17 @@ def _statistics(model: MASMDetector) -> dict[str, torch.Tensor]:
 
 def _fit_two_steps(model: MASMDetector) -> None:
     """Two training steps with a validation run between them (whose mode switching must not unfreeze anything)."""
-    trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, val_check_interval=1,
-                      limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
     with warnings.catch_warnings():  # Lightning's advice on worker counts and small datasets is not ours to fix
         warnings.simplefilter("ignore")
         trainer.fit(model, DataLoader(_batches(), batch_size=None), DataLoader(_batches(1), batch_size=None))

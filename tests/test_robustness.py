@@ -49,7 +49,8 @@ def test_robustness_sweep_writes_a_csv_and_a_plot_for_every_type_and_level(tmp_p
     with (folder / "robustness.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert {(r["type"], r["level"]) for r in rows} == {("none", "0")} | {
-        (kind, str(level)) for kind in LEVELS for level in range(1, 6)}
+        (kind, str(level)) for kind in LEVELS for level in range(1, 6)
+    }
     assert all(r["dataset"] == "demo" and 0 <= float(r["video_auc"]) <= 1 and r["num_videos"] == "4" for r in rows)
     clean = next(r for r in rows if r["type"] == "none")
     assert float(clean["video_auc"]) == pytest.approx(float(cli.trainer.callback_metrics["test/demo/video_auc"]))

@@ -88,8 +88,15 @@ def _lite0_reference(state: dict[str, Tensor], x: Tensor) -> Tensor:
     def conv_bn(x: Tensor, conv: str, bn: str, stride: int = 1, groups: int = 1, act: bool = True) -> Tensor:
         w = state[f"{conv}.weight"]
         x = F.conv2d(_same_pad(x, w.shape[-1], stride), w, None, stride, groups=groups)
-        x = F.batch_norm(x, state[f"{bn}.running_mean"], state[f"{bn}.running_var"], state[f"{bn}.weight"],
-                         state[f"{bn}.bias"], training=False, eps=1e-3)
+        x = F.batch_norm(
+            x,
+            state[f"{bn}.running_mean"],
+            state[f"{bn}.running_var"],
+            state[f"{bn}.weight"],
+            state[f"{bn}.bias"],
+            training=False,
+            eps=1e-3,
+        )
         return F.relu6(x) if act else x
 
     x = conv_bn(x, "_conv_stem", "_bn0", stride=2)
@@ -142,8 +149,11 @@ def test_pretrained_networks_make_confident_varied_predictions_on_real_faces():
 def test_detector_backbone_loads_the_file_through_checkpoint_path(random_torchvision_file):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in particular no "starts from random weights"
-        model = MASMDetector(backbone="mobilenetv2_100", checkpoint_path=str(random_torchvision_file),
-                             adapters=MASMConfig(num_subspaces=2, subspace_rank=2, targets=("conv_pw", "conv_pwl")))
+        model = MASMDetector(
+            backbone="mobilenetv2_100",
+            checkpoint_path=str(random_torchvision_file),
+            adapters=MASMConfig(num_subspaces=2, subspace_rank=2, targets=("conv_pw", "conv_pwl")),
+        )
         model.configure_model()
     state = torch.load(random_torchvision_file, map_location="cpu", weights_only=True)
     torch.testing.assert_close(model.backbone.conv_stem.weight, state["features.0.0.weight"])
@@ -159,10 +169,13 @@ def test_detector_backbone_loads_the_file_through_checkpoint_path(random_torchvi
 REFUSED = {
     "lukemelas_into_symmetric_padding": ("lite0", "efficientnet_lite0", r"use 'tf_efficientnet_lite0'"),
     "torchvision_into_efficientnet": ("random", "efficientnet_lite0", r"use the timm mobilenetv2_\* of the same width"),
-    "torchvision_into_other_width": ("random", "mobilenetv2_140",
-                                     r"\(torchvision_mobilenetv2\) does not fit timm's 'mobilenetv2_140': 260 shapes "
-                                     r"differ \(file vs model\), first \['conv_stem\.weight \(32, 3, 3, 3\) vs "
-                                     r"\(48, 3, 3, 3\)'"),
+    "torchvision_into_other_width": (
+        "random",
+        "mobilenetv2_140",
+        r"\(torchvision_mobilenetv2\) does not fit timm's 'mobilenetv2_140': 260 shapes "
+        r"differ \(file vs model\), first \['conv_stem\.weight \(32, 3, 3, 3\) vs "
+        r"\(48, 3, 3, 3\)'",
+    ),
 }
 
 

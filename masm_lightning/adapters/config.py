@@ -14,22 +14,25 @@ ALL_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 # `targets` for the common timm families: the layers that are linear maps over features or channels (nn.Linear,
 # pointwise 1x1 nn.Conv2d) inside the repeated blocks. Stems, spatial/depthwise convolutions, squeeze-excitation
 # gates, heads and stride-2 shortcuts are left frozen; add them by name if you want them (docs/backbones.md).
-TARGET_PRESETS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    # ViT / CLIP ViT (timm VisionTransformer): the paper's setting.
-    "vit": ALL_TARGETS,
-    # MobileNetV2/V3, MnasNet, EfficientNet B0-B8, -Lite, tf_ ports (timm EfficientNet): the inverted residual's
-    # expansion (conv_pw) and projection (conv_pwl); MobileNetV2's first block (depthwise-separable) has conv_pw only.
-    "efficientnet": ("conv_pw", "conv_pwl"),
-    "mobilenetv2": ("conv_pw", "conv_pwl"),
-    # timm's xception41/65/71 (aligned Xception): the pointwise half of every separable convolution.
-    "xception": ("conv_pw",),
-    # legacy_xception (Cadene's, the DeepfakeBench Xception): its SeparableConv2d.pointwise.
-    "legacy_xception": ("pointwise",),
-    # ResNet-50/101/152 and ResNeXt bottlenecks: the 1x1 reduce (conv1) and expand (conv3), not the 7x7 stem conv1.
-    "resnet": ("layer*.conv1", "layer*.conv3"),
-    # ConvNeXt: the MLP of each block (nn.Linear, or 1x1 nn.Conv2d in the conv_mlp variants such as convnext_atto).
-    "convnext": ("mlp.fc1", "mlp.fc2"),
-})
+TARGET_PRESETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        # ViT / CLIP ViT (timm VisionTransformer): the paper's setting.
+        "vit": ALL_TARGETS,
+        # MobileNetV2/V3, MnasNet, EfficientNet B0-B8, -Lite, tf_ ports (timm EfficientNet): the inverted
+        # residual's expansion (conv_pw) and projection (conv_pwl); MobileNetV2's first block (depthwise-separable)
+        # has conv_pw only.
+        "efficientnet": ("conv_pw", "conv_pwl"),
+        "mobilenetv2": ("conv_pw", "conv_pwl"),
+        # timm's xception41/65/71 (aligned Xception): the pointwise half of every separable convolution.
+        "xception": ("conv_pw",),
+        # legacy_xception (Cadene's, the DeepfakeBench Xception): its SeparableConv2d.pointwise.
+        "legacy_xception": ("pointwise",),
+        # ResNet-50/101/152 and ResNeXt bottlenecks: the 1x1 reduce (conv1) and expand (conv3), not the 7x7 stem conv1.
+        "resnet": ("layer*.conv1", "layer*.conv3"),
+        # ConvNeXt: the MLP of each block (nn.Linear, or 1x1 nn.Conv2d in the conv_mlp variants such as convnext_atto).
+        "convnext": ("mlp.fc1", "mlp.fc2"),
+    }
+)
 
 
 def family_targets(family: str) -> tuple[str, ...]:

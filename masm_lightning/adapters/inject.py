@@ -46,8 +46,9 @@ def _block_index(name: str) -> int | None:
 
 def _wrappable_patterns(model: nn.Module) -> list[str]:
     """The names of the model's wrappable layers with indices folded (``blocks.*.attn.qkv``), for error messages."""
-    return sorted({".".join("*" if p.isdigit() else p for p in n.split("."))
-                   for n, m in model.named_modules() if _wrappable(m)})
+    return sorted(
+        {".".join("*" if p.isdigit() else p for p in n.split(".")) for n, m in model.named_modules() if _wrappable(m)}
+    )
 
 
 def iter_adapters(model: nn.Module) -> Iterator[tuple[str, MASMAdapter]]:
@@ -84,8 +85,11 @@ def select_targets(model: nn.Module, config: MASMConfig) -> list[str]:
         for name in hits:
             module = modules[name]
             if not _wrappable(module):
-                why = (f"a Conv2d that cannot be wrapped: {pointwise_conv_problem(module)}"
-                       if isinstance(module, nn.Conv2d) else f"of type {type(module).__name__}")
+                why = (
+                    f"a Conv2d that cannot be wrapped: {pointwise_conv_problem(module)}"
+                    if isinstance(module, nn.Conv2d)
+                    else f"of type {type(module).__name__}"
+                )
                 raise ValueError(
                     f"MASMConfig.targets entry {target!r} matches {name!r}, {why}; only {_WRAPPABLE} can be "
                     f"wrapped: choose among {_wrappable_patterns(model)}"
@@ -107,8 +111,10 @@ def select_targets(model: nn.Module, config: MASMConfig) -> list[str]:
     for name in selected:
         outputs, inputs = _matrix_shape(modules[name])
         if outputs % parts[name]:
-            raise ValueError(f"{name}: {outputs} output features do not split into {parts[name]} "
-                             "fused blocks; set MASMConfig.split_fused=false")
+            raise ValueError(
+                f"{name}: {outputs} output features do not split into {parts[name]} "
+                "fused blocks; set MASMConfig.split_fused=false"
+            )
         block_shape = (outputs // parts[name], inputs)
         where = name if parts[name] == 1 else f"{name} (each of its {parts[name]} fused blocks)"
         check_ranks(block_shape, config.ranks, config.semantic_rank, where)

@@ -11,8 +11,12 @@ from typing import Any
 
 __all__ = ["RobustnessSweep", "RunReport", "SelectiveLayerMask", "VideoPredictionWriter"]
 
-_HOMES = {"RobustnessSweep": "robustness", "RunReport": "report", "SelectiveLayerMask": "layer_mask",
-          "VideoPredictionWriter": "predictions"}
+_HOMES = {
+    "RobustnessSweep": "robustness",
+    "RunReport": "report",
+    "SelectiveLayerMask": "layer_mask",
+    "VideoPredictionWriter": "predictions",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -109,17 +109,20 @@ class SelectiveLayerMask(Callback):
         reset_released: bool = True,
     ) -> None:
         if granularity not in ("layer", "subspace", "both"):
-            raise ValueError("SelectiveLayerMask.granularity must be 'layer', 'subspace' or 'both', "
-                             f"got {granularity!r}")
+            raise ValueError(
+                f"SelectiveLayerMask.granularity must be 'layer', 'subspace' or 'both', got {granularity!r}"
+            )
         for name, count, low in (("warmup_steps", warmup_steps, MIN_SAMPLES), ("interval", interval, 1)):
             if isinstance(count, bool) or not isinstance(count, int) or count < low:
                 raise ValueError(f"SelectiveLayerMask.{name} must be an int >= {low}, got {count!r}")
-        checks = (("keep_ratio", keep_ratio, 0 < keep_ratio <= 1, "in (0, 1]"),
-                  ("min_gsnr", min_gsnr, min_gsnr >= 0, ">= 0"),
-                  ("max_strength", max_strength, max_strength > 0, "> 0"),
-                  ("hysteresis", hysteresis, 0 <= hysteresis < 1, "in [0, 1)"),
-                  ("momentum", momentum, 0.5 <= momentum < 1, "in [0.5, 1)"),
-                  ("eps", eps, eps > 0, "> 0"))
+        checks = (
+            ("keep_ratio", keep_ratio, 0 < keep_ratio <= 1, "in (0, 1]"),
+            ("min_gsnr", min_gsnr, min_gsnr >= 0, ">= 0"),
+            ("max_strength", max_strength, max_strength > 0, "> 0"),
+            ("hysteresis", hysteresis, 0 <= hysteresis < 1, "in [0, 1)"),
+            ("momentum", momentum, 0.5 <= momentum < 1, "in [0.5, 1)"),
+            ("eps", eps, eps > 0, "> 0"),
+        )
         for name, value, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"SelectiveLayerMask.{name} must be {allowed}, got {value!r}")
@@ -168,8 +171,10 @@ class SelectiveLayerMask(Callback):
                 subspaces.append(sub)
                 layer_of.append(len(layers) - 1)
         if not subspaces:
-            raise ValueError(f"SelectiveLayerMask found no MASM adapters in {type(pl_module).__name__}; remove the "
-                             "callback for models without adapters (e.g. configs/full_ft.yaml)")
+            raise ValueError(
+                f"SelectiveLayerMask found no MASM adapters in {type(pl_module).__name__}; remove the "
+                "callback for models without adapters (e.g. configs/full_ft.yaml)"
+            )
         device = subspaces[0].U.device
         self.names, self.layers, self._subspaces = names, layers, subspaces
         self.layer_of = torch.tensor(layer_of, device=device)
@@ -183,9 +188,16 @@ class SelectiveLayerMask(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "names": list(self.names), "count": self.moments.count,
-                "mean_grad": self.moments.mean.cpu(), "var_grad": self.moments.var.cpu(),
-                "layer_kept": self.layer_kept.cpu(), "rule_masked": self.rule_masked.cpu(), "history": self.history}
+        return {
+            "steps": self.steps,
+            "names": list(self.names),
+            "count": self.moments.count,
+            "mean_grad": self.moments.mean.cpu(),
+            "var_grad": self.moments.var.cpu(),
+            "layer_kept": self.layer_kept.cpu(),
+            "rule_masked": self.rule_masked.cpu(),
+            "history": self.history,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -196,17 +208,23 @@ class SelectiveLayerMask(Callback):
 
     def _restore(self, state: dict[str, Any], device: torch.device) -> None:
         if state["names"] != self.names:
-            raise ValueError(f"SelectiveLayerMask state is for {len(state['names'])} subspaces "
-                             f"({state['names'][:2]}…), this model has {len(self.names)} ({self.names[:2]}…): "
-                             "resume with the adapter configuration the checkpoint was trained with")
+            raise ValueError(
+                f"SelectiveLayerMask state is for {len(state['names'])} subspaces "
+                f"({state['names'][:2]}…), this model has {len(self.names)} ({self.names[:2]}…): "
+                "resume with the adapter configuration the checkpoint was trained with"
+            )
         self.layer_kept = state["layer_kept"].to(device)
         self.rule_masked = state["rule_masked"].to(device)
         if "var_grad" not in state:  # a checkpoint from the per-subspace estimator (before the per-coordinate one)
-            rank_zero_warn("SelectiveLayerMask: the checkpoint holds statistics of the previous GSNR estimator; "
-                           "the masks are kept and the statistics restart", category=UserWarning)
+            rank_zero_warn(
+                "SelectiveLayerMask: the checkpoint holds statistics of the previous GSNR estimator; "
+                "the masks are kept and the statistics restart",
+                category=UserWarning,
+            )
             return
-        self.moments = GradientMoments(self.momentum, state["mean_grad"].to(device), state["var_grad"].to(device),
-                                       state["count"])
+        self.moments = GradientMoments(
+            self.momentum, state["mean_grad"].to(device), state["var_grad"].to(device), state["count"]
+        )
 
     # --- the work, where gradients are final ---
 
@@ -253,8 +271,12 @@ class SelectiveLayerMask(Callback):
         """
         bias, variance = self.moments.segment_sums(self.lengths)
         strength = torch.stack([sub.fitting_strength().float() for sub in self._subspaces])
-        return {"bias": bias, "variance": variance, "gsnr": self.moments.gsnr(self.lengths, self.eps),
-                "strength": strength}
+        return {
+            "bias": bias,
+            "variance": variance,
+            "gsnr": self.moments.gsnr(self.lengths, self.eps),
+            "strength": strength,
+        }
 
     def layer_scores(self, gsnr: Tensor) -> Tensor:
         """Mean GSNR of each layer's subspaces, in ``layers`` order."""
@@ -269,8 +291,9 @@ class SelectiveLayerMask(Callback):
             layer_kept = layer_rule(self.layer_scores(gsnr), self.keep_ratio, self.layer_kept, self.hysteresis)
         rule_masked = torch.zeros_like(self.rule_masked)
         if self.granularity in ("subspace", "both"):
-            rule_masked = subspace_rule(gsnr, strength, self.rule_masked, self.min_gsnr, self.max_strength,
-                                        self.hysteresis)
+            rule_masked = subspace_rule(
+                gsnr, strength, self.rule_masked, self.min_gsnr, self.max_strength, self.hysteresis
+            )
         # Statistics are identical on every rank already; broadcasting makes divergence impossible anyway. CPU
         # copies: a pickled CUDA tensor would land on rank 0's device.
         kept, ruled = trainer.strategy.broadcast((layer_kept.cpu(), rule_masked.cpu()), src=0)
@@ -281,20 +304,34 @@ class SelectiveLayerMask(Callback):
     def _record(self, pl_module: LightningModule, freed: Tensor) -> None:
         stats = {k: v.tolist() for k, v in self.statistics().items()}
         masked = self.masked.tolist()
-        entry = {"step": self.steps, "subspaces": [
-            {"layer": self.layers[int(self.layer_of[i])], "subspace": int(name.rsplit("/", 1)[1]),
-             "gsnr": stats["gsnr"][i], "bias": stats["bias"][i], "variance": stats["variance"][i],
-             "strength": stats["strength"][i], "masked": masked[i]} for i, name in enumerate(self.names)]}
+        entry = {
+            "step": self.steps,
+            "subspaces": [
+                {
+                    "layer": self.layers[int(self.layer_of[i])],
+                    "subspace": int(name.rsplit("/", 1)[1]),
+                    "gsnr": stats["gsnr"][i],
+                    "bias": stats["bias"][i],
+                    "variance": stats["variance"][i],
+                    "strength": stats["strength"][i],
+                    "masked": masked[i],
+                }
+                for i, name in enumerate(self.names)
+            ],
+        }
         self.history.append(entry)
         updating = 1 - sum(masked) / len(masked)
         layer_of = self.layer_of.tolist()
-        layer_updating = [not all(m for m, j in zip(masked, layer_of) if j == layer)
-                          for layer in range(len(self.layers))]
+        layer_updating = [
+            not all(m for m, j in zip(masked, layer_of) if j == layer) for layer in range(len(self.layers))
+        ]
         scores = self.layer_scores(torch.tensor(stats["gsnr"], device=self.layer_of.device)).tolist()
-        metrics = {"mask/subspaces_updating": updating,
-                   "mask/layers_updating": sum(layer_updating) / len(layer_updating),
-                   "mask/mean_gsnr": sum(stats["gsnr"]) / len(stats["gsnr"]),
-                   "mask/released": float(freed.sum())}
+        metrics = {
+            "mask/subspaces_updating": updating,
+            "mask/layers_updating": sum(layer_updating) / len(layer_updating),
+            "mask/mean_gsnr": sum(stats["gsnr"]) / len(stats["gsnr"]),
+            "mask/released": float(freed.sum()),
+        }
         metrics |= {f"mask/score/{layer}": score for layer, score in zip(self.layers, scores)}
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         trainer = pl_module.trainer

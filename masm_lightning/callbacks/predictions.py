@@ -40,8 +40,15 @@ class VideoPredictionWriter(Callback):
         self.metrics = []
 
     @override
-    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         while len(self.metrics) <= dataloader_idx:
             self.metrics.append(DetectionMetrics(pl_module.hparams["threshold"]).to(pl_module.device))
         self.metrics[dataloader_idx].update(outputs["prob"], outputs["label"], outputs["video"], outputs["index"])
@@ -58,14 +65,24 @@ class VideoPredictionWriter(Callback):
             probs, _ = metric.curves["video"]
             dataset = loader.dataset
             if not hasattr(dataset, "videos"):
-                raise TypeError(f"prediction set {name!r}: its dataset ({type(dataset).__name__}) has no `videos` "
-                                "(the video keys the per-video scores are written under)")
+                raise TypeError(
+                    f"prediction set {name!r}: its dataset ({type(dataset).__name__}) has no `videos` "
+                    "(the video keys the per-video scores are written under)"
+                )
             videos = dataset.videos
             for key, prob, frames in zip(metric.video_keys.tolist(), probs.tolist(), metric.video_frames.tolist()):
                 dataset, label, video_id = videos[key]
-                records.append({"set": name, "dataset": dataset, "video_id": video_id, "label": label,
-                                "score": round(prob, 6), "decision": "fake" if prob >= threshold else "real",
-                                "frames": frames})
+                records.append(
+                    {
+                        "set": name,
+                        "dataset": dataset,
+                        "video_id": video_id,
+                        "label": label,
+                        "score": round(prob, 6),
+                        "decision": "fake" if prob >= threshold else "real",
+                        "frames": frames,
+                    }
+                )
         self._write(records, folder / self.filename)
 
     @rank_zero_only

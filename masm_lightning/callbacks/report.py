@@ -38,20 +38,21 @@ class RunReport(Callback):
             self._write_test_report(trainer, pl_module, results, folder)
 
     @rank_zero_only
-    def _write_test_report(self, trainer: Trainer, pl_module: LightningModule,
-                           results: dict[str, dict[str, float]], folder: Path) -> None:
+    def _write_test_report(
+        self, trainer: Trainer, pl_module: LightningModule, results: dict[str, dict[str, float]], folder: Path
+    ) -> None:
         from ..evaluation.plots import roc_figure  # matplotlib only when a test actually ends
 
         metrics = getattr(pl_module, "test_metrics", {})
         for name in results:
             if name in metrics:
-                path = roc_figure(metrics[name].curves, title=name,
-                                  path=folder / f"roc_{name.replace('/', '_')}.png")
+                path = roc_figure(metrics[name].curves, title=name, path=folder / f"roc_{name.replace('/', '_')}.png")
                 rank_zero_info(f"ROC curves for test set {name!r}: {path}")
                 log_image(trainer, f"test/{name}/roc", path)
         threshold = float(pl_module.hparams.get("threshold", 0.5))
-        table = results_markdown(results, threshold, str(trainer.ckpt_path or ""),
-                                 trainable=trainable_parameters(pl_module))
+        table = results_markdown(
+            results, threshold, str(trainer.ckpt_path or ""), trainable=trainable_parameters(pl_module)
+        )
         path = write_atomic(folder / "results.md", table)
         rank_zero_info(f"test results table: {path}")
 

@@ -42,8 +42,9 @@ class RobustnessSweep(Callback):
         seed: seed of the random perturbations.
     """
 
-    def __init__(self, types: Sequence[str] | None = None, levels: Sequence[int] = (1, 2, 3, 4, 5),
-                 seed: int = 0) -> None:
+    def __init__(
+        self, types: Sequence[str] | None = None, levels: Sequence[int] = (1, 2, 3, 4, 5), seed: int = 0
+    ) -> None:
         self.types = list(types or LEVELS)
         for kind in self.types:
             for level in levels:
@@ -61,17 +62,28 @@ class RobustnessSweep(Callback):
         for name, loader in named_loaders(trainer.test_dataloaders, trainer.datamodule):  # type: ignore[attr-defined]
             dataset = loader.dataset
             if not hasattr(dataset, "transform"):
-                raise TypeError(f"test set {name!r}: its dataset ({type(dataset).__name__}) has no "
-                                "`transform` attribute to perturb the images through")
+                raise TypeError(
+                    f"test set {name!r}: its dataset ({type(dataset).__name__}) has no "
+                    "`transform` attribute to perturb the images through"
+                )
             clean = self._score(pl_module, loader, dataset.transform)
             rows.append({"dataset": name, "type": "none", "level": 0, "parameter": "", **clean})
             for kind in self.types:
                 for level in self.levels[1:]:
                     transform = PerturbedTransform(kind, level, dataset.transform, self.seed)
-                    rows.append({"dataset": name, "type": kind, "level": level,
-                                 "parameter": LEVELS[kind][level - 1], **self._score(pl_module, loader, transform)})
-                rank_zero_info(f"robustness {name} {kind}: video AUC {clean['video_auc']:.3f} clean, "
-                               + ", ".join(f"{r['video_auc']:.3f}" for r in rows[-len(self.levels) + 1:]))
+                    rows.append(
+                        {
+                            "dataset": name,
+                            "type": kind,
+                            "level": level,
+                            "parameter": LEVELS[kind][level - 1],
+                            **self._score(pl_module, loader, transform),
+                        }
+                    )
+                rank_zero_info(
+                    f"robustness {name} {kind}: video AUC {clean['video_auc']:.3f} clean, "
+                    + ", ".join(f"{r['video_auc']:.3f}" for r in rows[-len(self.levels) + 1 :])
+                )
         pl_module.train(training)
         if rows:  # every test set may have been skipped (no usable videos)
             self._write(trainer, rows, folder)
@@ -82,9 +94,14 @@ class RobustnessSweep(Callback):
         assert hasattr(dataset, "transform"), "on_test_end checks every test set has one"
         dataset.transform = transform
         # A fresh loader: persistent workers of the clean one would keep the old transform.
-        perturbed = DataLoader(dataset, batch_size=loader.batch_size, sampler=loader.sampler,
-                               num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                               pin_memory=loader.pin_memory)
+        perturbed = DataLoader(
+            dataset,
+            batch_size=loader.batch_size,
+            sampler=loader.sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+        )
         metric = DetectionMetrics(model.hparams["threshold"]).to(model.device)
         # nn.Module.__getattr__ types every attribute as Tensor | Module; the detector's is a method.
         fake_probability = cast(Callable[[Tensor], Tensor], model.fake_probability)
@@ -93,8 +110,12 @@ class RobustnessSweep(Callback):
                 batch = {k: v.to(model.device) for k, v in batch.items()}
                 metric.update(fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
         values = metric.compute()  # synchronised across processes under DDP
-        return {"frame_auc": float(values["frame_auc"]), "video_auc": float(values["video_auc"]),
-                "num_frames": int(values["num_frames"]), "num_videos": int(values["num_videos"])}
+        return {
+            "frame_auc": float(values["frame_auc"]),
+            "video_auc": float(values["video_auc"]),
+            "num_frames": int(values["num_frames"]),
+            "num_videos": int(values["num_videos"]),
+        }
 
     @rank_zero_only
     def _write(self, trainer: Trainer, rows: list[dict[str, Any]], folder: Path) -> None:

@@ -18,8 +18,17 @@ _RULE = ConfidentRule()
 
 def _table(records: Sequence[dict[str, Any]]) -> str:
     rows = [("status", "kind", "score", "decision", "frames", "path")]
-    rows += [(r["status"], r["kind"], "" if r["score"] == "" else f"{r['score']:.4f}", r["decision"],
-              str(r["frames"]), r["path"]) for r in records]
+    rows += [
+        (
+            r["status"],
+            r["kind"],
+            "" if r["score"] == "" else f"{r['score']:.4f}",
+            r["decision"],
+            str(r["frames"]),
+            r["path"],
+        )
+        for r in records
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5] for row in rows)
 
@@ -61,15 +70,27 @@ def detect(
         real_share: confident rule: share of confidently real frames needed to average only those.
     """
     confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
-    records = detect_paths(paths, ckpt, frames=frames, threshold=threshold, out=out, device=device,
-                           batch_size=batch_size, per_frame=per_frame, face_crop=face_crop, aggregation=aggregation,
-                           confident=confident)
+    records = detect_paths(
+        paths,
+        ckpt,
+        frames=frames,
+        threshold=threshold,
+        out=out,
+        device=device,
+        batch_size=batch_size,
+        per_frame=per_frame,
+        face_crop=face_crop,
+        aggregation=aggregation,
+        confident=confident,
+    )
     print(_table(records))
     statuses = Counter(r["status"] for r in records)
     decisions = Counter(r["decision"] for r in records if r["status"] == "ok")
-    print(f"\n{len(records)} inputs: {statuses['ok']} scored ({decisions['fake']} fake, {decisions['real']} real)"
-          + "".join(f", {n} {s}" for s, n in sorted(statuses.items()) if s != "ok")
-          + (f"; results in {Path(out)}" if out else ""))
+    print(
+        f"\n{len(records)} inputs: {statuses['ok']} scored ({decisions['fake']} fake, {decisions['real']} real)"
+        + "".join(f", {n} {s}" for s, n in sorted(statuses.items()) if s != "ok")
+        + (f"; results in {Path(out)}" if out else "")
+    )
     if not statuses["ok"]:
         raise NoResult("no input could be scored")
     return records

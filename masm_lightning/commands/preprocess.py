@@ -69,13 +69,36 @@ def preprocess(
             frame by frame, instead of detecting again — the fake and its source stay aligned. Falls back to
             detection when the original has not been extracted (e.g. it is in another shard).
     """
-    source = DataSource(dataset, root=str(root), splits=None if splits is None else str(splits),
-                        compression=compression, methods=methods)
-    settings = ExtractionSettings(frames=frames, crop=crop, faces=faces, size=size, image_format=image_format,
-                                  jpeg_quality=jpeg_quality, detect_short_side=detect_short_side, min_face=min_face,
-                                  stage_thresholds=(*stage_thresholds,))  # a tuple also when given a list
-    manifest = extract_dataset(dataset, root, out, settings, index_options(source), workers=workers, device=device,
-                               shard=shard, num_shards=num_shards, reuse_original_boxes=reuse_original_boxes)
+    source = DataSource(
+        dataset,
+        root=str(root),
+        splits=None if splits is None else str(splits),
+        compression=compression,
+        methods=methods,
+    )
+    settings = ExtractionSettings(
+        frames=frames,
+        crop=crop,
+        faces=faces,
+        size=size,
+        image_format=image_format,
+        jpeg_quality=jpeg_quality,
+        detect_short_side=detect_short_side,
+        min_face=min_face,
+        stage_thresholds=(*stage_thresholds,),
+    )  # a tuple also when given a list
+    manifest = extract_dataset(
+        dataset,
+        root,
+        out,
+        settings,
+        index_options(source),
+        workers=workers,
+        device=device,
+        shard=shard,
+        num_shards=num_shards,
+        reuse_original_boxes=reuse_original_boxes,
+    )
     if num_shards == 1:  # complete: a data module with the same source and settings reuses it as it is
         extraction_stamp(out).write(stamp_content(source, settings))
     return manifest

@@ -11,8 +11,9 @@ __all__ = ["FACE_TEMPLATE_112", "crop_aligned", "crop_box", "crop_face"]
 
 # Standard 5-point face template (eyes, nose tip, mouth corners) on a 112×112 canvas (ArcFace/InsightFace), the
 # reference DeepfakeBench aligns to; scaled to the crop size and shrunk by the margin scale below.
-FACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
+FACE_TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], np.float32
+)
 
 
 def crop_box(frame: np.ndarray, box: np.ndarray, size: int, scale: float) -> np.ndarray:
@@ -23,8 +24,13 @@ def crop_box(frame: np.ndarray, box: np.ndarray, size: int, scale: float) -> np.
     # An affine map does crop, pad and resize in one interpolation.
     factor = size / side
     matrix = np.array([[factor, 0, size / 2 - factor * cx], [0, factor, size / 2 - factor * cy]], np.float32)
-    return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        frame,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def crop_aligned(frame: np.ndarray, landmarks: np.ndarray, size: int, scale: float) -> np.ndarray:
@@ -35,7 +41,6 @@ def crop_aligned(frame: np.ndarray, landmarks: np.ndarray, size: int, scale: flo
     if matrix is None:
         raise ValueError("landmarks are degenerate: no similarity transform")
     return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-
 
 
 def crop_face(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, settings: ExtractionSettings) -> np.ndarray:

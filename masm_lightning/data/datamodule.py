@@ -62,12 +62,18 @@ class FrameDataset(Dataset):
     the per-item losses is then cross-entropy with those class weights.
     """
 
-    def __init__(self, records: Sequence[FrameRecord], transform: Callable[..., dict[str, Any]],
-                 self_blended: Sequence[bool] | None = None,
-                 class_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[FrameRecord],
+        transform: Callable[..., dict[str, Any]],
+        self_blended: Sequence[bool] | None = None,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
         self.blended = list(self_blended) if self_blended is not None else [False] * len(records)
-        self.records = [r._replace(label=1, method="self_blend", video_id=f"sbi/{r.video_id}") if b else r
-                        for r, b in zip(records, self.blended)]
+        self.records = [
+            r._replace(label=1, method="self_blend", video_id=f"sbi/{r.video_id}") if b else r
+            for r, b in zip(records, self.blended)
+        ]
         self.transform = transform
         self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
         self.videos = sorted({r.video_key for r in self.records})
@@ -87,8 +93,12 @@ class FrameDataset(Dataset):
             # Seeded from torch's per-worker generator: reproducible under seed_everything(workers=True).
             rng = np.random.default_rng(int(torch.randint(2**62, ())))
             image = self_blend(image, crop_face_mask(*image.shape[:2]), rng)
-        item = {"image": self.transform(image=image)["image"], "label": record.label,
-                "video": self.video_index[i], "index": i}
+        item = {
+            "image": self.transform(image=image)["image"],
+            "label": record.label,
+            "video": self.video_index[i],
+            "index": i,
+        }
         if self.class_weights is not None:
             item["weight"] = self.class_weights[record.label]
         return item
@@ -118,9 +128,18 @@ class VideoFrameSampler(DistributedSampler):
     under DDP instead of wrapping it, and calls :meth:`set_epoch` every epoch.
     """
 
-    def __init__(self, groups: Sequence[Sequence[int]], labels: Sequence[int], frames_per_video: int | None,
-                 draw: FrameDraw = "uniform", balance: bool = False, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        groups: Sequence[Sequence[int]],
+        labels: Sequence[int],
+        frames_per_video: int | None,
+        draw: FrameDraw = "uniform",
+        balance: bool = False,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         if draw not in ("uniform", "random"):
             raise ValueError(f"frame draw {draw!r} is not 'uniform' or 'random'")
         if not 0 <= rank < num_replicas:
@@ -224,12 +243,15 @@ class FaceForgeryDataModule(LightningDataModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value, allowed in (("frame_draw", frame_draw, FrameDraw), ("balance", balance, Balance),
-                                     ("self_blend", self_blend, SelfBlend), ("augmentation", augmentation, Preset)):
+        for name, value, allowed in (
+            ("frame_draw", frame_draw, FrameDraw),
+            ("balance", balance, Balance),
+            ("self_blend", self_blend, SelfBlend),
+            ("augmentation", augmentation, Preset),
+        ):
             if value not in get_args(allowed):
                 raise ValueError(f"data.{name}={value!r} is not one of {list(get_args(allowed))}")
-        for name, count in (("train_frames", train_frames), ("eval_frames", eval_frames),
-                            ("batch_size", batch_size)):
+        for name, count in (("train_frames", train_frames), ("eval_frames", eval_frames), ("batch_size", batch_size)):
             if count is not None and count < 1:
                 raise ValueError(f"data.{name} must be >= 1 (or null for all frames), got {count}")
         self.train_source = train
@@ -248,11 +270,16 @@ class FaceForgeryDataModule(LightningDataModule):
             if source is None:
                 continue
             other = seen.setdefault(source.display_name, source)
-            same = (other.selection() == source.selection() if other.needs_extraction and source.needs_extraction
-                    else asdict(other) == asdict(source))
+            same = (
+                other.selection() == source.selection()
+                if other.needs_extraction and source.needs_extraction
+                else asdict(other) == asdict(source)
+            )
             if not same:
-                raise ValueError(f"two data sources are named {source.display_name!r} but read different data; "
-                                 "give them distinct `name`s")
+                raise ValueError(
+                    f"two data sources are named {source.display_name!r} but read different data; "
+                    "give them distinct `name`s"
+                )
         names = [s.display_name for s in self.test_sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.test lists a test set twice: {names}")
@@ -294,8 +321,13 @@ class FaceForgeryDataModule(LightningDataModule):
         done: set[str] = set()
         for source in [self.train_source, *self.test_sources]:
             if source is not None and source.display_name not in done:
-                prepare_source(source, self.cache_dir, self.extraction, self.hparams["extract_workers"],
-                               self.hparams["extract_device"])
+                prepare_source(
+                    source,
+                    self.cache_dir,
+                    self.extraction,
+                    self.hparams["extract_workers"],
+                    self.hparams["extract_device"],
+                )
                 done.add(source.display_name)
 
     def resolved_input_config(self) -> dict[str, Any]:
@@ -305,12 +337,16 @@ class FaceForgeryDataModule(LightningDataModule):
         model = self.trainer.lightning_module if self.trainer is not None else None
         own = getattr(model, "data_config", None)
         if linked is not None and own is not None and {k: own[k] for k in linked} != dict(linked):
-            raise ValueError(f"data.input_config {dict(linked)!r} disagrees with the model's data_config {own!r}; "
-                             "leave data.input_config unset (the CLI links it from the model)")
+            raise ValueError(
+                f"data.input_config {dict(linked)!r} disagrees with the model's data_config {own!r}; "
+                "leave data.input_config unset (the CLI links it from the model)"
+            )
         config = linked or own
         if config is None:
-            raise ValueError("no input configuration: set data.input_config {image_size, mean, std[, "
-                             "interpolation]} or use a model with a data_config")
+            raise ValueError(
+                "no input configuration: set data.input_config {image_size, mean, std[, "
+                "interpolation]} or use a model with a data_config"
+            )
         missing = {"image_size", "mean", "std"} - config.keys()
         if missing:
             raise ValueError(f"data.input_config lacks {sorted(missing)}")
@@ -338,9 +374,11 @@ class FaceForgeryDataModule(LightningDataModule):
             if len(val):
                 self.datasets["val"] = val
             else:
-                rank_zero_warn(f"data source {self.train_source.display_name!r} has no usable 'val' videos: "
-                               "validation is skipped (and checkpoint callbacks monitoring val/* save nothing "
-                               "but `last`)")
+                rank_zero_warn(
+                    f"data source {self.train_source.display_name!r} has no usable 'val' videos: "
+                    "validation is skipped (and checkpoint callbacks monitoring val/* save nothing "
+                    "but `last`)"
+                )
         if stage in ("test", "predict"):
             if not self.test_sources:
                 raise ValueError(f"`{stage}` needs data.test (a list of test datasets)")
@@ -363,10 +401,10 @@ class FaceForgeryDataModule(LightningDataModule):
             records = [r for r in records if r.label == 0]
         reals = [r for r in records if r.label == 0] if mode != "off" else []
         if mode != "off" and not reals:
-            raise ValueError(f"data.self_blend={mode!r} needs real training videos; "
-                             f"{name!r} has none")
-        transform = train_transform(config["image_size"], config["mean"], config["std"],
-                                    self.hparams["augmentation"], config["interpolation"])
+            raise ValueError(f"data.self_blend={mode!r} needs real training videos; {name!r} has none")
+        transform = train_transform(
+            config["image_size"], config["mean"], config["std"], self.hparams["augmentation"], config["interpolation"]
+        )
         dataset = FrameDataset(records + reals, transform, [False] * len(records) + [True] * len(reals))
         if self.hparams["balance"] == "loss":
             counts = Counter(dataset.records[i].label for i in self._sampler(dataset).epoch_indices())
@@ -374,9 +412,11 @@ class FaceForgeryDataModule(LightningDataModule):
             dataset.class_weights = tuple(total / (2 * max(counts[c], 1)) for c in (0, 1))
         videos = Counter(label for _, label, _ in dataset.videos)
         hp = self.hparams
-        rank_zero_info(f"training on {videos[0]} real and {videos[1]} fake videos "
-                       f"({len(dataset)} frames; {hp['train_frames']} per video and epoch, "
-                       f"{hp['frame_draw']} draw, balance {hp['balance']}, self-blend {mode})")
+        rank_zero_info(
+            f"training on {videos[0]} real and {videos[1]} fake videos "
+            f"({len(dataset)} frames; {hp['train_frames']} per video and epoch, "
+            f"{hp['frame_draw']} draw, balance {hp['balance']}, self-blend {mode})"
+        )
         return dataset
 
     def _sampler(self, dataset: FrameDataset) -> VideoFrameSampler:
@@ -384,15 +424,28 @@ class FaceForgeryDataModule(LightningDataModule):
         # Rank 0's seed on every rank: processes started by srun/torchrun may each have drawn their own.
         seed = trainer.strategy.broadcast(self.seed, src=0) if trainer else self.seed
         return VideoFrameSampler(
-            dataset.video_groups(), [r.label for r in dataset.records], self.hparams["train_frames"],
-            self.hparams["frame_draw"], self.hparams["balance"] == "sampler", seed=seed,
-            num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0)
+            dataset.video_groups(),
+            [r.label for r in dataset.records],
+            self.hparams["train_frames"],
+            self.hparams["frame_draw"],
+            self.hparams["balance"] == "sampler",
+            seed=seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
 
     def _loader(self, dataset: FrameDataset, sampler: VideoFrameSampler | None = None) -> DataLoader:
         workers = self.hparams["num_workers"]
-        return DataLoader(dataset, batch_size=self.hparams["batch_size"], sampler=sampler, shuffle=False,
-                          drop_last=False, num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams["batch_size"],
+            sampler=sampler,
+            shuffle=False,
+            drop_last=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     @override
     def train_dataloader(self) -> DataLoader:
@@ -438,8 +491,13 @@ class DemoDataModule(FaceForgeryDataModule):
     ) -> None:
         manifest = DataSource("manifest", manifest=str(Path(root) / "manifest.csv"), name="demo")
         super().__init__(train=manifest, test=[manifest], **kwargs)
-        self.generation: dict[str, Any] = {"root": root, "videos": videos, "frames_per_video": frames_per_video,
-                                           "size": size, "seed": generation_seed}
+        self.generation: dict[str, Any] = {
+            "root": root,
+            "videos": videos,
+            "frames_per_video": frames_per_video,
+            "size": size,
+            "seed": generation_seed,
+        }
 
     @property
     @override

@@ -55,15 +55,32 @@ def _record_path(out: Path, record: VideoRecord) -> Path:
 
 
 def _row(record: VideoRecord, **fields: Any) -> dict[str, Any]:
-    row = {"dataset": record.dataset, "split": record.split, "label": record.label, "method": record.method,
-           "video_id": record.video_id, "original_id": record.original_id, "video_path": str(record.video_path),
-           "frame_index": "", "crop_path": "", "det_prob": "", "box": "", "status": "ok"}
+    row = {
+        "dataset": record.dataset,
+        "split": record.split,
+        "label": record.label,
+        "method": record.method,
+        "video_id": record.video_id,
+        "original_id": record.original_id,
+        "video_path": str(record.video_path),
+        "frame_index": "",
+        "crop_path": "",
+        "det_prob": "",
+        "box": "",
+        "status": "ok",
+    }
     row.update(fields)
     return row
 
 
-def extract_video(record: VideoRecord, out: Path, settings: ExtractionSettings, detector: Detector | None,
-                  reuse_boxes: dict[str, Any] | None = None, decode_threads: int = 0) -> list[dict[str, Any]]:
+def extract_video(
+    record: VideoRecord,
+    out: Path,
+    settings: ExtractionSettings,
+    detector: Detector | None,
+    reuse_boxes: dict[str, Any] | None = None,
+    decode_threads: int = 0,
+) -> list[dict[str, Any]]:
     """Extract one video's faces; write its crops and its record atomically; return its manifest rows.
 
     A video that yields nothing gets one row with an empty path and a status (missing, unreadable, empty,
@@ -82,11 +99,24 @@ def extract_video(record: VideoRecord, out: Path, settings: ExtractionSettings, 
     return rows
 
 
-def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, detector: Detector | None,
-                 indices: list[int], frames: list[np.ndarray], reuse_boxes: dict[str, Any] | None) -> list[dict]:
+def _crop_frames(
+    record: VideoRecord,
+    out: Path,
+    settings: ExtractionSettings,
+    detector: Detector | None,
+    indices: list[int],
+    frames: list[np.ndarray],
+    reuse_boxes: dict[str, Any] | None,
+) -> list[dict]:
     if reuse_boxes is not None and all(str(i) in reuse_boxes for i in indices):
-        detections = [(np.array([reuse_boxes[str(i)]["box"]], np.float32), np.array([1.0], np.float32),
-                        np.array([reuse_boxes[str(i)]["landmarks"]], np.float32)) for i in indices]
+        detections = [
+            (
+                np.array([reuse_boxes[str(i)]["box"]], np.float32),
+                np.array([1.0], np.float32),
+                np.array([reuse_boxes[str(i)]["landmarks"]], np.float32),
+            )
+            for i in indices
+        ]
     else:
         if detector is None:
             raise ValueError(f"video {record.video_id!r} needs a face detector (got none) to find its faces")
@@ -96,17 +126,25 @@ def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows = []
-    for index, frame, (boxes, probs, points), picks in zip(indices, frames, detections,
-                                                           select_faces(detections, settings)):
+    for index, frame, (boxes, probs, points), picks in zip(
+        indices, frames, detections, select_faces(detections, settings)
+    ):
         for face, i in enumerate(picks):
             crop = crop_face(frame, boxes[i], points[i], settings)
             name = f"{index:05d}" + (f"_{face}" if settings.faces == "all" else "") + f".{settings.image_format}"
             params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
             if not cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
                 raise OSError(f"could not write {tmp / name} (disk full or folder removed?)")
-            rows.append(_row(record, frame_index=index, crop_path=(folder / name).relative_to(out).as_posix(),
-                             det_prob=round(float(probs[i]), 4), box=" ".join(f"{v:.1f}" for v in boxes[i]),
-                             landmarks=points[i].round(1).tolist()))
+            rows.append(
+                _row(
+                    record,
+                    frame_index=index,
+                    crop_path=(folder / name).relative_to(out).as_posix(),
+                    det_prob=round(float(probs[i]), 4),
+                    box=" ".join(f"{v:.1f}" for v in boxes[i]),
+                    landmarks=points[i].round(1).tolist(),
+                )
+            )
     if not rows:
         shutil.rmtree(tmp, ignore_errors=True)
         return [_row(record, status="no_face")]
@@ -115,15 +153,19 @@ def _crop_frames(record: VideoRecord, out: Path, settings: ExtractionSettings, d
     return rows
 
 
-def original_boxes(record: VideoRecord, out: Path,
-                   records: dict[tuple[str, int, str], VideoRecord]) -> dict[str, Any] | None:
+def original_boxes(
+    record: VideoRecord, out: Path, records: dict[tuple[str, int, str], VideoRecord]
+) -> dict[str, Any] | None:
     """Frame index → box and landmarks of the real video ``record`` was made from, if it was extracted."""
     original = records.get((record.dataset, 0, record.original_id))
     if original is None or not _record_path(out, original).is_file():
         return None
     rows = json.loads(_record_path(out, original).read_text())["rows"]
-    return {str(r["frame_index"]): {"box": [float(v) for v in r["box"].split()], "landmarks": r["landmarks"]}
-            for r in rows if r["status"] == "ok"}
+    return {
+        str(r["frame_index"]): {"box": [float(v) for v in r["box"].split()], "landmarks": r["landmarks"]}
+        for r in rows
+        if r["status"] == "ok"
+    }
 
 
 def done(record: VideoRecord, out: Path, settings: ExtractionSettings) -> bool:
@@ -152,7 +194,6 @@ def _shard(records: list[VideoRecord], shard: int, num_shards: int) -> list[Vide
     return ordered[shard::num_shards]
 
 
-
 def extract_dataset(
     dataset: DatasetName,
     root: Path,
@@ -177,9 +218,19 @@ def extract_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # What this folder holds, for people reading it; whether a video is done is decided by its own record.
-    write_atomic(out / "settings.json", json.dumps(
-        {"hash": settings.digest(), "extractor_version": EXTRACTOR_VERSION, "dataset": dataset, "root": str(root),
-         "settings": asdict(settings)}, indent=2))
+    write_atomic(
+        out / "settings.json",
+        json.dumps(
+            {
+                "hash": settings.digest(),
+                "extractor_version": EXTRACTOR_VERSION,
+                "dataset": dataset,
+                "root": str(root),
+                "settings": asdict(settings),
+            },
+            indent=2,
+        ),
+    )
     mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
     by_key = {(r.dataset, r.label, r.video_id): r for r in records}
     todo = [r for r in mine if not done(r, out, settings)]
@@ -195,9 +246,13 @@ def extract_dataset(
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, torch_threads // workers))
     frames_done, start, lock = 0, time.perf_counter(), threading.Lock()
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(todo), unit="video", desc=f"{dataset} shard {shard}/{num_shards}", mininterval=1.0,
-                 disable=None) as bar:  # disable=None: no bar when output is not a terminal
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(
+            total=len(todo), unit="video", desc=f"{dataset} shard {shard}/{num_shards}", mininterval=1.0, disable=None
+        ) as bar,
+    ):  # disable=None: no bar when output is not a terminal
+
         def extract(record: VideoRecord) -> None:
             nonlocal frames_done
             reuse = original_boxes(record, out, by_key) if reuse_original_boxes and record.label == 1 else None
@@ -211,8 +266,11 @@ def extract_dataset(
 
         try:
             # Fakes reusing their originals' boxes wait until every real video is done.
-            phases = ([[r for r in todo if r.label == 0], [r for r in todo if r.label != 0]] if reuse_original_boxes
-                      else [todo])
+            phases = (
+                [[r for r in todo if r.label == 0], [r for r in todo if r.label != 0]]
+                if reuse_original_boxes
+                else [todo]
+            )
             for phase in phases:
                 futures = [pool.submit(extract, record) for record in phase]
                 try:
@@ -225,8 +283,11 @@ def extract_dataset(
         finally:
             torch.set_num_threads(torch_threads)
     # Shards write their own file (no two processes share a temporary name); a 1-shard run writes the whole one.
-    manifest = (build_manifest(out, records) if num_shards == 1
-                else build_manifest(out, mine, name=f"manifest.shard{shard}-of-{num_shards}.csv"))
+    manifest = (
+        build_manifest(out, records)
+        if num_shards == 1
+        else build_manifest(out, mine, name=f"manifest.shard{shard}-of-{num_shards}.csv")
+    )
     _summary(manifest, statuses, len(mine) - len(todo))
     return manifest
 
@@ -236,9 +297,12 @@ def _summary(manifest: Path, statuses: Counter[str], reused: int) -> None:
         rows = list(csv.DictReader(f))
     videos = {(r["dataset"], r["label"], r["video_id"]): r for r in rows}
     by_status = Counter(r["status"] for r in videos.values())
-    by_split = Counter((r["split"], "fake" if r["label"] == "1" else "real") for r in videos.values()
-                       if r["status"] == "ok")
-    print(f"\nmanifest: {manifest}  ({len(videos)} videos, {sum(1 for r in rows if r['crop_path'])} crops; "
-          f"{reused} videos already done, {sum(statuses.values())} processed now)")
+    by_split = Counter(
+        (r["split"], "fake" if r["label"] == "1" else "real") for r in videos.values() if r["status"] == "ok"
+    )
+    print(
+        f"\nmanifest: {manifest}  ({len(videos)} videos, {sum(1 for r in rows if r['crop_path'])} crops; "
+        f"{reused} videos already done, {sum(statuses.values())} processed now)"
+    )
     print("videos by status: " + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
     print("usable videos by split/label: " + ", ".join(f"{s}/{lbl} {v}" for (s, lbl), v in sorted(by_split.items())))

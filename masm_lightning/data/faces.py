@@ -25,16 +25,23 @@ class MTCNNDetector:
     cuts MTCNN's image pyramid (its cost) several-fold versus its default 20 px minimum.
     """
 
-    def __init__(self, device: str | None = None, short_side: int = 360, min_face: float = 0.1,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.7)) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        short_side: int = 360,
+        min_face: float = 0.1,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+    ) -> None:
         from facenet_pytorch import MTCNN
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.short_side, self.min_face, self.thresholds = short_side, min_face, tuple(thresholds)
         mtcnn = MTCNN(device=self.device)  # only for its three networks and their weights
         # Channels-last convolutions: ~20% less detection time on a CPU for these few-channel networks, same boxes.
-        pnet, rnet, onet = (use_strided_pooling(net).to(memory_format=torch.channels_last)
-                            for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet))
+        pnet, rnet, onet = (
+            use_strided_pooling(net).to(memory_format=torch.channels_last)
+            for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet)
+        )
         self.networks = (pnet, rnet, onet)
 
     @classmethod
@@ -45,16 +52,24 @@ class MTCNNDetector:
     def __call__(self, frames: list[np.ndarray]) -> list[Detection]:
         h, w = frames[0].shape[:2]
         factor = min(1.0, self.short_side / min(h, w))
-        small = frames if factor == 1.0 else [
-            cv2.resize(f, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA) for f in frames]
+        small = (
+            frames
+            if factor == 1.0
+            else [cv2.resize(f, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_AREA) for f in frames]
+        )
         # The levels of MTCNN's pyramid on the full frame that hold faces >= the smallest face (min_face of the
         # short side, never below MTCNN's usual 20 px on the frames it sees), taken from the downscaled copy; the
         # final stage crops from the full frame. Both keep the boxes close to those of the reference loop
         # (full-resolution MTCNN): docs/benchmarks.md.
         smallest = max(self.min_face * min(h, w), 20 / factor)
         levels = [(scale / factor, size) for scale, size in pyramid_levels(h, w, smallest)]
-        return detect_faces(np.stack(small), *self.networks, thresholds=self.thresholds, levels=levels,
-                            full_frames=None if factor == 1.0 else frames)
+        return detect_faces(
+            np.stack(small),
+            *self.networks,
+            thresholds=self.thresholds,
+            levels=levels,
+            full_frames=None if factor == 1.0 else frames,
+        )
 
 
 def track_face(detections: list[Detection], min_prob: float) -> list[int | None]:
@@ -79,11 +94,9 @@ def track_face(detections: list[Detection], min_prob: float) -> list[int | None]
     return chosen
 
 
-
 def select_faces(detections: Sequence[Detection], settings: ExtractionSettings) -> list[list[int]]:
     """Per frame, the indices of the detections to crop: the tracked face (``faces="largest"``) or every face
     of at least ``min_prob`` (``faces="all"``)."""
     if settings.faces == "all":
         return [[int(i) for i in np.flatnonzero(probs >= settings.min_prob)] for _, probs, _ in detections]
     return [[] if pick is None else [pick] for pick in track_face(list(detections), settings.min_prob)]
-

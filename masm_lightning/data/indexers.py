@@ -61,10 +61,12 @@ def inside_root(root: Path, relative: str, source: str) -> Path:
     return path
 
 
-def _record(dataset: str, split: str, label: int, method: str, video_id: str, original_id: str,
-            path: Path) -> VideoRecord:
-    return VideoRecord(dataset, split, label, method, video_id, original_id, path,
-                       "listed" if path.is_file() else "missing")
+def _record(
+    dataset: str, split: str, label: int, method: str, video_id: str, original_id: str, path: Path
+) -> VideoRecord:
+    return VideoRecord(
+        dataset, split, label, method, video_id, original_id, path, "listed" if path.is_file() else "missing"
+    )
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -99,7 +101,8 @@ def index_ffpp(
         raise FileNotFoundError(
             f"FF++ split lists not found: {absent}. They are not part of the video download: take "
             "train.json, val.json and test.json from the FaceForensics GitHub repository (dataset/splits/) and "
-            "pass their folder as --splits")
+            "pass their folder as --splits"
+        )
     if compression not in ("raw", "c23", "c40"):
         raise ValueError(f"FF++ compression must be 'raw', 'c23' or 'c40', got {compression!r}")
     records: list[VideoRecord] = []
@@ -114,8 +117,9 @@ def index_ffpp(
             for target, source in (pair, pair[::-1]):
                 for method in methods:
                     name = f"{target}_{source}"
-                    video = inside_root(root, f"manipulated_sequences/{method}/{compression}/videos/{name}.mp4",
-                                    str(path))
+                    video = inside_root(
+                        root, f"manipulated_sequences/{method}/{compression}/videos/{name}.mp4", str(path)
+                    )
                     records.append(_record("ffpp", split, 1, method, f"{method}/{name}", target, video))
     return records
 
@@ -126,14 +130,18 @@ def index_dfd(root: str | Path, compression: Compression = "c23") -> list[VideoR
     root = Path(root)
     _require_dir(root, "DFD root (the FF++ download)")
     records = []
-    for label, folder, method in ((0, "original_sequences/actors", "real"),
-                                  (1, "manipulated_sequences/DeepFakeDetection", "DeepFakeDetection")):
+    for label, folder, method in (
+        (0, "original_sequences/actors", "real"),
+        (1, "manipulated_sequences/DeepFakeDetection", "DeepFakeDetection"),
+    ):
         videos = root / folder / compression / "videos"
         for path in sorted(p for p in videos.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
             records.append(_record("dfd", "test", label, method, f"{method}/{path.stem}", "", path))
     if not records:
-        raise FileNotFoundError(f"no DFD videos under {str(root)!r} (original_sequences/actors/{compression}/videos, "
-                                f"manipulated_sequences/DeepFakeDetection/{compression}/videos)")
+        raise FileNotFoundError(
+            f"no DFD videos under {str(root)!r} (original_sequences/actors/{compression}/videos, "
+            f"manipulated_sequences/DeepFakeDetection/{compression}/videos)"
+        )
     return records
 
 
@@ -159,23 +167,37 @@ def index_celebdf(root: str | Path, version: Literal["v1", "v2"] = "v2") -> list
         inside_root(root, relative.strip(), str(listing))
         test[Path(relative.strip()).with_suffix("").as_posix()] = 1 - int(flag)  # their 1 = real → our 0
     dataset = f"celebdf_{version}"
-    on_disk = {p.relative_to(root).with_suffix("").as_posix(): p
-               for folder in ("Celeb-real", "YouTube-real", "Celeb-synthesis")
-               for p in sorted((root / folder).glob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
+    on_disk = {
+        p.relative_to(root).with_suffix("").as_posix(): p
+        for folder in ("Celeb-real", "YouTube-real", "Celeb-synthesis")
+        for p in sorted((root / folder).glob("*"))
+        if p.suffix.lower() in VIDEO_SUFFIXES
+    }
     records = []
     for video_id in sorted(on_disk.keys() | test.keys()):
         label = 1 if video_id.startswith("Celeb-synthesis/") else 0
         if video_id in test and test[video_id] != label:
-            raise ValueError(f"{listing}: {video_id!r} is listed as {'fake' if test[video_id] else 'real'} but "
-                             "lives in a folder of the other class")
+            raise ValueError(
+                f"{listing}: {video_id!r} is listed as {'fake' if test[video_id] else 'real'} but "
+                "lives in a folder of the other class"
+            )
         original = ""
         if label:
             parts = Path(video_id).name.split("_")
             if len(parts) == 3:
                 original = f"Celeb-real/{parts[0]}_{parts[2]}"
         path = on_disk.get(video_id, root / f"{video_id}.mp4")
-        records.append(_record(dataset, "test" if video_id in test else "train", label,
-                               "Celeb-synthesis" if label else "real", video_id, original, path))
+        records.append(
+            _record(
+                dataset,
+                "test" if video_id in test else "train",
+                label,
+                "Celeb-synthesis" if label else "real",
+                video_id,
+                original,
+                path,
+            )
+        )
     return records
 
 
@@ -194,15 +216,17 @@ def index_dfdc(root: str | Path) -> list[VideoRecord]:
                 raise ValueError(f"{metadata}: {filename!r} has label {info.get('label')!r}, expected REAL or FAKE")
             path = inside_root(metadata.parent, filename, str(metadata))
             original = Path(info.get("original") or "").stem if label else ""
-            records.append(_record("dfdc", "train", label, "dfdc" if label else "real", Path(filename).stem,
-                                   original, path))
+            records.append(
+                _record("dfdc", "train", label, "dfdc" if label else "real", Path(filename).stem, original, path)
+            )
     for labels in sorted(root.glob("**/labels.csv")):
         with labels.open(newline="") as f:
             for row in csv.DictReader(f):
                 label = int(row["label"])
                 path = inside_root(labels.parent, row["filename"], str(labels))
-                records.append(_record("dfdc", "test", label, "dfdc" if label else "real", Path(row["filename"]).stem,
-                                       "", path))
+                records.append(
+                    _record("dfdc", "test", label, "dfdc" if label else "real", Path(row["filename"]).stem, "", path)
+                )
     if not records:
         raise FileNotFoundError(f"no DFDC metadata.json or labels.csv under {str(root)!r}")
     return records
@@ -219,11 +243,16 @@ def index_dfdcp(root: str | Path) -> list[VideoRecord]:
         label = {"real": 0, "fake": 1}.get(str(info.get("label", "")).lower())
         split = str(info.get("set", "")).lower()
         if label is None or split not in ("train", "test"):
-            raise ValueError(f"{listing}: {relative!r} has label {info.get('label')!r} and set {info.get('set')!r}; "
-                             "expected real/fake and train/test")
+            raise ValueError(
+                f"{listing}: {relative!r} has label {info.get('label')!r} and set {info.get('set')!r}; "
+                "expected real/fake and train/test"
+            )
         path = inside_root(root, relative, str(listing))
-        records.append(_record("dfdcp", split, label, "dfdcp" if label else "real",
-                               Path(relative).with_suffix("").as_posix(), "", path))
+        records.append(
+            _record(
+                "dfdcp", split, label, "dfdcp" if label else "real", Path(relative).with_suffix("").as_posix(), "", path
+            )
+        )
     return records
 
 
@@ -239,8 +268,9 @@ def index_folder(root: str | Path, split: str = "test", dataset: str | None = No
         if not base.is_dir():
             continue
         for path in sorted(p for p in base.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES):
-            records.append(_record(name, split, label, folder, path.relative_to(base).with_suffix("").as_posix(), "",
-                                   path))
+            records.append(
+                _record(name, split, label, folder, path.relative_to(base).with_suffix("").as_posix(), "", path)
+            )
     if not records:
         raise FileNotFoundError(f"no videos or images under {str(root)!r}/real or /fake")
     return records
@@ -261,4 +291,3 @@ def index_dataset(name: DatasetName, root: str | Path, **options: Any) -> list[V
     if name == "folder":
         return index_folder(root, **options)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(get_args(DatasetName))}")
-

@@ -18,8 +18,20 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.csv"
 # label: 0 real, 1 fake. video_id: unique within dataset (with label). crop_path: relative to the manifest's folder
 # (or absolute); empty, with a status other than "ok", for a video that gave no crop (missing, unreadable, no_face).
-FRAME_COLUMNS = ("dataset", "split", "label", "method", "video_id", "original_id", "video_path", "frame_index",
-                 "crop_path", "det_prob", "box", "status")
+FRAME_COLUMNS = (
+    "dataset",
+    "split",
+    "label",
+    "method",
+    "video_id",
+    "original_id",
+    "video_path",
+    "frame_index",
+    "crop_path",
+    "det_prob",
+    "box",
+    "status",
+)
 REQUIRED_COLUMNS = ("dataset", "split", "label", "method", "video_id", "frame_index", "crop_path")
 
 
@@ -53,8 +65,9 @@ def read_manifest(path: str | Path) -> list[FrameRecord]:
         reader = csv.DictReader(f)
         missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"frame manifest {str(path)!r} lacks columns {sorted(missing)}; "
-                             f"expected {list(FRAME_COLUMNS)}")
+            raise ValueError(
+                f"frame manifest {str(path)!r} lacks columns {sorted(missing)}; expected {list(FRAME_COLUMNS)}"
+            )
         records: list[FrameRecord] = []
         skipped: Counter[str] = Counter()
         for line, row in enumerate(reader, start=2):
@@ -65,9 +78,22 @@ def read_manifest(path: str | Path) -> list[FrameRecord]:
             label = int(row["label"])
             if label not in (0, 1):
                 raise ValueError(f"{path}:{line}: label {row['label']!r} is not 0 (real) or 1 (fake)")
-            records.append(FrameRecord(row["dataset"], row["split"], label, row["method"], row["video_id"],
-                                       int(row["frame_index"]), path.parent / row["crop_path"]))
+            records.append(
+                FrameRecord(
+                    row["dataset"],
+                    row["split"],
+                    label,
+                    row["method"],
+                    row["video_id"],
+                    int(row["frame_index"]),
+                    path.parent / row["crop_path"],
+                )
+            )
     if skipped:
-        log.info("%s: %d videos without crops left out (%s)", path, sum(skipped.values()),
-                 ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+        log.info(
+            "%s: %d videos without crops left out (%s)",
+            path,
+            sum(skipped.values()),
+            ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
+        )
     return records

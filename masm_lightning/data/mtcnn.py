@@ -44,12 +44,12 @@ class StridedMaxPool2d(nn.Module):
         out_h, out_w = -(-(h - k) // s) + 1, -(-(w - k) // s) + 1  # ceil mode: a last, partial window
         # Windows that run past the edge see -inf there, as in ceil mode.
         x = nn.functional.pad(x, (0, (out_w - 1) * s + k - w, 0, (out_h - 1) * s + k - h), value=float("-inf"))
-        rows = x[..., 0:(out_h - 1) * s + 1:s, :]
+        rows = x[..., 0 : (out_h - 1) * s + 1 : s, :]
         for dy in range(1, k):
-            rows = torch.maximum(rows, x[..., dy:dy + (out_h - 1) * s + 1:s, :])
-        out = rows[..., 0:(out_w - 1) * s + 1:s]
+            rows = torch.maximum(rows, x[..., dy : dy + (out_h - 1) * s + 1 : s, :])
+        out = rows[..., 0 : (out_w - 1) * s + 1 : s]
         for dx in range(1, k):
-            out = torch.maximum(out, rows[..., dx:dx + (out_w - 1) * s + 1:s])
+            out = torch.maximum(out, rows[..., dx : dx + (out_w - 1) * s + 1 : s])
         return out
 
     def extra_repr(self) -> str:
@@ -61,11 +61,18 @@ def use_strided_pooling(network: nn.Module) -> nn.Module:
     :class:`StridedMaxPool2d`."""
     for name, child in list(network.named_children()):
         if isinstance(child, nn.MaxPool2d):
-            if (child.padding not in (0, (0, 0)) or child.dilation not in (1, (1, 1)) or not child.ceil_mode
-                    or not isinstance(child.kernel_size, int) or not isinstance(child.stride, int)
-                    or child.kernel_size < child.stride):
-                raise ValueError(f"{name}: only unpadded, undilated ceil-mode pooling with a square kernel no "
-                                 f"smaller than its stride is replaced, got {child}")
+            if (
+                child.padding not in (0, (0, 0))
+                or child.dilation not in (1, (1, 1))
+                or not child.ceil_mode
+                or not isinstance(child.kernel_size, int)
+                or not isinstance(child.stride, int)
+                or child.kernel_size < child.stride
+            ):
+                raise ValueError(
+                    f"{name}: only unpadded, undilated ceil-mode pooling with a square kernel no "
+                    f"smaller than its stride is replaced, got {child}"
+                )
             setattr(network, name, StridedMaxPool2d(child.kernel_size, child.stride))
     return network
 
@@ -105,8 +112,15 @@ def _resample_frames(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return (sums.to(torch.float32) / area[None, :, :, None]).permute(0, 3, 1, 2)  # channels-last memory
 
 
-def _resample_boxes(table: torch.Tensor, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-                    height: torch.Tensor, width: torch.Tensor, side: int) -> torch.Tensor:
+def _resample_boxes(
+    table: torch.Tensor,
+    images: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    height: torch.Tensor,
+    width: torch.Tensor,
+    side: int,
+) -> torch.Tensor:
     """Rectangles of the frames area-resampled to side × side: rectangle k is rows ``[top, top+height)`` and
     columns ``[left, left+width)`` of frame ``images[k]``. Returns (K, C, side, side) float32."""
     _, rows, cols, channels = table.shape
@@ -118,14 +132,15 @@ def _resample_boxes(table: torch.Tensor, images: torch.Tensor, top: torch.Tensor
     col0, col1 = x0[:, None, :], x1[:, None, :]
     corner = lambda row, col: pixels.index_select(0, (row + col).reshape(-1))
     sums = (corner(row1, col1) - corner(row0, col1) - corner(row1, col0) + corner(row0, col0)).view(
-        len(images), side, side, channels)
+        len(images), side, side, channels
+    )
     area = ((y1 - y0)[:, :, None] * (x1 - x0)[:, None, :]).to(torch.float32)
     return (sums.to(torch.float32) / area[..., None]).permute(0, 3, 1, 2)  # channels-last memory
 
 
 def _in_chunks(network: nn.Module, pixels: torch.Tensor, chunk: int = 128) -> tuple[torch.Tensor, ...]:
     """The network on at most ``chunk`` crops at a time (bounded GPU memory with thousands of candidates)."""
-    outputs = [network(pixels[i:i + chunk]) for i in range(0, len(pixels), chunk)]
+    outputs = [network(pixels[i : i + chunk]) for i in range(0, len(pixels), chunk)]
     return tuple(torch.cat(parts) for parts in zip(*outputs))
 
 
@@ -139,22 +154,27 @@ def _area_resize(crop: np.ndarray, side: int) -> np.ndarray:
     return sums.astype(np.float32) / ((y1 - y0)[:, None, None] * (x1 - x0)[None, :, None]).astype(np.float32)
 
 
-def _crops_one_by_one(frames: Sequence[np.ndarray], boxes: torch.Tensor, image_inds: torch.Tensor, pad: Callable,
-                      side: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _crops_one_by_one(
+    frames: Sequence[np.ndarray], boxes: torch.Tensor, image_inds: torch.Tensor, pad: Callable, side: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage-3 crops from full-resolution frames, each area-resampled on its own as facenet-pytorch does (a few
     hundred per video: no summed-area table of every full frame needed). Returns normalised (K, 3, side, side)
     CPU crops and the mask of boxes that had pixels to crop."""
     h, w = frames[0].shape[:2]
     y, ey, x, ex = pad(boxes, w, h)
     valid = torch.as_tensor((ey > y - 1) & (ex > x - 1))
-    resized = [_area_resize(frames[int(i)][y0 - 1:y1, x0 - 1:x1], side)
-               for i, y0, y1, x0, x1, ok in zip(image_inds.tolist(), y, ey, x, ex, valid) if ok]
+    resized = [
+        _area_resize(frames[int(i)][y0 - 1 : y1, x0 - 1 : x1], side)
+        for i, y0, y1, x0, x1, ok in zip(image_inds.tolist(), y, ey, x, ex, valid)
+        if ok
+    ]
     pixels = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2) if resized else torch.zeros(0, 3, side, side)
     return _normalise(pixels), valid.to(boxes.device)
 
 
-def pyramid_levels(height: int, width: int, min_face: float, factor: float = 0.709,
-                   smallest_face: int = 20) -> list[tuple[float, tuple[int, int]]]:
+def pyramid_levels(
+    height: int, width: int, min_face: float, factor: float = 0.709, smallest_face: int = 20
+) -> list[tuple[float, tuple[int, int]]]:
     """MTCNN's standard image pyramid for a ``height`` × ``width`` frame (facenet-pytorch's: scales
     ``12 / smallest_face × factor**k`` while the short side keeps 12 px, level k of size ``int(side × scale + 1)``),
     from the finest level that can still hold a face of ``min_face`` pixels on.
@@ -177,10 +197,17 @@ def _normalise(pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.Module,
-                 min_face_size: int = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-                 levels: Sequence[tuple[float, tuple[int, int]]] | None = None,
-                 full_frames: Sequence[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def detect_faces(
+    frames: np.ndarray,
+    pnet: nn.Module,
+    rnet: nn.Module,
+    onet: nn.Module,
+    min_face_size: int = 20,
+    thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+    factor: float = 0.709,
+    levels: Sequence[tuple[float, tuple[int, int]]] | None = None,
+    full_frames: Sequence[np.ndarray] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Faces in a batch of equal-size uint8 RGB frames (N, H, W, 3).
 
     Returns per frame (boxes (k, 4) xyxy, probabilities (k,), landmarks (k, 5, 2)), largest face first — what
@@ -223,16 +250,25 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
     keep = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
     boxes, image_inds = boxes[keep], image_inds[keep]
     width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * width, boxes[:, 1] + boxes[:, 6] * height,
-                         boxes[:, 2] + boxes[:, 7] * width, boxes[:, 3] + boxes[:, 8] * height, boxes[:, 4]], 1)
+    boxes = torch.stack(
+        [
+            boxes[:, 0] + boxes[:, 5] * width,
+            boxes[:, 1] + boxes[:, 6] * height,
+            boxes[:, 2] + boxes[:, 7] * width,
+            boxes[:, 3] + boxes[:, 8] * height,
+            boxes[:, 4],
+        ],
+        1,
+    )
     boxes = rerec(boxes)
 
     def crops(boxes: torch.Tensor, image_inds: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
         # facenet-pytorch crops the box clipped to the frame (1-based inclusive ends) and stretches it to side².
         y, ey, x, ex = (torch.as_tensor(v, dtype=torch.long, device=device) for v in pad(boxes, w, h))
         valid = (ey > y - 1) & (ex > x - 1)  # boxes entirely outside the frame have nothing to crop
-        pixels = _resample_boxes(table, image_inds[valid], y[valid] - 1, x[valid] - 1, (ey - y + 1)[valid],
-                                 (ex - x + 1)[valid], side)
+        pixels = _resample_boxes(
+            table, image_inds[valid], y[valid] - 1, x[valid] - 1, (ey - y + 1)[valid], (ex - x + 1)[valid], side
+        )
         return _normalise(pixels), valid
 
     # Stage 2: R-net on 24×24 crops of the candidates.
@@ -270,8 +306,9 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
         boxes = torch.cat((boxes[passed, :4], probs[passed, 1:2]), 1)
         image_inds, regression, landmarks = image_inds[passed], regression[passed], landmarks[passed]
         box_w, box_h = boxes[:, 2:3] - boxes[:, 0:1] + 1, boxes[:, 3:4] - boxes[:, 1:2] + 1
-        points = torch.stack((box_w * landmarks[:, :5] + boxes[:, 0:1] - 1,
-                              box_h * landmarks[:, 5:] + boxes[:, 1:2] - 1), 2)
+        points = torch.stack(
+            (box_w * landmarks[:, :5] + boxes[:, 0:1] - 1, box_h * landmarks[:, 5:] + boxes[:, 1:2] - 1), 2
+        )
         boxes = bbreg(boxes, regression)
         keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds, points = boxes[keep], image_inds[keep], points[keep]
@@ -282,6 +319,11 @@ def detect_faces(frames: np.ndarray, pnet: nn.Module, rnet: nn.Module, onet: nn.
         mine = np.flatnonzero(found_inds == i)
         areas = (found_boxes[mine, 2] - found_boxes[mine, 0]) * (found_boxes[mine, 3] - found_boxes[mine, 1])
         mine = mine[np.argsort(areas)[::-1]]
-        out.append((found_boxes[mine, :4].astype(np.float32), found_boxes[mine, 4].astype(np.float32),
-                    found_points[mine].astype(np.float32).reshape(-1, 5, 2)))
+        out.append(
+            (
+                found_boxes[mine, :4].astype(np.float32),
+                found_boxes[mine, 4].astype(np.float32),
+                found_points[mine].astype(np.float32).reshape(-1, 5, 2),
+            )
+        )
     return out

@@ -41,14 +41,26 @@ class ExtractionSettings:
     jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
-        checks = {"frames": self.frames >= 1, "size": self.size >= 16, "scale": self.scale >= 1.0,
-                  "detect_short_side": self.detect_short_side >= 48, "min_face": 0.0 < self.min_face <= 1.0,
-                  "min_prob": 0.0 <= self.min_prob < 1.0, "jpeg_quality": 1 <= self.jpeg_quality <= 100,
-                  "stage_thresholds": len(self.stage_thresholds) == 3
-                  and all(0.0 <= t < 1.0 for t in self.stage_thresholds)}
-        valid = {"frames": ">= 1", "size": ">= 16 px", "scale": ">= 1.0", "detect_short_side": ">= 48 px",
-                 "min_face": "in (0, 1], a share of the short side", "min_prob": "in [0, 1)",
-                 "jpeg_quality": "in [1, 100]", "stage_thresholds": "three values in [0, 1)"}
+        checks = {
+            "frames": self.frames >= 1,
+            "size": self.size >= 16,
+            "scale": self.scale >= 1.0,
+            "detect_short_side": self.detect_short_side >= 48,
+            "min_face": 0.0 < self.min_face <= 1.0,
+            "min_prob": 0.0 <= self.min_prob < 1.0,
+            "jpeg_quality": 1 <= self.jpeg_quality <= 100,
+            "stage_thresholds": len(self.stage_thresholds) == 3 and all(0.0 <= t < 1.0 for t in self.stage_thresholds),
+        }
+        valid = {
+            "frames": ">= 1",
+            "size": ">= 16 px",
+            "scale": ">= 1.0",
+            "detect_short_side": ">= 48 px",
+            "min_face": "in (0, 1], a share of the short side",
+            "min_prob": "in [0, 1)",
+            "jpeg_quality": "in [1, 100]",
+            "stage_thresholds": "three values in [0, 1)",
+        }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"extraction {name}={getattr(self, name)!r} is invalid: must be {valid[name]}")

@@ -30,8 +30,16 @@ from .indexers import EXTRACTED_DATASETS, FFPP_METHODS, IMAGE_SUFFIXES, DatasetN
 from .manifest import MANIFEST_NAME, FrameRecord, read_manifest
 from .settings import ExtractionSettings
 
-__all__ = ["DataSource", "assign_video_splits", "extraction_stamp", "index_options", "load_source",
-           "prepare_source", "read_deepfakebench", "read_image_folder"]
+__all__ = [
+    "DataSource",
+    "assign_video_splits",
+    "extraction_stamp",
+    "index_options",
+    "load_source",
+    "prepare_source",
+    "read_deepfakebench",
+    "read_image_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +96,10 @@ class DataSource:
         if isinstance(self.split, dict):
             unknown = set(self.split) - {"train", "val", "test"}
             if unknown or not self.split or any(v < 0 for v in self.split.values()) or sum(self.split.values()) <= 0:
-                raise ValueError(f"source {self.display_name!r}: split ratios {self.split!r} must be non-negative "
-                                 "weights over train/val/test")
+                raise ValueError(
+                    f"source {self.display_name!r}: split ratios {self.split!r} must be non-negative "
+                    "weights over train/val/test"
+                )
         re.compile(self.frame_pattern)
 
     def require(self, field: PathField) -> str:
@@ -128,8 +138,13 @@ class DataSource:
         if self.dataset == "ffpp":
             methods = sorted(methods or FFPP_METHODS)
         splits = str(Path(self.splits).resolve()) if self.splits else None  # relative or absolute: same lists
-        return {"dataset": self.dataset, "root": str(Path(self.require("root")).resolve()), "splits": splits,
-                "compression": self.compression if self.dataset in ("ffpp", "dfd") else None, "methods": methods}
+        return {
+            "dataset": self.dataset,
+            "root": str(Path(self.require("root")).resolve()),
+            "splits": splits,
+            "compression": self.compression if self.dataset in ("ffpp", "dfd") else None,
+            "methods": methods,
+        }
 
 
 def extraction_stamp(out: str | Path) -> Stamp:
@@ -143,8 +158,9 @@ def stamp_content(source: DataSource, settings: ExtractionSettings) -> dict[str,
     return {"selection": source.selection(), "settings": asdict(settings), "hash": settings.digest()}
 
 
-def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSettings, workers: int = 2,
-                   device: str | None = None) -> bool:
+def prepare_source(
+    source: DataSource, cache_dir: Path, settings: ExtractionSettings, workers: int = 2, device: str | None = None
+) -> bool:
     """Extract ``source`` into ``cache_dir/<name>`` unless a completed extraction of the same videos with the same
     settings is there; returns whether extraction ran. Interrupted extractions resume (per-video records)."""
     kind = source.dataset
@@ -160,8 +176,9 @@ def prepare_source(source: DataSource, cache_dir: Path, settings: ExtractionSett
 
     log.info("extracting faces of %s into %s (settings %s)", source.display_name, out, settings.digest())
     stamp.clear()  # stale until this extraction completes
-    extract_dataset(kind, Path(source.require("root")), out, settings, index_options(source), workers=workers,
-                    device=device)
+    extract_dataset(
+        kind, Path(source.require("root")), out, settings, index_options(source), workers=workers, device=device
+    )
     stamp.write(expected)
     return True
 
@@ -184,24 +201,33 @@ def load_source(source: DataSource, cache_dir: Path) -> list[FrameRecord]:
     if source.dataset == "manifest":
         records = read_manifest(source.require("manifest"))
     elif source.dataset == "deepfakebench":
-        records = read_deepfakebench(source.require("dataset_json"), source.root, source.name, source.compression,
-                                     source.methods, source.label_names)
+        records = read_deepfakebench(
+            source.require("dataset_json"),
+            source.root,
+            source.name,
+            source.compression,
+            source.methods,
+            source.label_names,
+        )
     elif source.dataset == "folder" and source.crops:
         records = read_image_folder(source.require("root"), source.display_name, source.frame_pattern)
     else:
         manifest = Path(cache_dir) / source.display_name / MANIFEST_NAME
         if not manifest.is_file():
-            raise FileNotFoundError(f"no extracted faces for {source.display_name!r} at {str(manifest)!r}: run "
-                                    "`fit`/`test` (prepare_data extracts them) or `python -m masm_lightning "
-                                    "preprocess`")
+            raise FileNotFoundError(
+                f"no extracted faces for {source.display_name!r} at {str(manifest)!r}: run "
+                "`fit`/`test` (prepare_data extracts them) or `python -m masm_lightning "
+                "preprocess`"
+            )
         records = read_manifest(manifest)
     if source.dataset == "folder":
         records = assign_video_splits(records, source.split, source.split_seed)
     return [r._replace(dataset=source.display_name) for r in records] if source.name else records
 
 
-def assign_video_splits(records: Sequence[FrameRecord], split: str | dict[str, float],
-                        seed: int = 0) -> list[FrameRecord]:
+def assign_video_splits(
+    records: Sequence[FrameRecord], split: str | dict[str, float], seed: int = 0
+) -> list[FrameRecord]:
     """Give every video one split: all to ``split`` if it is a name, else split the videos of each class by the
     ratios (a seeded shuffle of the sorted video keys), so all frames of a video land in the same split."""
     if isinstance(split, str):
@@ -248,9 +274,14 @@ def _frame_number(path: str, position: int) -> int:
     return int(digits[-1]) if digits else position
 
 
-def read_deepfakebench(dataset_json: str | Path, root: str | Path | None, name: str | None = None,
-                       compression: str = "c23", methods: Sequence[str] | None = None,
-                       label_names: dict[str, int] | None = None) -> list[FrameRecord]:
+def read_deepfakebench(
+    dataset_json: str | Path,
+    root: str | Path | None,
+    name: str | None = None,
+    compression: str = "c23",
+    methods: Sequence[str] | None = None,
+    label_names: dict[str, int] | None = None,
+) -> list[FrameRecord]:
     """DeepfakeBench-preprocessed frames listed by its dataset JSON, adopted without re-extraction.
 
     The JSON is ``{dataset: {label_name: {mode: [{compression:] {video: {"label": ..., "frames": [...]}}}}}`` with
@@ -266,7 +297,7 @@ def read_deepfakebench(dataset_json: str | Path, root: str | Path | None, name: 
     if not isinstance(info, dict) or len(info) != 1:
         got = list(info)[:5] if isinstance(info, dict) else type(info).__name__
         raise ValueError(f"{path}: expected one top-level dataset name, got {got}")
-    (top, labels), = info.items()
+    ((top, labels),) = info.items()
     dataset = name or top
     base = Path(root) if root is not None else path.parent
     records: list[FrameRecord] = []
@@ -280,8 +311,10 @@ def read_deepfakebench(dataset_json: str | Path, root: str | Path | None, name: 
                 raise ValueError(f"{path}: {label_name!r} has mode {mode!r}; expected train, val or test")
             if videos and set(videos) <= {"raw", "c23", "c40"}:
                 if compression not in videos:
-                    raise ValueError(f"{path}: {label_name}/{mode} has compressions {sorted(videos)}, not "
-                                     f"{compression!r}; set the source's compression")
+                    raise ValueError(
+                        f"{path}: {label_name}/{mode} has compressions {sorted(videos)}, not "
+                        f"{compression!r}; set the source's compression"
+                    )
                 videos = videos[compression]
             for video, entry in videos.items():
                 for position, frame in enumerate(entry["frames"]):
@@ -289,11 +322,24 @@ def read_deepfakebench(dataset_json: str | Path, root: str | Path | None, name: 
                     if not file.is_file():
                         absent[label_name] += 1
                         continue
-                    records.append(FrameRecord(dataset, mode, label, label_name, f"{label_name}/{video}",
-                                               _frame_number(frame, position), file))
+                    records.append(
+                        FrameRecord(
+                            dataset,
+                            mode,
+                            label,
+                            label_name,
+                            f"{label_name}/{video}",
+                            _frame_number(frame, position),
+                            file,
+                        )
+                    )
     if absent:
-        log.warning("%s: %d listed frames are not on disk and are left out (%s)", path, sum(absent.values()),
-                    ", ".join(f"{k}: {v}" for k, v in sorted(absent.items())))
+        log.warning(
+            "%s: %d listed frames are not on disk and are left out (%s)",
+            path,
+            sum(absent.values()),
+            ", ".join(f"{k}: {v}" for k, v in sorted(absent.items())),
+        )
     by_split = defaultdict(set)
     for r in records:
         by_split[r.split].add(r.video_key)

@@ -38,12 +38,30 @@ def _face_frame(identity: dict, rng: np.random.Generator, size: int) -> tuple[np
         ex, ey = round(cx + side * 0.4 * ax), round(cy - 0.2 * ay)
         cv2.ellipse(image, (ex, ey), (max(1, round(0.2 * ax)), max(1, round(0.1 * ay))), 0, 0, 360, (245, 245, 245), -1)
         cv2.circle(image, (ex, ey), max(1, round(0.08 * ax)), tuple(int(c) for c in identity["iris"]), -1)
-        cv2.line(image, (ex - round(0.2 * ax), ey - round(0.2 * ay)), (ex + round(0.2 * ax), ey - round(0.22 * ay)),
-                 hair, max(1, round(s)))
-    cv2.line(image, (round(cx), round(cy - 0.05 * ay)), (round(cx), round(cy + 0.25 * ay)),
-             tuple(int(c) for c in identity["skin"] * 0.8), max(1, round(s)))
-    cv2.ellipse(image, (round(cx), round(cy + 0.5 * ay)), (round(0.35 * ax), round(0.1 * ay)), 0, 0, 180,
-                (150, 60, 60), max(1, round(1.5 * s)))
+        cv2.line(
+            image,
+            (ex - round(0.2 * ax), ey - round(0.2 * ay)),
+            (ex + round(0.2 * ax), ey - round(0.22 * ay)),
+            hair,
+            max(1, round(s)),
+        )
+    cv2.line(
+        image,
+        (round(cx), round(cy - 0.05 * ay)),
+        (round(cx), round(cy + 0.25 * ay)),
+        tuple(int(c) for c in identity["skin"] * 0.8),
+        max(1, round(s)),
+    )
+    cv2.ellipse(
+        image,
+        (round(cx), round(cy + 0.5 * ay)),
+        (round(0.35 * ax), round(0.1 * ay)),
+        0,
+        0,
+        180,
+        (150, 60, 60),
+        max(1, round(1.5 * s)),
+    )
     shading = 1 + 0.15 * ((xx - cx) / size)[..., None] * identity["light"]
     # Sensor noise over the whole frame, as a camera would add: the texture a blended region loses or changes.
     noisy = image.astype(np.float32) * shading + rng.normal(0, identity["noise"], (size, size, 3))
@@ -111,10 +129,19 @@ def generate_demo_dataset(
                         image = self_blend(image, mask, rng)
                     path = folder / f"{f:03d}.png"
                     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                    rows.append({"dataset": DEMO_DATASET, "split": split, "label": label,
-                                 "method": "self_blend" if label else "real", "video_id": video_id,
-                                 "frame_index": f, "crop_path": path.relative_to(root).as_posix(),
-                                 "original_id": real_id if label else "", "status": "ok"})
+                    rows.append(
+                        {
+                            "dataset": DEMO_DATASET,
+                            "split": split,
+                            "label": label,
+                            "method": "self_blend" if label else "real",
+                            "video_id": video_id,
+                            "frame_index": f,
+                            "crop_path": path.relative_to(root).as_posix(),
+                            "original_id": real_id if label else "",
+                            "status": "ok",
+                        }
+                    )
     write_manifest(manifest, rows)
     stamp.write(expected)
     return manifest

@@ -18,8 +18,9 @@ Preset = Literal["none", "light", "effort"]
 def ellipse_mask(height: int, width: int, center: tuple[float, float], axes: tuple[float, float]) -> np.ndarray:
     """A float32 mask in [0, 1], 1 inside the axis-aligned ellipse (centre and semi-axes in pixels)."""
     mask = np.zeros((height, width), np.float32)
-    cv2.ellipse(mask, (round(center[0]), round(center[1])), (max(1, round(axes[0])), max(1, round(axes[1]))),
-                0, 0, 360, 1.0, -1)
+    cv2.ellipse(
+        mask, (round(center[0]), round(center[1])), (max(1, round(axes[0])), max(1, round(axes[1]))), 0, 0, 360, 1.0, -1
+    )
     return mask
 
 
@@ -60,12 +61,18 @@ def self_blend(image: np.ndarray, face_mask: np.ndarray, rng: np.random.Generato
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
-INTERPOLATIONS = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
-                  "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+INTERPOLATIONS = {
+    "bicubic": cv2.INTER_CUBIC,
+    "bilinear": cv2.INTER_LINEAR,
+    "nearest": cv2.INTER_NEAREST,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
 
 
-def _resize_and_normalize(size: int, mean: Sequence[float], std: Sequence[float],
-                          interpolation: str) -> list[A.BasicTransform]:
+def _resize_and_normalize(
+    size: int, mean: Sequence[float], std: Sequence[float], interpolation: str
+) -> list[A.BasicTransform]:
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
     return [
@@ -75,8 +82,9 @@ def _resize_and_normalize(size: int, mean: Sequence[float], std: Sequence[float]
     ]
 
 
-def train_transform(size: int, mean: Sequence[float], std: Sequence[float], preset: Preset = "effort",
-                    interpolation: str = "bicubic") -> A.Compose:
+def train_transform(
+    size: int, mean: Sequence[float], std: Sequence[float], preset: Preset = "effort", interpolation: str = "bicubic"
+) -> A.Compose:
     """Augmentation for training, then resize and normalisation as the backbone was pretrained.
 
     ``effort`` is the Effort/DeepfakeBench recipe (flip, rotation ±10°, blur, brightness/contrast or PCA colour or
@@ -91,8 +99,14 @@ def train_transform(size: int, mean: Sequence[float], std: Sequence[float], pres
         augment = [
             A.HorizontalFlip(p=0.5),
             A.Rotate(limit=10, p=0.5),
-            A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 7)),
-                     A.GaussNoise(std_range=(0.02, 0.08))], p=0.2),
+            A.OneOf(
+                [
+                    A.GaussianBlur(blur_limit=(3, 7)),
+                    A.MotionBlur(blur_limit=(3, 7)),
+                    A.GaussNoise(std_range=(0.02, 0.08)),
+                ],
+                p=0.2,
+            ),
             A.OneOf([A.RandomBrightnessContrast(0.1, 0.1), A.FancyPCA(), A.HueSaturationValue()], p=0.5),
             A.ImageCompression(quality_range=(40, 100), p=0.5),
         ]
@@ -101,8 +115,7 @@ def train_transform(size: int, mean: Sequence[float], std: Sequence[float], pres
     return A.Compose(augment + _resize_and_normalize(size, mean, std, interpolation))
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float],
-                   interpolation: str = "bicubic") -> A.Compose:
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic") -> A.Compose:
     """Deterministic resize and normalisation for validation, test and prediction."""
     return A.Compose(_resize_and_normalize(size, mean, std, interpolation))
 

@@ -79,8 +79,9 @@ def _packets(container: Any) -> Any:
         return
 
 
-def _decode_sample(container: Any, stream: Any, layout: list[tuple[int | None, bool]], count: int,
-                   by_timestamp: bool) -> dict[int, np.ndarray] | None:
+def _decode_sample(
+    container: Any, stream: Any, layout: list[tuple[int | None, bool]], count: int, by_timestamp: bool
+) -> dict[int, np.ndarray] | None:
     """Decode the frames :func:`sample_indices` picks (index = rank in display order) from packets laid out as
     ``layout`` (presentation timestamp, keyframe) in decoding order. ``by_timestamp``: frames are found by their
     timestamps, and unneeded packets are skipped; otherwise everything is decoded and frames are counted. Returns

@@ -47,8 +47,15 @@ LEVELS: dict[str, tuple[float, ...]] = {
     "PX": (2, 3, 4, 5, 6),
     "JPEG": (90, 70, 50, 30, 10),
 }
-NAMES = {"CS": "colour saturation", "CC": "colour contrast", "BW": "block-wise", "GNC": "Gaussian noise",
-         "GB": "Gaussian blur", "PX": "pixelation", "JPEG": "JPEG compression"}
+NAMES = {
+    "CS": "colour saturation",
+    "CC": "colour contrast",
+    "BW": "block-wise",
+    "GNC": "Gaussian noise",
+    "GB": "Gaussian blur",
+    "PX": "pixelation",
+    "JPEG": "JPEG compression",
+}
 
 
 def _saturation(image: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
@@ -103,7 +110,14 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 _FUNCTIONS: dict[str, Callable[[np.ndarray, float, np.random.Generator], np.ndarray]] = {
-    "CS": _saturation, "CC": _contrast, "BW": _blocks, "GNC": _noise, "GB": _blur, "PX": _pixelate, "JPEG": _jpeg}
+    "CS": _saturation,
+    "CC": _contrast,
+    "BW": _blocks,
+    "GNC": _noise,
+    "GB": _blur,
+    "PX": _pixelate,
+    "JPEG": _jpeg,
+}
 
 
 def perturb(image: np.ndarray, kind: str, level: int, seed: int = 0) -> np.ndarray:

@@ -27,8 +27,13 @@ def roc_figure(curves: dict[str, tuple[Tensor, Tensor]], title: str, path: str |
         auc = binary_auroc(probs.float(), labels)
         ax.plot(fpr.cpu(), tpr.cpu(), label=f"{level} (AUC {auc:.3f}, n={labels.numel()})")
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
-           title=f"ROC — {title}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate (real called fake)",
+        ylabel="true positive rate (fake caught)",
+        title=f"ROC — {title}",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -80,12 +85,11 @@ def robustness_figure(rows: list[dict], names: dict[str, str], path: str | Path)
             levels = [r["level"] for r in points]
             colour = f"C{i}"
             ax.plot(levels, [r["video_auc"] for r in points], "o-", color=colour, label=f"{dataset} video")
-            ax.plot(levels, [r["frame_auc"] for r in points], "s--", color=colour, alpha=0.6,
-                    label=f"{dataset} frame")
+            ax.plot(levels, [r["frame_auc"] for r in points], "s--", color=colour, alpha=0.6, label=f"{dataset} frame")
         ax.set(title=f"{title} ({kind})", xlabel="level (0 = clean)", ylabel="AUC", ylim=(0, 1.02))
         ax.axhline(0.5, color="k", linestyle=":", linewidth=0.8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()

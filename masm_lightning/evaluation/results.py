@@ -14,8 +14,9 @@ def _cell(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def results_markdown(results: Mapping[str, Mapping[str, float]], threshold: float, source: str = "",
-                     trainable: int | None = None) -> str:
+def results_markdown(
+    results: Mapping[str, Mapping[str, float]], threshold: float, source: str = "", trainable: int | None = None
+) -> str:
     """One table per test set: frame and video rows of AUC, AP, EER and accuracy, with the counts behind them.
 
     Args:
@@ -29,13 +30,19 @@ def results_markdown(results: Mapping[str, Mapping[str, float]], threshold: floa
         lines += [f"Checkpoint: `{source}`", ""]
     if trainable is not None:
         lines += [f"Trainable parameters: {trainable:,}", ""]
-    lines += [f"Accuracy at threshold {threshold:g}; a video's score is the mean of its frames' fake probabilities. "
-              "n/a: the set holds one class only, so ranking metrics are undefined. ROC curves: "
-              "`roc_<set>.png` in this folder.", ""]
+    lines += [
+        f"Accuracy at threshold {threshold:g}; a video's score is the mean of its frames' fake probabilities. "
+        "n/a: the set holds one class only, so ranking metrics are undefined. ROC curves: "
+        "`roc_<set>.png` in this folder.",
+        "",
+    ]
     for name, values in results.items():
-        lines += [f"## {name}", "",
-                  "| per | " + " | ".join(title for title, _ in _COLUMNS) + " | count |",
-                  "|---|" + "---:|" * (len(_COLUMNS) + 1)]
+        lines += [
+            f"## {name}",
+            "",
+            "| per | " + " | ".join(title for title, _ in _COLUMNS) + " | count |",
+            "|---|" + "---:|" * (len(_COLUMNS) + 1),
+        ]
         for level, count in (("frame", "num_frames"), ("video", "num_videos")):
             cells = " | ".join(_cell(float(values[f"{level}_{key}"])) for _, key in _COLUMNS)
             lines.append(f"| {level} | {cells} | {int(values[count])} |")

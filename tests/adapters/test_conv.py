@@ -56,16 +56,19 @@ CASES = {
     # The stride-2 1x1 shortcut convolutions too, so a strided pointwise conv is covered on a real model.
     "resnet_bottleneck": Case(_small_resnet, (*family_targets("resnet"), "downsample.0")),
     "convnext_conv_mlp": Case(_timm("convnext_atto"), family_targets("convnext")),  # 1x1 Conv2d MLP
-    "convnext_linear_mlp": Case(_timm("convnext_atto", conv_mlp=False), family_targets("convnext"),
-                                frozenset({MASMLinear})),
+    "convnext_linear_mlp": Case(
+        _timm("convnext_atto", conv_mlp=False), family_targets("convnext"), frozenset({MASMLinear})
+    ),
 }
 # The DeepfakeBench backbones (17-25M parameters): the Xceptions' entry and exit flows only (with their stride-2 1x1
 # shortcuts), as the 728-channel middle flow repeats the same layer and costs most of the SVD time;
 # test_preset_targets_resolve_on_the_large_backbones covers the full presets.
 SLOW_CASES = {
     "tf_efficientnet_b4": Case(_timm("tf_efficientnet_b4"), family_targets("efficientnet")),
-    "legacy_xception": Case(_timm("legacy_xception"), ("block1.*pointwise", "block1.skip", "block12.*pointwise",
-                                                       "block12.skip", "conv4.pointwise")),
+    "legacy_xception": Case(
+        _timm("legacy_xception"),
+        ("block1.*pointwise", "block1.skip", "block12.*pointwise", "block12.skip", "conv4.pointwise"),
+    ),
     "xception41": Case(_timm("xception41"), (*family_targets("xception"), "shortcut.conv"), blocks=(0, 1, 11)),
 }
 ALL_CASES = {**CASES, **{k: pytest.param(v, marks=pytest.mark.slow) for k, v in SLOW_CASES.items()}}
@@ -287,7 +290,14 @@ def test_non_pointwise_layers_are_refused(layer, message):
 
 
 def test_every_preset_names_a_family_and_unknown_families_are_listed():
-    assert set(TARGET_PRESETS) >= {"vit", "efficientnet", "mobilenetv2", "xception", "legacy_xception", "resnet",
-                                   "convnext"}
+    assert set(TARGET_PRESETS) >= {
+        "vit",
+        "efficientnet",
+        "mobilenetv2",
+        "xception",
+        "legacy_xception",
+        "resnet",
+        "convnext",
+    }
     with pytest.raises(ValueError, match=r"no target preset for backbone family 'vgg'; known: \['convnext'"):
         family_targets("vgg")

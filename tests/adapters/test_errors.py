@@ -82,13 +82,19 @@ def test_injection_errors_leave_the_model_untouched(make_vit, images, config, me
 def test_injecting_twice_is_refused(make_vit):
     model = make_vit()
     inject_adapters(model, MASMConfig())
-    with pytest.raises(ValueError, match=r"already holds 8 MASM adapters \(first: 'blocks\.0\.attn\.qkv'\); call "
-                                         r"merge_adapters or unload_adapters"):
+    with pytest.raises(
+        ValueError,
+        match=r"already holds 8 MASM adapters \(first: 'blocks\.0\.attn\.qkv'\); call "
+        r"merge_adapters or unload_adapters",
+    ):
         inject_adapters(model, MASMConfig())
 
 
-@pytest.mark.parametrize("constraint_fn", [lambda m: apply_constraints(m, 1e-3), constraint_metrics],
-                         ids=["apply_constraints", "constraint_metrics"])
+@pytest.mark.parametrize(
+    "constraint_fn",
+    [lambda m: apply_constraints(m, 1e-3), constraint_metrics],
+    ids=["apply_constraints", "constraint_metrics"],
+)
 def test_constraints_refuse_a_model_without_adapters(make_vit, constraint_fn):
     with pytest.raises(ValueError, match="no MASM adapters found in VisionTransformer; call inject_adapters first"):
         constraint_fn(make_vit())

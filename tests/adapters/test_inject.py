@@ -153,8 +153,9 @@ def test_state_dict_holds_factors_and_reinjection_rebuilds_the_rest(make_vit, im
     target.load_state_dict(state, strict=True)
     with torch.no_grad():
         torch.testing.assert_close(target(images), source(images))
-    torch.testing.assert_close(unload_adapters(target).state_dict(), make_vit(seed=0).state_dict(),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        unload_adapters(target).state_dict(), make_vit(seed=0).state_dict(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_fitting_strength_matches_the_dense_definition(make_vit, images):

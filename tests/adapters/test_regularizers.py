@@ -60,8 +60,14 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _train_along_a_fixed_direction(adapter: MASMLinear, norm: float, constraints: SubspaceConstraints | None,
-                                   steps: int = 300, lr: float = 2e-4, weight_decay: float = 0.0) -> dict[str, float]:
+def _train_along_a_fixed_direction(
+    adapter: MASMLinear,
+    norm: float,
+    constraints: SubspaceConstraints | None,
+    steps: int = 300,
+    lr: float = 2e-4,
+    weight_decay: float = 0.0,
+) -> dict[str, float]:
     """Adam on a linear task whose gradient is ``norm`` times a fixed unit direction over all factors."""
     adapter = copy.deepcopy(adapter)
     params = [p for sub in adapter.subspaces for p in sub.factors()]
@@ -80,8 +86,11 @@ def _train_along_a_fixed_direction(adapter: MASMLinear, norm: float, constraints
     with torch.no_grad():
         progress = sum(((p0 - p) * d).sum() for p0, p, d in zip(start, params, direction))
     metrics = constraint_metrics([adapter])
-    return {"progress": float(progress), "drift": float(metrics["spectral_drift"]),
-            "orth": float(metrics["orth_error"])}
+    return {
+        "progress": float(progress),
+        "drift": float(metrics["spectral_drift"]),
+        "orth": float(metrics["orth_error"]),
+    }
 
 
 def test_the_step_is_the_identity_at_injection(make_vit):
@@ -101,11 +110,17 @@ def test_the_step_is_the_identity_at_injection(make_vit):
 def scaling_runs() -> dict[tuple[float, str], dict[str, float]]:
     """Unconstrained and constrained runs at a tiny and a large task-gradient norm (64×64 power-law matrix)."""
     adapter = _power_law_adapter()
-    constraints = {"none": None, "recipe": SubspaceConstraints(), "strong": SubspaceConstraints(orthogonality=40.0,
-                                                                                                spectral=4.0)}
+    constraints = {
+        "none": None,
+        "recipe": SubspaceConstraints(),
+        "strong": SubspaceConstraints(orthogonality=40.0, spectral=4.0),
+    }
     with _one_thread():
-        return {(norm, name): _train_along_a_fixed_direction(adapter, norm, c)
-                for norm in (1e-4, 1.0) for name, c in constraints.items()}
+        return {
+            (norm, name): _train_along_a_fixed_direction(adapter, norm, c)
+            for norm in (1e-4, 1.0)
+            for name, c in constraints.items()
+        }
 
 
 @pytest.mark.parametrize("norm", [1e-4, 1.0])

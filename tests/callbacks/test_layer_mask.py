@@ -31,8 +31,9 @@ class ControlledGradients(LightningModule):
         inject_adapters(self.backbone, MASMConfig(num_subspaces=2, subspace_rank=2, targets=("attn.proj", "mlp.fc2")))
         self.noisy = set(noisy)
         self.weight_decay = weight_decay
-        self.directions = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i))
-                           for i, (_, p) in enumerate(self._factors())]
+        self.directions = [
+            torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, (_, p) in enumerate(self._factors())
+        ]
 
     def _factors(self):
         return [(name, p) for name, adapter in iter_adapters(self) for sub in adapter.subspaces for p in sub.factors()]
@@ -54,9 +55,17 @@ class ControlledGradients(LightningModule):
 
 def _fit(callback: SelectiveLayerMask, tmp_path, steps: int, **trainer_kwargs) -> tuple[ControlledGradients, Trainer]:
     model = ControlledGradients()
-    trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
-                      callbacks=[callback, *trainer_kwargs.pop("callbacks", [])], **trainer_kwargs)
+    trainer = Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        callbacks=[callback, *trainer_kwargs.pop("callbacks", [])],
+        **trainer_kwargs,
+    )
     trainer.fit(model)
     return model, trainer
 
@@ -130,9 +139,16 @@ def test_resume_continues_with_the_same_masks_statistics_and_weights(tmp_path):
     trainer.save_checkpoint(ckpt)
     resumed_callback = make()
     resumed = ControlledGradients()
-    Trainer(max_steps=9, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path / "c",
-            callbacks=[resumed_callback]).fit(resumed, ckpt_path=ckpt)
+    Trainer(
+        max_steps=9,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path / "c",
+        callbacks=[resumed_callback],
+    ).fit(resumed, ckpt_path=ckpt)
 
     reference = next(c for c in straight_trainer.callbacks if isinstance(c, SelectiveLayerMask))
     assert resumed_callback.steps == reference.steps == 9
@@ -189,10 +205,17 @@ class NoAdapters(LightningModule):
 
 
 def test_a_model_without_adapters_is_refused_clearly():
-    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      callbacks=[SelectiveLayerMask()], accelerator="cpu")
-    with pytest.raises(ValueError, match="SelectiveLayerMask found no MASM adapters in NoAdapters; remove the "
-                                         "callback"):
+    trainer = Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[SelectiveLayerMask()],
+        accelerator="cpu",
+    )
+    with pytest.raises(
+        ValueError, match="SelectiveLayerMask found no MASM adapters in NoAdapters; remove the callback"
+    ):
         trainer.fit(NoAdapters())
 
 
@@ -257,13 +280,27 @@ class FactorSnapshot(Callback):
 
 
 def _first_step_after_release(tmp_path, reset: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    callback = SelectiveLayerMask(granularity="subspace", warmup_steps=4, interval=1, momentum=0.9, min_gsnr=0.05,
-                                  max_strength=100.0, reset_released=reset)
+    callback = SelectiveLayerMask(
+        granularity="subspace",
+        warmup_steps=4,
+        interval=1,
+        momentum=0.9,
+        min_gsnr=0.05,
+        max_strength=100.0,
+        reset_released=reset,
+    )
     snapshot = FactorSnapshot()
     model = PhasedGradients()
-    Trainer(max_steps=70, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
-            callbacks=[callback, snapshot]).fit(model)
+    Trainer(
+        max_steps=70,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        callbacks=[callback, snapshot],
+    ).fit(model)
     masked = {entry["step"]: entry["subspaces"][0]["masked"] for entry in callback.history}
     assert any(masked[s] for s in range(11, 41)), "the noise phase should mask the subspace"
     release = next(s for s in range(41, 71) if masked[s - 1] and not masked[s])  # optimizer steps count from 1

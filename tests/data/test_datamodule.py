@@ -34,9 +34,19 @@ def _image(path: Path, value: int = 128, size: int = 48) -> Path:
 
 def _records(videos: dict[tuple[str, int], int], tmp_path: Path) -> list[FrameRecord]:
     """``frames`` frames (indices 0, 10, 20, …) for each (video id, label)."""
-    return [FrameRecord("ds", "train", label, "m", video, 10 * i,
-                        _image(tmp_path / f"{label}" / video / f"{10 * i:05d}.png", 40 * label + i))
-            for (video, label), frames in videos.items() for i in range(frames)]
+    return [
+        FrameRecord(
+            "ds",
+            "train",
+            label,
+            "m",
+            video,
+            10 * i,
+            _image(tmp_path / f"{label}" / video / f"{10 * i:05d}.png", 40 * label + i),
+        )
+        for (video, label), frames in videos.items()
+        for i in range(frames)
+    ]
 
 
 def _module(**kwargs) -> FaceForgeryDataModule:
@@ -44,6 +54,7 @@ def _module(**kwargs) -> FaceForgeryDataModule:
 
 
 # --- frame draws ---
+
 
 def _sampler(dataset: FrameDataset, **kwargs) -> VideoFrameSampler:
     return VideoFrameSampler(dataset.video_groups(), [r.label for r in dataset.records], **kwargs)
@@ -87,8 +98,9 @@ def test_random_draw_covers_every_segment_changes_per_epoch_and_is_reproducible_
 
 
 def test_balanced_sampler_sees_both_classes_equally_and_ddp_ranks_split_one_epoch(tmp_path):
-    dataset = FrameDataset(_records({("r", 0): 4, **{(f"f{i}", 1): 4 for i in range(4)}}, tmp_path),
-                           lambda image: {"image": image})
+    dataset = FrameDataset(
+        _records({("r", 0): 4, **{(f"f{i}", 1): 4 for i in range(4)}}, tmp_path), lambda image: {"image": image}
+    )
     plain = Counter(dataset.records[i].label for i in _sampler(dataset, frames_per_video=4, seed=0))
     assert plain == {0: 4, 1: 16}
     drawn = Counter()
@@ -104,11 +116,23 @@ def test_balanced_sampler_sees_both_classes_equally_and_ddp_ranks_split_one_epoc
 
 # --- the data module ---
 
+
 def test_loss_balance_gives_class_weights_and_self_blend_turns_reals_into_pseudo_fakes(tmp_path):
     manifest = tmp_path / "m.csv"
-    rows = [dict(dataset="ds", split="train", label=label, method="m", video_id=f"v{label}{i}", frame_index=0,
-                 crop_path=str(_image(tmp_path / f"{label}{i}.png", 60 + 30 * label, size=64)), status="ok")
-            for label, count in ((0, 1), (1, 3)) for i in range(count)]
+    rows = [
+        dict(
+            dataset="ds",
+            split="train",
+            label=label,
+            method="m",
+            video_id=f"v{label}{i}",
+            frame_index=0,
+            crop_path=str(_image(tmp_path / f"{label}{i}.png", 60 + 30 * label, size=64)),
+            status="ok",
+        )
+        for label, count in ((0, 1), (1, 3))
+        for i in range(count)
+    ]
     write_manifest(manifest, rows)
     data = _module(train=DataSource("manifest", manifest=str(manifest)), balance="loss", augmentation="none")
     with pytest.warns(UserWarning, match="no usable 'val' videos"):
@@ -129,19 +153,55 @@ def test_loss_balance_gives_class_weights_and_self_blend_turns_reals_into_pseudo
 
 def test_empty_validation_and_test_splits_are_skipped_with_a_warning(tmp_path):
     manifest = tmp_path / "m.csv"
-    write_manifest(manifest, [dict(dataset="ds", split="train", label=lbl, method="m", video_id=str(lbl),
-                                   frame_index=0, crop_path=str(_image(tmp_path / f"{lbl}.png")), status="ok")
-                              for lbl in (0, 1)] + [dict(dataset="ds", split="val", label=0, method="m",
-                                                         video_id="gone", frame_index="", crop_path="",
-                                                         status="no_face")])
+    write_manifest(
+        manifest,
+        [
+            dict(
+                dataset="ds",
+                split="train",
+                label=lbl,
+                method="m",
+                video_id=str(lbl),
+                frame_index=0,
+                crop_path=str(_image(tmp_path / f"{lbl}.png")),
+                status="ok",
+            )
+            for lbl in (0, 1)
+        ]
+        + [
+            dict(
+                dataset="ds",
+                split="val",
+                label=0,
+                method="m",
+                video_id="gone",
+                frame_index="",
+                crop_path="",
+                status="no_face",
+            )
+        ],
+    )
     source = DataSource("manifest", manifest=str(manifest))
     data = _module(train=source, test=[DataSource("manifest", manifest=str(manifest), name="other")])
     with pytest.warns(UserWarning, match="no usable 'val' videos: validation is skipped"):
         data.setup("fit")
     assert data.val_dataloader() == [] and len(data.datasets["train"]) == 2
     empty = tmp_path / "empty.csv"
-    write_manifest(empty, [dict(dataset="e", split="test", label=0, method="m", video_id="x", frame_index="",
-                                crop_path="", status="missing")])
+    write_manifest(
+        empty,
+        [
+            dict(
+                dataset="e",
+                split="test",
+                label=0,
+                method="m",
+                video_id="x",
+                frame_index="",
+                crop_path="",
+                status="missing",
+            )
+        ],
+    )
     data = _module(train=source, test=[DataSource("manifest", manifest=str(empty), name="empty"), source])
     with pytest.warns(UserWarning, match="test set 'empty' has no usable videos: skipped"):
         data.setup("test")
@@ -159,8 +219,9 @@ def test_bad_options_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match="two data sources are named 'ffpp_c23' but read different data"):
         FaceForgeryDataModule(train=DataSource(**same), test=[DataSource(**same, methods=["FaceSwap"])])
     with pytest.raises(ValueError, match="two data sources are named 'faces' but read different data"):
-        FaceForgeryDataModule(test=[DataSource("folder", root="/a/faces", crops=True),
-                                    DataSource("folder", root="/b/faces", crops=True)])
+        FaceForgeryDataModule(
+            test=[DataSource("folder", root="/a/faces", crops=True), DataSource("folder", root="/b/faces", crops=True)]
+        )
     with pytest.raises(ValueError, match=r"data\.test lists a test set twice"):
         FaceForgeryDataModule(test=[DataSource(**same), DataSource(**same)])
     FaceForgeryDataModule(train=DataSource(**same), test=[DataSource(**same)])  # train's own test split: fine
@@ -168,18 +229,23 @@ def test_bad_options_name_the_value_and_the_choices():
 
 # --- sources ---
 
+
 def _deepfakebench_tree(root: Path) -> Path:
     """A DeepfakeBench-style FF++ JSON: the same fake name under two methods, 10 frames per video."""
+
     def video(label_name, mode, name):
         frames = [f"ff/{label_name}/{name}/{i:03d}.png" for i in range(10)]
         for i, frame in enumerate(frames):
             _image(root / frame, 10 * i)
         return {"label": label_name, "frames": frames}
-    info = {"FaceForensics++": {
-        "FF-real": {"train": {"c23": {"000": video("FF-real", "train", "000")}}, "val": {}, "test": {}},
-        "FF-DF": {"train": {"c23": {"000_003": video("FF-DF", "train", "000_003")}}, "val": {}, "test": {}},
-        "FF-FS": {"train": {"c23": {"000_003": video("FF-FS", "train", "000_003")}}, "val": {}, "test": {}},
-    }}
+
+    info = {
+        "FaceForensics++": {
+            "FF-real": {"train": {"c23": {"000": video("FF-real", "train", "000")}}, "val": {}, "test": {}},
+            "FF-DF": {"train": {"c23": {"000_003": video("FF-DF", "train", "000_003")}}, "val": {}, "test": {}},
+            "FF-FS": {"train": {"c23": {"000_003": video("FF-FS", "train", "000_003")}}, "val": {}, "test": {}},
+        }
+    }
     path = root / "FaceForensics++.json"
     path.write_text(json.dumps(info))
     return path
@@ -187,18 +253,25 @@ def _deepfakebench_tree(root: Path) -> Path:
 
 def test_deepfakebench_frames_are_adopted_as_they_are_with_unique_keys_and_spread_frames(tmp_path, monkeypatch):
     listing = _deepfakebench_tree(tmp_path)
-    monkeypatch.setattr(extract_module, "extract_dataset",
-                        lambda *a, **k: pytest.fail("DeepfakeBench crops must not be re-extracted"))
+    monkeypatch.setattr(
+        extract_module, "extract_dataset", lambda *a, **k: pytest.fail("DeepfakeBench crops must not be re-extracted")
+    )
     source = DataSource("deepfakebench", root=str(tmp_path), dataset_json=str(listing), name="ffpp_dfb")
     data = _module(train=source, train_frames=4)
     data.prepare_data()
     with pytest.warns(UserWarning, match="no usable 'val' videos"):
         data.setup("fit")
     train = data.datasets["train"]
-    assert train.videos == [("ffpp_dfb", 0, "FF-real/000"), ("ffpp_dfb", 1, "FF-DF/000_003"),
-                            ("ffpp_dfb", 1, "FF-FS/000_003")], "one video per method, never merged by name"
-    drawn = sorted(train.records[i].frame_index for i in data.train_dataloader().sampler
-                   if train.records[i].video_id == "FF-DF/000_003")
+    assert train.videos == [
+        ("ffpp_dfb", 0, "FF-real/000"),
+        ("ffpp_dfb", 1, "FF-DF/000_003"),
+        ("ffpp_dfb", 1, "FF-FS/000_003"),
+    ], "one video per method, never merged by name"
+    drawn = sorted(
+        train.records[i].frame_index
+        for i in data.train_dataloader().sampler
+        if train.records[i].video_id == "FF-DF/000_003"
+    )
     assert drawn == [0, 3, 6, 9], "spread over the 10 listed frames, not the first 4"
 
 
@@ -209,8 +282,9 @@ def test_deepfakebench_frames_in_a_symlinked_folder_are_read(tmp_path):
     root.mkdir()
     (root / "FaceForensics++").symlink_to(elsewhere, target_is_directory=True)
     listing = tmp_path / "x.json"
-    listing.write_text(json.dumps({"X": {"X_real": {"test": {"v": {"label": "X_real",
-                                                                  "frames": ["FaceForensics++/v/000.png"]}}}}}))
+    listing.write_text(
+        json.dumps({"X": {"X_real": {"test": {"v": {"label": "X_real", "frames": ["FaceForensics++/v/000.png"]}}}}})
+    )
     (record,) = load_source(DataSource("deepfakebench", root=str(root), dataset_json=str(listing)), tmp_path)
     assert record.video_key == ("X", 0, "X_real/v") and record.path.is_file()
 
@@ -225,8 +299,9 @@ def test_crops_in_per_video_folders_keep_their_frame_order(tmp_path):
 
 def test_deepfakebench_paths_outside_the_root_are_rejected(tmp_path):
     listing = tmp_path / "x.json"
-    listing.write_text(json.dumps({"X": {"X_real": {"test": {"v": {"label": "X_real",
-                                                                  "frames": ["../../etc/passwd"]}}}}}))
+    listing.write_text(
+        json.dumps({"X": {"X_real": {"test": {"v": {"label": "X_real", "frames": ["../../etc/passwd"]}}}}})
+    )
     with pytest.raises(ValueError, match="resolves outside the dataset root"):
         load_source(DataSource("deepfakebench", root=str(tmp_path), dataset_json=str(listing)), tmp_path)
 
@@ -236,8 +311,13 @@ def test_folder_of_crops_keeps_every_video_in_one_split():
     # The crops of one DFDC video come under several names (train_<id>_3.jpg, test_<id>_0.jpg, …, fakes
     # <id>_<original>_<n>): the pattern says which part names the video.
     pattern = r"^(?:train|test|valid)_(?P<video>[a-z]+)(?:_[a-z]+)?_(?P<frame>\d+)$"
-    source = DataSource("folder", root=str(SHARED / "dfdc_faces"), crops=True, frame_pattern=pattern,
-                        split={"train": 0.6, "val": 0.2, "test": 0.2})
+    source = DataSource(
+        "folder",
+        root=str(SHARED / "dfdc_faces"),
+        crops=True,
+        frame_pattern=pattern,
+        split={"train": 0.6, "val": 0.2, "test": 0.2},
+    )
     records = load_source(source, Path("unused"))
     assert len(records) == 166
     # MANIFEST.tsv says which DFDC video each crop came from: its frames must share one split.
@@ -249,7 +329,7 @@ def test_folder_of_crops_keeps_every_video_in_one_split():
     assert all(len(s) == 1 for s in splits.values())
     videos = {r.video_key for r in records}
     assert len(videos) == len(splits), "crops are grouped into the videos they came from"
-    share = Counter(s for s, in splits.values())
+    share = Counter(s for (s,) in splits.values())
     assert share["train"] > share["val"] > 0 and share["test"] > 0
     assert load_source(source, Path("unused")) == records, "the split is reproducible"
 
@@ -291,13 +371,15 @@ def test_a_preprocess_run_is_reused_by_the_data_module(tmp_path, monkeypatch):
     (tmp_path / "videos" / "real").mkdir(parents=True)
     preprocess_module.preprocess("folder", tmp_path / "videos", tmp_path / "cache" / "videos")
     monkeypatch.setattr(extract_module, "extract_dataset", lambda *a, **k: pytest.fail("extracted again"))
-    assert not prepare_source(DataSource("folder", root=str(tmp_path / "videos")), tmp_path / "cache",
-                              ExtractionSettings())
+    assert not prepare_source(
+        DataSource("folder", root=str(tmp_path / "videos")), tmp_path / "cache", ExtractionSettings()
+    )
 
 
 def test_face_crop_settings_are_known_for_inference_when_they_can_be(tmp_path):
-    extracted = FaceForgeryDataModule(train=DataSource("folder", root=str(tmp_path)),
-                                      extraction=ExtractionSettings(crop="aligned", size=224))
+    extracted = FaceForgeryDataModule(
+        train=DataSource("folder", root=str(tmp_path)), extraction=ExtractionSettings(crop="aligned", size=224)
+    )
     assert extracted.face_crop["crop"] == "aligned" and extracted.face_crop["size"] == 224
     manifest = tmp_path / "faces" / "manifest.csv"
     manifest.parent.mkdir()
@@ -308,8 +390,9 @@ def test_face_crop_settings_are_known_for_inference_when_they_can_be(tmp_path):
     settings.write_text(json.dumps({"hash": "x", "settings": {"videos": 8, "seed": 0}}))  # another tool's file
     assert from_preprocess.face_crop is None
     listing = _deepfakebench_tree(tmp_path / "dfb")
-    deepfakebench = FaceForgeryDataModule(train=DataSource("deepfakebench", root=str(tmp_path / "dfb"),
-                                                           dataset_json=str(listing)))
+    deepfakebench = FaceForgeryDataModule(
+        train=DataSource("deepfakebench", root=str(tmp_path / "dfb"), dataset_json=str(listing))
+    )
     assert deepfakebench.face_crop["crop"] == "aligned" and deepfakebench.face_crop["size"] == 256
 
 

@@ -22,8 +22,14 @@ from masm_lightning.data.video import read_frames, sample_indices
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real sample data not found at {SHARED}")
-FFPP = dict(dataset="ffpp", root=SHARED / "FaceForensics++", methods=["Deepfakes", "FaceSwap"], frames=3,
-            workers=1, device="cpu")
+FFPP = dict(
+    dataset="ffpp",
+    root=SHARED / "FaceForensics++",
+    methods=["Deepfakes", "FaceSwap"],
+    frames=3,
+    workers=1,
+    device="cpu",
+)
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:
@@ -66,8 +72,12 @@ def test_ffpp_sample_gives_a_face_crop_for_every_sampled_frame(tmp_path):
     manifest = preprocess(out=tmp_path, **FFPP)
     rows = [r for r in _rows(manifest) if r["status"] == "ok"]
     videos = {(r["split"], r["label"], r["video_id"]) for r in rows}
-    assert videos == {("train", "0", "519"), ("train", "1", "Deepfakes/519_515"), ("test", "0", "634"),
-                      ("test", "1", "FaceSwap/634_660")}
+    assert videos == {
+        ("train", "0", "519"),
+        ("train", "1", "Deepfakes/519_515"),
+        ("test", "0", "634"),
+        ("test", "1", "FaceSwap/634_660"),
+    }
     assert len(rows) == 4 * 3 and all(float(r["det_prob"]) >= 0.9 for r in rows)
     detector = MTCNNDetector(device="cpu")
     crops = [cv2.cvtColor(cv2.imread(str(tmp_path / r["crop_path"])), cv2.COLOR_BGR2RGB) for r in rows]
@@ -108,22 +118,61 @@ def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path):
     _noise_video(tmp_path / "full.mp4")
     (real / "truncated.mp4").write_bytes((tmp_path / "full.mp4").read_bytes()[:600])
     (tmp_path / "data" / "fake").mkdir()
-    manifest = preprocess(dataset="folder", root=tmp_path / "data", out=tmp_path / "out", frames=4, workers=2,
-                          device="cpu")
+    manifest = preprocess(
+        dataset="folder", root=tmp_path / "data", out=tmp_path / "out", frames=4, workers=2, device="cpu"
+    )
     status = {r["video_id"]: r["status"] for r in _rows(manifest)}
-    assert status == {"zero_byte": "unreadable", "not_a_video": "unreadable", "no_face": "no_face",
-                      "truncated": "unreadable"}
-    result = subprocess.run([sys.executable, "-m", "masm_lightning", "preprocess", "--dataset", "folder",
-                             "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out2"), "--frames", "2",
-                             "--num-shards", "1", "--reuse-original-boxes=false"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert status == {
+        "zero_byte": "unreadable",
+        "not_a_video": "unreadable",
+        "no_face": "no_face",
+        "truncated": "unreadable",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "masm_lightning",
+            "preprocess",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out2"),
+            "--frames",
+            "2",
+            "--num-shards",
+            "1",
+            "--reuse-original-boxes=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 1 and "no video gave a face crop" in result.stderr
 
 
 def test_a_wrong_root_exits_2_with_a_message(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "masm_lightning", "preprocess", "--dataset", "ffpp",
-                             "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "masm_lightning",
+            "preprocess",
+            "--dataset",
+            "ffpp",
+            "--root",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 2 and "FF++ root" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -189,8 +238,9 @@ def test_largest_face_by_default_all_faces_on_request(tmp_path, faces, expected)
     record = VideoRecord("mine", "test", 0, "real", "clip", "", tmp_path / "clip.mp4", "listed")
     rows = extract_video(record, tmp_path / "out", ExtractionSettings(frames=3, faces=faces, size=32), _two_faces)
     assert len(rows) == 3 * expected and all(r["status"] == "ok" for r in rows)
-    assert {r["box"] for r in rows} == ({"4.0 10.0 44.0 50.0"} if faces == "largest"
-                                       else {"4.0 10.0 44.0 50.0", "60.0 20.0 84.0 44.0"})
+    assert {r["box"] for r in rows} == (
+        {"4.0 10.0 44.0 50.0"} if faces == "largest" else {"4.0 10.0 44.0 50.0", "60.0 20.0 84.0 44.0"}
+    )
     assert all((tmp_path / "out" / r["crop_path"]).is_file() for r in rows)
 
 
@@ -222,8 +272,10 @@ def _decode_every_frame(path: Path, count: int) -> dict[int, np.ndarray]:
 @needs_shared
 @pytest.mark.parametrize(("count", "threads"), [(32, 1), (3, 0)])
 def test_sampled_frames_are_bit_identical_to_decoding_every_frame(count, threads):
-    for path in (SHARED / "FaceForensics++/manipulated_sequences/Deepfakes/c23/videos/519_515.mp4",
-                 SHARED / "DFDC/dfdc_train_part_0/brtujopkby.mp4"):
+    for path in (
+        SHARED / "FaceForensics++/manipulated_sequences/Deepfakes/c23/videos/519_515.mp4",
+        SHARED / "DFDC/dfdc_train_part_0/brtujopkby.mp4",
+    ):
         reference = _decode_every_frame(path, count)
         indices, frames, status = read_frames(path, count, decode_threads=threads)
         assert status == "ok" and indices == sorted(reference)

@@ -53,8 +53,13 @@ def test_dfdc_listed_but_absent_video_is_recorded_missing():
 
 
 def _celebdf_tree(root: Path) -> None:
-    for relative in ("Celeb-real/id0_0000.mp4", "Celeb-real/id0_0001.mp4", "YouTube-real/00001.mp4",
-                     "Celeb-synthesis/id0_id1_0000.mp4", "Celeb-synthesis/id0_id2_0001.mp4"):
+    for relative in (
+        "Celeb-real/id0_0000.mp4",
+        "Celeb-real/id0_0001.mp4",
+        "YouTube-real/00001.mp4",
+        "Celeb-synthesis/id0_id1_0000.mp4",
+        "Celeb-synthesis/id0_id2_0001.mp4",
+    ):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(b"")
     # Celeb-DF's convention: 1 = real, 0 = fake.
@@ -86,8 +91,11 @@ def _dfdc_escaping(root: Path) -> None:
     (root / "part" / "metadata.json").write_text(json.dumps({"../../x.mp4": {"label": "FAKE", "split": "train"}}))
 
 
-TRAVERSALS = {"celebdf": ("celebdf-v2", _celebdf_escaping), "dfdcp": ("dfdcp", _dfdcp_escaping),
-              "dfdc": ("dfdc", _dfdc_escaping)}
+TRAVERSALS = {
+    "celebdf": ("celebdf-v2", _celebdf_escaping),
+    "dfdcp": ("dfdcp", _dfdcp_escaping),
+    "dfdc": ("dfdc", _dfdc_escaping),
+}
 
 
 @pytest.mark.parametrize(("name", "build"), TRAVERSALS.values(), ids=TRAVERSALS.keys())
@@ -108,13 +116,20 @@ def test_ffpp_split_entries_must_be_video_numbers(tmp_path):
 def test_dfdcp_and_folder_layouts(tmp_path):
     (tmp_path / "dfdcp" / "method_A" / "a").mkdir(parents=True)
     (tmp_path / "dfdcp" / "method_A" / "a" / "1.mp4").write_bytes(b"x")
-    (tmp_path / "dfdcp" / "dataset.json").write_text(json.dumps({
-        "method_A/a/1.mp4": {"label": "fake", "set": "test"},
-        "original_videos/b/2.mp4": {"label": "real", "set": "train"},
-    }))
+    (tmp_path / "dfdcp" / "dataset.json").write_text(
+        json.dumps(
+            {
+                "method_A/a/1.mp4": {"label": "fake", "set": "test"},
+                "original_videos/b/2.mp4": {"label": "real", "set": "train"},
+            }
+        )
+    )
     dfdcp = {r.video_id: r for r in index_dfdcp(tmp_path / "dfdcp")}
     assert (dfdcp["method_A/a/1"].label, dfdcp["method_A/a/1"].split, dfdcp["method_A/a/1"].status) == (
-        1, "test", "listed")
+        1,
+        "test",
+        "listed",
+    )
     assert (dfdcp["original_videos/b/2"].label, dfdcp["original_videos/b/2"].status) == (0, "missing")
 
     for relative in ("mine/real/clip.mp4", "mine/fake/sub/x.png", "mine/fake/notes.txt"):

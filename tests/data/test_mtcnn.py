@@ -38,13 +38,15 @@ def test_pyramid_levels_are_the_standard_pyramid_from_the_level_holding_the_smal
     assert full[0] == (0.6, (433, 769))
     assert all(b[0] == pytest.approx(a[0] * 0.709) for a, b in itertools.pairwise(full))
     levels = pyramid_levels(720, 1280, min_face=72)
-    assert levels == full[len(full) - len(levels):]  # a suffix: the same scales, none of the finest
+    assert levels == full[len(full) - len(levels) :]  # a suffix: the same scales, none of the finest
     scale = levels[0][0]
     assert 12 <= 72 * scale < 12 / 0.709  # a 72 px face is 12-17 px on its finest level: P-net's cell
 
 
 def test_frames_must_be_uint8_rgb():
-    networks = [MTCNN(device="cpu").pnet,] * 3
+    networks = [
+        MTCNN(device="cpu").pnet,
+    ] * 3
     with pytest.raises(ValueError, match="uint8 RGB"):
         detect_faces(np.zeros((1, 32, 32, 3), np.float32), *networks)
 
