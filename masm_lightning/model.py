@@ -6,12 +6,12 @@ import dataclasses
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -21,12 +21,12 @@ from typing_extensions import override
 
 from .adapters import (
     MASMConfig,
-    select_targets,
-    inject_adapters,
-    iter_adapters,
     SubspaceConstraints,
     apply_constraints,
     constraint_metrics,
+    inject_adapters,
+    iter_adapters,
+    select_targets,
     unload_adapters,
 )
 from .evaluation.loaders import named_loaders
@@ -40,6 +40,7 @@ CHECKPOINT_KEY = "masm"
 _KEY_PREFIXES = ("module.", "model.")
 # Layers with running statistics (timm's BatchNormAct2d subclasses BatchNorm2d; SyncBatchNorm under DDP).
 _STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_Destination = TypeVar("_Destination", bound=dict[str, Any])  # as nn.Module.state_dict's T_destination
 
 
 def effort_adam(params: Any) -> torch.optim.Optimizer:
@@ -186,7 +187,7 @@ class MASMDetector(LightningModule):
 
     def _create_backbone(self) -> nn.Module:
         kwargs = {**self.backbone_kwargs, "num_classes": 0}
-        path = self.hparams.checkpoint_path
+        path = self.hparams["checkpoint_path"]
         if path is not None:
             path = resolve_weights_path(path)  # `package://<module>/<file>`: weights a pip package installed
             if not Path(path).is_file():
@@ -198,16 +199,16 @@ class MASMDetector(LightningModule):
             # model's checkpoint filter, and drops the file's projection head (its num_classes differs from ours).
             return timm.create_model(self.backbone_name, pretrained=True,
                                      pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-        if self.hparams.pretrained is None:
+        if self.hparams["pretrained"] is None:
             rank_zero_warn(f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (neither "
                            "model.pretrained nor model.checkpoint_path is set): fine for tests and demos, useless "
                            "for real detection; set model.pretrained: false to say so and silence this")
-        if self.hparams.pretrained:
+        if self.hparams["pretrained"]:
             return timm.create_model(self.backbone_name, pretrained=True, **kwargs)
         # Drawn on the CPU from a forked RNG: the same weights whichever device trains (Lightning may make the
         # GPU the default device here), and the training RNG streams are left untouched.
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())), torch.device("cpu"):
-            torch.manual_seed(self.hparams.backbone_seed)
+            torch.manual_seed(self.hparams["backbone_seed"])
             return timm.create_model(self.backbone_name, pretrained=False, **kwargs)
 
     @override
@@ -217,42 +218,69 @@ class MASMDetector(LightningModule):
         backbone = self._create_backbone()
         self.fingerprint = weights_fingerprint(backbone)
         self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, 2)
+        num_features = getattr(backbone, "num_features", None)  # timm's pre-logits width
+        if not isinstance(num_features, int):
+            raise ValueError(f"model.backbone {self.backbone_name!r} has no integer num_features (got "
+                             f"{num_features!r}): MASMDetector needs a timm model")
+        self.head = nn.Linear(num_features, 2)
         if self.adapter_config is not None:
             backbone.requires_grad_(False)  # also while injection waits for a checkpoint's selection
             if self.selection is None:
                 inject_adapters(backbone, self.adapter_config)
             else:
                 self._inject(self._selected_layers())
-        elif self.hparams.freeze_backbone:
+        elif self.hparams["freeze_backbone"]:
             backbone.requires_grad_(False)
+
+    def _require_backbone(self) -> nn.Module:
+        """The backbone, which exists once ``configure_model()`` ran (the Trainer calls it)."""
+        if self.backbone is None:
+            raise RuntimeError("MASMDetector has no backbone yet: call configure_model() first (Trainer.fit/test/"
+                               "predict call it)")
+        return self.backbone
+
+    def _require_head(self) -> nn.Linear:
+        if self.head is None:
+            raise RuntimeError("MASMDetector has no head yet: call configure_model() first (Trainer.fit/test/"
+                               "predict call it)")
+        return self.head
+
+    def _require_adapter_config(self) -> MASMConfig:
+        if self.adapter_config is None:
+            raise RuntimeError("MASMDetector: model.adapters is null, so there are no adapters to place")
+        return self.adapter_config
 
     def _selected_layers(self) -> list[str] | None:
         """Where FMSD puts adapters: the known selection, a fresh one when fitting, or None (test/predict without a
         known selection: ``on_load_checkpoint`` injects the checkpoint's layers)."""
-        if self.selection.layers is None:
+        selection = self.selection
+        if selection is None:
+            raise RuntimeError("MASMDetector: FMSD layer selection called without model.selection")
+        if selection.layers is None:
             if self._trainer is None or self.trainer.state.fn != "fit":
                 return None
-            candidates = select_targets(self.backbone, self.adapter_config)
-            layers, self.selection_scores = select_layers(self.trainer, self, candidates, self.selection,
+            candidates = select_targets(self._require_backbone(), self._require_adapter_config())
+            layers, self.selection_scores = select_layers(self.trainer, self, candidates, selection,
                                                           self.task_loss, prefix="backbone.")
-            self.selection = dataclasses.replace(self.selection, layers=tuple(layers))
+            selection = self.selection = dataclasses.replace(selection, layers=tuple(layers))
             self._record_selection()
-        return list(self.selection.layers)
+        return list(selection.layers or ())  # given or just selected: never None here
 
     def _inject(self, layers: list[str] | None) -> None:
         """Adapters on exactly ``layers`` (names inside the backbone), replacing any present; None injects none."""
-        if [name for name, _ in iter_adapters(self.backbone)] == layers or layers is None:
+        backbone = self._require_backbone()
+        if [name for name, _ in iter_adapters(backbone)] == layers or layers is None:
             return
-        unload_adapters(self.backbone)
-        inject_adapters(self.backbone, dataclasses.replace(self.adapter_config, targets=tuple(layers), blocks=None))
+        config = self._require_adapter_config()
+        unload_adapters(backbone)
+        inject_adapters(backbone, dataclasses.replace(config, targets=tuple(layers), blocks=None))
 
     def _record_selection(self) -> None:
         self.hparams["selection"] = None if self.selection is None else dataclasses.asdict(self.selection)
 
     def _norm_stats_frozen(self) -> bool:
-        frozen_backbone = self.adapter_config is not None or self.hparams.freeze_backbone
-        return frozen_backbone and self.hparams.freeze_norm_stats
+        frozen_backbone = self.adapter_config is not None or self.hparams["freeze_backbone"]
+        return frozen_backbone and self.hparams["freeze_norm_stats"]
 
     def _freeze_norms(self) -> None:
         if self.training and self.backbone is not None and self._norm_stats_frozen():
@@ -276,7 +304,7 @@ class MASMDetector(LightningModule):
     @override
     def forward(self, images: Tensor) -> Tensor:
         """Logits (real, fake) for a batch of normalised images."""
-        return self.head(self.backbone(images))
+        return self._require_head()(self._require_backbone()(images))
 
     def fake_probability(self, images: Tensor) -> Tensor:
         return self(images).softmax(-1)[:, 1]
@@ -293,11 +321,11 @@ class MASMDetector(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = {"ce": self.task_loss(batch)}
         loss = terms["ce"]  # the constraints are a separate step (optimizer_step): p.grad is the task's alone
-        if self.adapter_config is not None and (self.hparams.lambda_orth or self.hparams.lambda_spec
-                                                or self.hparams.lambda_semantic):
+        if self.adapter_config is not None and (self.hparams["lambda_orth"] or self.hparams["lambda_spec"]
+                                                or self.hparams["lambda_semantic"]):
             # What the active constraints bound, as of the last step (T×T Grams: cheap): max ‖UᵀU − I‖_F,
             # max |s − s0|/σ_r, max ‖P_f U‖_F over the decomposed matrices.
-            found = constraint_metrics(self.backbone, semantic=bool(self.hparams.lambda_semantic))
+            found = constraint_metrics(self._require_backbone(), semantic=bool(self.hparams["lambda_semantic"]))
             names = {"orth": ("lambda_orth", "orth_error"), "spec": ("lambda_spec", "spectral_drift"),
                      "semantic": ("lambda_semantic", "semantic_overlap")}
             terms |= {key: found[metric] for key, (lam, metric) in names.items() if self.hparams[lam]}
@@ -323,22 +351,34 @@ class MASMDetector(LightningModule):
         self.val_metrics.reset()
 
     def _test_names(self) -> list[str]:
-        return [name for name, _ in named_loaders(self.trainer.test_dataloaders, self.trainer.datamodule)]
+        # Set by Lightning's data connector; not declared on Trainer.
+        datamodule: LightningDataModule | None = self.trainer.datamodule  # type: ignore[attr-defined]
+        return [name for name, _ in named_loaders(self.trainer.test_dataloaders, datamodule)]
+
+    def _test_metric_items(self) -> list[tuple[str, DetectionMetrics]]:
+        """``test_metrics`` in loader order, typed (nn.ModuleDict types its values as plain Modules)."""
+        items = []
+        for name, metric in self.test_metrics.items():
+            if not isinstance(metric, DetectionMetrics):
+                raise TypeError(f"MASMDetector.test_metrics[{name!r}] is a {type(metric).__name__}, "
+                                "not a DetectionMetrics")
+            items.append((name, metric))
+        return items
 
     @override
     def on_test_start(self) -> None:
         self.test_results = {}
         self.test_metrics = nn.ModuleDict(
-            {name: DetectionMetrics(self.hparams.threshold).to(self.device) for name in self._test_names()})
+            {name: DetectionMetrics(self.hparams["threshold"]).to(self.device) for name in self._test_names()})
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        metric = list(self.test_metrics.values())[dataloader_idx]
+        _, metric = self._test_metric_items()[dataloader_idx]
         metric.update(self.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
 
     @override
     def on_test_epoch_end(self) -> None:
-        for name, metric in self.test_metrics.items():
+        for name, metric in self._test_metric_items():
             if not metric.update_count:
                 continue
             values = metric.compute()  # synchronised; the scores stay in metric.curves for the ROC plots
@@ -355,7 +395,7 @@ class MASMDetector(LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         # Fitting only: evaluation runs write no checkpoints (and restore none of the checkpoint callbacks' state).
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        return run_checkpoints(self.monitor, self.mode) if fitting else []
+        return [*run_checkpoints(self.monitor, self.mode)] if fitting else []
 
     @override
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
@@ -363,7 +403,7 @@ class MASMDetector(LightningModule):
         # Once per optimizer step (not per accumulated batch), identically on every rank (same factors, same
         # grads-is-None pattern), after the step and before zero_grad: masked subspaces stay untouched.
         if self.adapter_config is not None:
-            apply_constraints(self.backbone, optimizer, self.constraints)
+            apply_constraints(self._require_backbone(), optimizer, self.constraints)
 
     def num_trainable_parameters(self) -> int:
         """Trainable parameters (adapter factors + head, or whatever trains); call after ``configure_model()``."""
@@ -372,7 +412,7 @@ class MASMDetector(LightningModule):
     @override
     def on_fit_start(self) -> None:
         rank_zero_info(f"MASMDetector: {self.num_trainable_parameters():,} trainable parameters "
-                       f"({self.backbone_name}, adapters {self.hparams.adapters})")
+                       f"({self.backbone_name}, adapters {self.hparams['adapters']})")
 
     @override
     def configure_optimizers(self) -> Any:
@@ -394,8 +434,15 @@ class MASMDetector(LightningModule):
                      if isinstance(module, _STAT_NORMS) for buffer, _ in module.named_buffers(recurse=False)}
         return keys
 
+    # The overloads are nn.Module.state_dict's own; the implementation forwards whatever it is given.
+    @overload
+    def state_dict(self, *, destination: _Destination, prefix: str = ..., keep_vars: bool = ...) -> _Destination: ...
+
+    @overload
+    def state_dict(self, *, prefix: str = ..., keep_vars: bool = ...) -> dict[str, Any]: ...
+
     @override
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         full = super().state_dict(*args, **kwargs)
         if self.backbone is None:
             return full
@@ -428,7 +475,7 @@ class MASMDetector(LightningModule):
         if strict and (missing or unexpected):
             raise RuntimeError(
                 f"checkpoint does not fit this MASMDetector ({self.backbone_name}, adapters "
-                f"{self.hparams.adapters}): missing {len(missing)} trained keys {missing[:3]}, "
+                f"{self.hparams['adapters']}): missing {len(missing)} trained keys {missing[:3]}, "
                 f"unexpected {len(unexpected)} keys {unexpected[:3]}")
         super().load_state_dict({k: v for k, v in state_dict.items() if k in known}, strict=False, assign=assign)
         return _IncompatibleKeys(missing, unexpected)
@@ -436,7 +483,7 @@ class MASMDetector(LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
-                                      "fingerprint": self.fingerprint, "adapters": self.hparams.adapters,
+                                      "fingerprint": self.fingerprint, "adapters": self.hparams["adapters"],
                                       "data_config": self.data_config,
                                       "selection": None if self.selection is None else {
                                           "layers": list(self.selection.layers or ()), "scores": self.selection_scores}}

@@ -78,7 +78,13 @@ def _block_names(model: nn.Module) -> list[str]:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not hasattr(model, "conv_stem"):
         raise ValueError(f"{type(model).__name__} is not a timm EfficientNet-family model (conv_stem + blocks)")
-    return [f"blocks.{s}.{i}" for s, stage in enumerate(blocks) for i in range(len(stage))]
+    names: list[str] = []
+    for s, stage in enumerate(blocks):
+        if not isinstance(stage, nn.Sequential):
+            raise ValueError(f"{type(model).__name__} is not a timm EfficientNet-family model (blocks.{s} is a "
+                             f"{type(stage).__name__}, not an nn.Sequential stage)")
+        names += [f"blocks.{s}.{i}" for i in range(len(stage))]
+    return names
 
 
 def _has_expansion(model: nn.Module, block: str) -> bool:
@@ -190,7 +196,9 @@ def create_from_foreign_checkpoint(name: str, path: str | Path, **kwargs: Any) -
         ValueError: if the file's layout does not fit ``name`` (architecture, depth, conventions).
     """
     state = _load(path)
-    layout = None if state is None else detect_layout(state)
+    if state is None:
+        return None
+    layout = detect_layout(state)
     if layout is None:
         return None
     _check_conventions(name, layout)

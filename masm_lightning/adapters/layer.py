@@ -3,7 +3,8 @@ artifact subspaces."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,11 @@ class ArtifactSubspace(nn.Module):
     spectral loss) uses ``U0 diag(s0) V0ᵀ`` or ``s0``, which a fresh SVD of the same base weights reproduces even
     where it flips the signs of (u, v) pairs; checkpoints therefore carry only the trainable factors.
     """
+
+    # Buffers, declared so they type as Tensor (nn.Module.__getattr__ types them as Tensor | Module).
+    U0: Tensor
+    s0: Tensor
+    V0: Tensor
 
     def __init__(self, u: Tensor, s: Tensor, v: Tensor, block: int, index: int) -> None:
         super().__init__()
@@ -61,6 +67,12 @@ class ArtifactSubspace(nn.Module):
         return f"block={self.block}, index={self.index}, U={tuple(self.U.shape)}, V={tuple(self.V.shape)}"
 
 
+def _artifact_subspaces(modules: Iterable[nn.Module]) -> list[ArtifactSubspace]:
+    """The items of an adapter's ``subspaces``: nn.ModuleList is not generic in torch's stubs (items type as Module),
+    and only :class:`ArtifactSubspace` instances are ever put in it."""
+    return cast("list[ArtifactSubspace]", list(modules))
+
+
 class MASMAdapter(nn.Module):
     """The MASM split of one layer whose weight is a matrix ``W`` (m×n): ``W = W_sem + Σ_k U_k diag(s_k) V_kᵀ``.
 
@@ -82,6 +94,10 @@ class MASMAdapter(nn.Module):
         num_blocks: how many row blocks ``weight`` stacks (3 for a fused ``qkv``).
         name: the module's name in its model, for error messages.
     """
+
+    # Buffers, declared so they type as Tensor (nn.Module.__getattr__ types them as Tensor | Module).
+    semantic_floor: Tensor
+    energy: Tensor
 
     def __init__(
         self,
@@ -118,7 +134,7 @@ class MASMAdapter(nn.Module):
     def block_subspaces(self, block: int) -> list[ArtifactSubspace]:
         """The K subspaces of one row block, in order."""
         k = len(self.ranks)
-        return list(self.subspaces[block * k : (block + 1) * k])
+        return _artifact_subspaces(self.subspaces[block * k : (block + 1) * k])
 
     def semantic_block(self, block: int) -> Tensor:
         """Rows of ``W_sem`` belonging to one block (a view)."""
@@ -131,9 +147,10 @@ class MASMAdapter(nn.Module):
         Returns ``v`` (n, B·T) with s folded in (cheaper than scaling the activations) and ``u`` (m, B·T),
         block-diagonal over fused blocks so each block's U writes only that block's rows.
         """
-        v = torch.cat([sub.V * sub.s for sub in self.subspaces], dim=1)  # (n, B·T)
+        subspaces = _artifact_subspaces(self.subspaces)
+        v = torch.cat([sub.V * sub.s for sub in subspaces], dim=1)  # (n, B·T)
         if self.num_blocks == 1:
-            u = torch.cat([sub.U for sub in self.subspaces], dim=1)  # (m, T)
+            u = torch.cat([sub.U for sub in subspaces], dim=1)  # (m, T)
         else:
             u = torch.block_diag(*(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1)
                                    for b in range(self.num_blocks)))  # (m, B·T)
@@ -144,7 +161,7 @@ class MASMAdapter(nn.Module):
         """Dense effective matrix ``W_sem + Σ U s Vᵀ`` (m×n), or the injected original with ``initial=True``."""
         weight = self.semantic_weight.detach().clone()
         rows = weight.shape[0] // self.num_blocks
-        for sub in self.subspaces:
+        for sub in _artifact_subspaces(self.subspaces):
             u, s, v = (sub.U0, sub.s0, sub.V0) if initial else (sub.U, sub.s, sub.V)
             weight[sub.block * rows : (sub.block + 1) * rows] += (u * s) @ v.mT
         return weight
@@ -202,7 +219,9 @@ class MASMLinear(MASMAdapter):
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=weight.device, dtype=weight.dtype)
         linear.weight = nn.Parameter(weight, requires_grad=False)
-        linear.bias = self._frozen_bias()
+        bias = self._frozen_bias()
+        if bias is not None:  # built with bias=False otherwise: its bias is already None
+            linear.bias = bias
         return linear
 
     def extra_repr(self) -> str:
@@ -263,8 +282,10 @@ class MASMConv2d(MASMAdapter):
         super().__init__(base.weight[:, :, 0, 0], base.bias, ranks, semantic_rank, num_blocks, name)
         self.in_channels = base.in_channels
         self.out_channels = base.out_channels
-        self.stride = tuple(base.stride)
-        self.dilation = tuple(base.dilation)  # irrelevant to a 1×1 kernel; kept so merge() returns the same layer
+        # Conv2d stores both as pairs (torch's stubs type them tuple[int, ...]). The dilation is irrelevant to a
+        # 1×1 kernel; kept so merge() returns the same layer.
+        self.stride: tuple[int, int] = (base.stride[0], base.stride[1])
+        self.dilation: tuple[int, int] = (base.dilation[0], base.dilation[1])
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.conv2d(x, self.semantic_weight[:, :, None, None], self.bias, self.stride)

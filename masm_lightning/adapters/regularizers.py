@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from .inject import iter_adapters
-from .layer import ArtifactSubspace, MASMLinear
+from .layer import ArtifactSubspace, MASMAdapter
 
 __all__ = ["SubspaceConstraints", "apply_constraints", "constraint_metrics"]
 
@@ -87,14 +87,14 @@ class SubspaceConstraints:
         return bool(self.orthogonality or self.spectral or self.semantic or math.isfinite(self.cap))
 
 
-def _adapters(adapters: nn.Module | Iterable[MASMLinear]) -> list[MASMLinear]:
+def _adapters(adapters: nn.Module | Iterable[MASMAdapter]) -> list[MASMAdapter]:
     found = [a for _, a in iter_adapters(adapters)] if isinstance(adapters, nn.Module) else list(adapters)
     if not found:
         raise ValueError(f"no MASM adapters found in {type(adapters).__name__}; call inject_adapters first")
     return found
 
 
-def _blocks(adapters: list[MASMLinear]) -> Iterator[tuple[MASMLinear, int, list[ArtifactSubspace]]]:
+def _blocks(adapters: list[MASMAdapter]) -> Iterator[tuple[MASMAdapter, int, list[ArtifactSubspace]]]:
     for adapter in adapters:
         for block in range(adapter.num_blocks):
             yield adapter, block, adapter.block_subspaces(block)
@@ -108,7 +108,13 @@ def _learning_rates(optimizer: torch.optim.Optimizer | float) -> Mapping[int, fl
     return {id(p): float(group["lr"]) for group in optimizer.param_groups for p in group["params"]}
 
 
-def _fraction(strength: float, lr: float, scale: Tensor | float) -> Tensor | float:
+def _full_rank(adapter: MASMAdapter, block: int) -> int:
+    """``min(m_b, n)`` of one row block: the rank of the whole spectrum (``MASMLinear`` and ``MASMConv2d`` alike)."""
+    rows, cols = adapter.semantic_block(block).shape
+    return min(rows, cols)
+
+
+def _fraction(strength: float, lr: float, scale: float) -> float:
     """``c/(1 + c)`` with ``c = λ·η/ℓ``: the share of the deviation one proximal step removes."""
     c = strength * lr / scale
     return c / (1 + c)
@@ -120,7 +126,7 @@ def _inverse_sqrt(grams: Tensor) -> Tensor:
     return (vectors * values.clamp_min(1e-8).rsqrt()[..., None, :]) @ vectors.mT
 
 
-def _frozen_basis(adapter: MASMLinear, block: int, side: str) -> Tensor:
+def _frozen_basis(adapter: MASMAdapter, block: int, side: str) -> Tensor:
     """Orthonormal basis of the frozen semantic directions on one side of a block (left: m×r, right: n×r)."""
     name = f"_frozen_basis_{side}{block}"
     cached = getattr(adapter, name, None)
@@ -135,7 +141,7 @@ def _frozen_basis(adapter: MASMLinear, block: int, side: str) -> Tensor:
 
 @torch.no_grad()
 def apply_constraints(
-    adapters: nn.Module | Iterable[MASMLinear],
+    adapters: nn.Module | Iterable[MASMAdapter],
     optimizer: torch.optim.Optimizer | float,
     constraints: SubspaceConstraints = SubspaceConstraints(),  # a frozen dataclass: safe as a default
 ) -> None:
@@ -163,8 +169,8 @@ def apply_constraints(
             if not subs:
                 continue
             floor = adapter.semantic_floor[block].float()
-            scale = torch.maximum(floor, 1e-3 * (adapter.energy[block].float() / min(
-                adapter.in_features, adapter.out_features // adapter.num_blocks)).sqrt())
+            full_rank = _full_rank(adapter, block)
+            scale = torch.maximum(floor, 1e-3 * (adapter.energy[block].float() / full_rank).sqrt())
             for x in subs:  # spectral consistency: proximal pull toward s0, then the cap
                 lr = lr_of(x.s)
                 s = x.s.float()
@@ -182,7 +188,7 @@ def apply_constraints(
                 length = factor.shape[0]
                 if constraints.semantic:
                     beta = _fraction(constraints.semantic, lr, 1 / math.sqrt(length))
-                    if length == min(adapter.in_features, adapter.out_features // adapter.num_blocks):
+                    if length == full_rank:
                         # The side spans the full rank: the frozen basis is the complement of the initial tail.
                         init = torch.cat([getattr(x, side + "0").float() for x in adapter.block_subspaces(block)], 1)
                         on_frozen = factor - init @ (init.mT @ factor)
@@ -205,7 +211,7 @@ def apply_constraints(
             eye = torch.eye(size, dtype=torch.float64, device=grams.device)
             for j, i in enumerate(members):
                 factor, params, beta = sides[i]
-                if needs[j]:  # (1 − β)U + β·U G^(-1/2) = U·((1 − β)I + β G^(-1/2))
+                if needs[j] and inv_sqrt is not None:  # (1 − β)U + β·U G^(-1/2) = U·((1 − β)I + β G^(-1/2))
                     factor = factor @ ((1 - beta) * eye + beta * inv_sqrt[j]).to(factor.dtype)
                 start = 0
                 for p in params:
@@ -214,7 +220,7 @@ def apply_constraints(
 
 
 @torch.no_grad()
-def constraint_metrics(adapters: nn.Module | Iterable[MASMLinear], semantic: bool = False) -> dict[str, Tensor]:
+def constraint_metrics(adapters: nn.Module | Iterable[MASMAdapter], semantic: bool = False) -> dict[str, Tensor]:
     """What the constraints bound, as maxima over decomposed matrices (float32, autocast off).
 
     Returns:
@@ -236,7 +242,7 @@ def constraint_metrics(adapters: nn.Module | Iterable[MASMLinear], semantic: boo
             drift.append((s - s0).abs().max() / floor)
             peak.append(s.max() / floor)
             if semantic:
-                full_rank = min(adapter.in_features, adapter.out_features // adapter.num_blocks)
+                full_rank = _full_rank(adapter, block)
                 for side, factor in (("U", u), ("V", v)):
                     if factor.shape[0] == full_rank:  # the frozen basis is the complement of the initial tail
                         init = torch.cat([getattr(x, side + "0").float() for x in subs], 1)

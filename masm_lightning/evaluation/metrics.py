@@ -64,6 +64,11 @@ class DetectionMetrics(Metric):
 
     full_state_update = False
     higher_is_better = True
+    # States registered by add_state, declared so they type as lists (nn.Module.__getattr__ types them Tensor | Module).
+    probs: list[Tensor]
+    labels: list[Tensor]
+    videos: list[Tensor]
+    samples: list[Tensor]
 
     def __init__(self, threshold: float = 0.5, **kwargs: object) -> None:
         super().__init__(**kwargs)
