@@ -73,8 +73,14 @@ def run_checkpoints(monitor: str, mode: str) -> list[ModelCheckpoint]:
     """The checkpoint policy of every ``fit``: ``best.ckpt`` (the best ``monitor`` value on the validation split)
     and ``last.ckpt`` (the state after the last completed epoch, for resuming), both in the run's versioned folder
     (``<default_root_dir>/<logger name>/version_N/checkpoints``), so a second run never overwrites the first."""
-    best = ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1, auto_insert_metric_name=False,
-                           enable_version_counter=False)
+    best = ModelCheckpoint(
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
     last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     return [best, last]
 
@@ -143,16 +149,22 @@ class MASMDetector(LightningModule):
         if isinstance(selection, Mapping):
             selection = LayerSelection(**selection)
         if selection is not None and adapters is None:
-            raise ValueError("model.selection chooses where adapters go, but model.adapters is null: set adapters "
-                             "(its targets are the candidates) or drop selection")
-        for name, value in (("lambda_orth", lambda_orth), ("lambda_spec", lambda_spec),
-                            ("lambda_semantic", lambda_semantic)):
+            raise ValueError(
+                "model.selection chooses where adapters go, but model.adapters is null: set adapters "
+                "(its targets are the candidates) or drop selection"
+            )
+        for name, value in (
+            ("lambda_orth", lambda_orth),
+            ("lambda_spec", lambda_spec),
+            ("lambda_semantic", lambda_semantic),
+        ):
             if not 0 <= value < float("inf"):
                 raise ValueError(f"model.{name} must be a finite number >= 0, got {value}")
         if spectral_cap is not None and not spectral_cap > 0:
             raise ValueError(f"model.spectral_cap must be > 0 or null (no cap), got {spectral_cap}")
-        self.constraints = SubspaceConstraints(lambda_orth, lambda_spec, lambda_semantic,
-                                               float("inf") if spectral_cap is None else spectral_cap)
+        self.constraints = SubspaceConstraints(
+            lambda_orth, lambda_spec, lambda_semantic, float("inf") if spectral_cap is None else spectral_cap
+        )
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.backbone_name = backbone
@@ -197,12 +209,15 @@ class MASMDetector(LightningModule):
                 return foreign
             # timm reads the file with weights_only=True, converts OpenAI/open_clip `visual.*` keys through the
             # model's checkpoint filter, and drops the file's projection head (its num_classes differs from ours).
-            return timm.create_model(self.backbone_name, pretrained=True,
-                                     pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            return timm.create_model(
+                self.backbone_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
         if self.hparams["pretrained"] is None:
-            rank_zero_warn(f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (neither "
-                           "model.pretrained nor model.checkpoint_path is set): fine for tests and demos, useless "
-                           "for real detection; set model.pretrained: false to say so and silence this")
+            rank_zero_warn(
+                f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (neither "
+                "model.pretrained nor model.checkpoint_path is set): fine for tests and demos, useless "
+                "for real detection; set model.pretrained: false to say so and silence this"
+            )
         if self.hparams["pretrained"]:
             return timm.create_model(self.backbone_name, pretrained=True, **kwargs)
         # Drawn on the CPU from a forked RNG: the same weights whichever device trains (Lightning may make the
@@ -220,8 +235,10 @@ class MASMDetector(LightningModule):
         self.backbone = backbone
         num_features = getattr(backbone, "num_features", None)  # timm's pre-logits width
         if not isinstance(num_features, int):
-            raise ValueError(f"model.backbone {self.backbone_name!r} has no integer num_features (got "
-                             f"{num_features!r}): MASMDetector needs a timm model")
+            raise ValueError(
+                f"model.backbone {self.backbone_name!r} has no integer num_features (got "
+                f"{num_features!r}): MASMDetector needs a timm model"
+            )
         self.head = nn.Linear(num_features, 2)
         if self.adapter_config is not None:
             backbone.requires_grad_(False)  # also while injection waits for a checkpoint's selection
@@ -235,14 +252,16 @@ class MASMDetector(LightningModule):
     def _require_backbone(self) -> nn.Module:
         """The backbone, which exists once ``configure_model()`` ran (the Trainer calls it)."""
         if self.backbone is None:
-            raise RuntimeError("MASMDetector has no backbone yet: call configure_model() first (Trainer.fit/test/"
-                               "predict call it)")
+            raise RuntimeError(
+                "MASMDetector has no backbone yet: call configure_model() first (Trainer.fit/test/predict call it)"
+            )
         return self.backbone
 
     def _require_head(self) -> nn.Linear:
         if self.head is None:
-            raise RuntimeError("MASMDetector has no head yet: call configure_model() first (Trainer.fit/test/"
-                               "predict call it)")
+            raise RuntimeError(
+                "MASMDetector has no head yet: call configure_model() first (Trainer.fit/test/predict call it)"
+            )
         return self.head
 
     def _require_adapter_config(self) -> MASMConfig:
@@ -260,8 +279,9 @@ class MASMDetector(LightningModule):
             if self._trainer is None or self.trainer.state.fn != "fit":
                 return None
             candidates = select_targets(self._require_backbone(), self._require_adapter_config())
-            layers, self.selection_scores = select_layers(self.trainer, self, candidates, selection,
-                                                          self.task_loss, prefix="backbone.")
+            layers, self.selection_scores = select_layers(
+                self.trainer, self, candidates, selection, self.task_loss, prefix="backbone."
+            )
             selection = self.selection = dataclasses.replace(selection, layers=tuple(layers))
             self._record_selection()
         return list(selection.layers or ())  # given or just selected: never None here
@@ -321,27 +341,32 @@ class MASMDetector(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = {"ce": self.task_loss(batch)}
         loss = terms["ce"]  # the constraints are a separate step (optimizer_step): p.grad is the task's alone
-        if self.adapter_config is not None and (self.hparams["lambda_orth"] or self.hparams["lambda_spec"]
-                                                or self.hparams["lambda_semantic"]):
+        if self.adapter_config is not None and (
+            self.hparams["lambda_orth"] or self.hparams["lambda_spec"] or self.hparams["lambda_semantic"]
+        ):
             # What the active constraints bound, as of the last step (T×T Grams: cheap): max ‖UᵀU − I‖_F,
             # max |s − s0|/σ_r, max ‖P_f U‖_F over the decomposed matrices.
             found = constraint_metrics(self._require_backbone(), semantic=bool(self.hparams["lambda_semantic"]))
-            names = {"orth": ("lambda_orth", "orth_error"), "spec": ("lambda_spec", "spectral_drift"),
-                     "semantic": ("lambda_semantic", "semantic_overlap")}
+            names = {
+                "orth": ("lambda_orth", "orth_error"),
+                "spec": ("lambda_spec", "spectral_drift"),
+                "semantic": ("lambda_semantic", "semantic_overlap"),
+            }
             terms |= {key: found[metric] for key, (lam, metric) in names.items() if self.hparams[lam]}
         if not torch.isfinite(loss):
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise FloatingPointError(f"non-finite training loss at global step {self.global_step} "
-                                     f"(epoch {self.current_epoch}, batch {batch_idx}): {values}; lower the "
-                                     "learning rate or check the inputs")
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}): {values}; lower the "
+                "learning rate or check the inputs"
+            )
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
         return loss
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.val_metrics.update(self.fake_probability(batch["image"]), batch["label"], batch["video"],
-                                batch["index"])
+        self.val_metrics.update(self.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -360,8 +385,9 @@ class MASMDetector(LightningModule):
         items = []
         for name, metric in self.test_metrics.items():
             if not isinstance(metric, DetectionMetrics):
-                raise TypeError(f"MASMDetector.test_metrics[{name!r}] is a {type(metric).__name__}, "
-                                "not a DetectionMetrics")
+                raise TypeError(
+                    f"MASMDetector.test_metrics[{name!r}] is a {type(metric).__name__}, not a DetectionMetrics"
+                )
             items.append((name, metric))
         return items
 
@@ -369,7 +395,8 @@ class MASMDetector(LightningModule):
     def on_test_start(self) -> None:
         self.test_results = {}
         self.test_metrics = nn.ModuleDict(
-            {name: DetectionMetrics(self.hparams["threshold"]).to(self.device) for name in self._test_names()})
+            {name: DetectionMetrics(self.hparams["threshold"]).to(self.device) for name in self._test_names()}
+        )
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -382,20 +409,26 @@ class MASMDetector(LightningModule):
             if not metric.update_count:
                 continue
             values = metric.compute()  # synchronised; the scores stay in metric.curves for the ROC plots
-            self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False,
-                          sync_dist=True)
+            self.log_dict({f"test/{name}/{k}": v for k, v in values.items()}, add_dataloader_idx=False, sync_dist=True)
             self.test_results[name] = {k: float(v) for k, v in values.items()}
 
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        return {"prob": self.fake_probability(batch["image"]), "label": batch["label"], "video": batch["video"],
-                "index": batch["index"]}
+        return {
+            "prob": self.fake_probability(batch["image"]),
+            "label": batch["label"],
+            "video": batch["video"],
+            "index": batch["index"],
+        }
 
     @override
     def configure_callbacks(self) -> list[Callback]:
         # Fitting only: evaluation runs write no checkpoints (and restore none of the checkpoint callbacks' state).
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        return [*run_checkpoints(self.monitor, self.mode)] if fitting else []
+        # The policy replaces the trainer's checkpoint callbacks; a trainer built with enable_checkpointing=False
+        # has none and keeps none.
+        if self._trainer is None or self.trainer.state.fn != "fit" or not self.trainer.checkpoint_callbacks:
+            return []
+        return [*run_checkpoints(self.monitor, self.mode)]
 
     @override
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
@@ -411,8 +444,10 @@ class MASMDetector(LightningModule):
 
     @override
     def on_fit_start(self) -> None:
-        rank_zero_info(f"MASMDetector: {self.num_trainable_parameters():,} trainable parameters "
-                       f"({self.backbone_name}, adapters {self.hparams['adapters']})")
+        rank_zero_info(
+            f"MASMDetector: {self.num_trainable_parameters():,} trainable parameters "
+            f"({self.backbone_name}, adapters {self.hparams['adapters']})"
+        )
 
     @override
     def configure_optimizers(self) -> Any:
@@ -430,8 +465,12 @@ class MASMDetector(LightningModule):
         ``configure_model``."""
         keys = {name for name, p in self.named_parameters() if p.requires_grad}
         if self.backbone is not None and not self._norm_stats_frozen():
-            keys |= {f"backbone.{name}.{buffer}" for name, module in self.backbone.named_modules()
-                     if isinstance(module, _STAT_NORMS) for buffer, _ in module.named_buffers(recurse=False)}
+            keys |= {
+                f"backbone.{name}.{buffer}"
+                for name, module in self.backbone.named_modules()
+                if isinstance(module, _STAT_NORMS)
+                for buffer, _ in module.named_buffers(recurse=False)
+            }
         return keys
 
     # The overloads are nn.Module.state_dict's own; the implementation forwards whatever it is given.
@@ -449,7 +488,7 @@ class MASMDetector(LightningModule):
         prefix = kwargs.get("prefix", "")
         keep = self._trained_keys()
         # Only our own entries: `full` may be a parent's shared destination dict.
-        for key in [k for k in full if k.startswith(prefix) and k[len(prefix):] not in keep]:
+        for key in [k for k in full if k.startswith(prefix) and k[len(prefix) :] not in keep]:
             del full[key]
         return full
 
@@ -476,17 +515,23 @@ class MASMDetector(LightningModule):
             raise RuntimeError(
                 f"checkpoint does not fit this MASMDetector ({self.backbone_name}, adapters "
                 f"{self.hparams['adapters']}): missing {len(missing)} trained keys {missing[:3]}, "
-                f"unexpected {len(unexpected)} keys {unexpected[:3]}")
+                f"unexpected {len(unexpected)} keys {unexpected[:3]}"
+            )
         super().load_state_dict({k: v for k, v in state_dict.items() if k in known}, strict=False, assign=assign)
         return _IncompatibleKeys(missing, unexpected)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
-                                      "fingerprint": self.fingerprint, "adapters": self.hparams["adapters"],
-                                      "data_config": self.data_config,
-                                      "selection": None if self.selection is None else {
-                                          "layers": list(self.selection.layers or ()), "scores": self.selection_scores}}
+        checkpoint[CHECKPOINT_KEY] = {
+            "backbone": self.backbone_name,
+            "backbone_kwargs": self.backbone_kwargs,
+            "fingerprint": self.fingerprint,
+            "adapters": self.hparams["adapters"],
+            "data_config": self.data_config,
+            "selection": None
+            if self.selection is None
+            else {"layers": list(self.selection.layers or ()), "scores": self.selection_scores},
+        }
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -502,4 +547,5 @@ class MASMDetector(LightningModule):
             raise ValueError(
                 f"checkpoint was trained on a {checkpoint[CHECKPOINT_KEY]['backbone']!r} backbone with weight "
                 f"fingerprint {saved}, but this model's {self.backbone_name!r} backbone has {self.fingerprint}: "
-                "load the same base weights as in training (model.pretrained / model.checkpoint_path)")
+                "load the same base weights as in training (model.pretrained / model.checkpoint_path)"
+            )

@@ -50,14 +50,16 @@ def resolve_weights_path(path: str) -> str:
     """
     if not path.startswith(PACKAGE_SCHEME):
         return path
-    package, _, inner = path[len(PACKAGE_SCHEME):].partition("/")
+    package, _, inner = path[len(PACKAGE_SCHEME) :].partition("/")
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model.checkpoint_path {path!r}: package {package!r} is not installed "
-                                "(make install installs requirements/weights.txt)")
+        raise FileNotFoundError(
+            f"model.checkpoint_path {path!r}: package {package!r} is not installed "
+            "(make install installs requirements/weights.txt)"
+        )
     resolved = Path(next(iter(spec.submodule_search_locations))) / inner
     if not resolved.is_file():
         raise FileNotFoundError(f"model.checkpoint_path {path!r}: {resolved} is not a file")
@@ -81,8 +83,10 @@ def _block_names(model: nn.Module) -> list[str]:
     names: list[str] = []
     for s, stage in enumerate(blocks):
         if not isinstance(stage, nn.Sequential):
-            raise ValueError(f"{type(model).__name__} is not a timm EfficientNet-family model (blocks.{s} is a "
-                             f"{type(stage).__name__}, not an nn.Sequential stage)")
+            raise ValueError(
+                f"{type(model).__name__} is not a timm EfficientNet-family model (blocks.{s} is a "
+                f"{type(stage).__name__}, not an nn.Sequential stage)"
+            )
         names += [f"blocks.{s}.{i}" for i in range(len(stage))]
     return names
 
@@ -95,14 +99,34 @@ def _has_expansion(model: nn.Module, block: str) -> bool:
 # Per block: (foreign sub-module → timm sub-module) for blocks without / with a 1x1 expansion.
 _TORCHVISION_MNV2 = (
     {"conv.0.0": "conv_dw", "conv.0.1": "bn1", "conv.1": "conv_pw", "conv.2": "bn2"},
-    {"conv.0.0": "conv_pw", "conv.0.1": "bn1", "conv.1.0": "conv_dw", "conv.1.1": "bn2", "conv.2": "conv_pwl",
-     "conv.3": "bn3"},
+    {
+        "conv.0.0": "conv_pw",
+        "conv.0.1": "bn1",
+        "conv.1.0": "conv_dw",
+        "conv.1.1": "bn2",
+        "conv.2": "conv_pwl",
+        "conv.3": "bn3",
+    },
 )
 _LUKEMELAS = (
-    {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
-     "_project_conv": "conv_pw", "_bn2": "bn2"},
-    {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-     "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl", "_bn2": "bn3"},
+    {
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn1",
+        "_se_reduce": "se.conv_reduce",
+        "_se_expand": "se.conv_expand",
+        "_project_conv": "conv_pw",
+        "_bn2": "bn2",
+    },
+    {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_se_reduce": "se.conv_reduce",
+        "_se_expand": "se.conv_expand",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    },
 )
 
 
@@ -111,18 +135,23 @@ def _map_keys(state_dict: Mapping[str, Tensor], model: nn.Module, layout: Layout
     if layout == "torchvision_mobilenetv2":
         pattern = re.compile(r"features\.(\d+)\.(.+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
         last = max(int(m.group(1)) for k in state_dict if (m := pattern.match(k)))
-        top = {"features.0.0": "conv_stem", "features.0.1": "bn1", f"features.{last}.0": "conv_head",
-               f"features.{last}.1": "bn2", "classifier.1": "classifier"}
-        block_ids = sorted({int(m.group(1)) for k in state_dict
-                            if (m := pattern.match(k)) and 0 < int(m.group(1)) < last})
+        top = {
+            "features.0.0": "conv_stem",
+            "features.0.1": "bn1",
+            f"features.{last}.0": "conv_head",
+            f"features.{last}.1": "bn2",
+            "classifier.1": "classifier",
+        }
+        block_ids = sorted(
+            {int(m.group(1)) for k in state_dict if (m := pattern.match(k)) and 0 < int(m.group(1)) < last}
+        )
         subs = _TORCHVISION_MNV2
 
         def block_of(key: str) -> tuple[int, str] | None:
             m = re.match(r"features\.(\d+)\.(.+)$", key)
             return (int(m.group(1)), m.group(2)) if m and 0 < int(m.group(1)) < last else None
     else:
-        top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-               "_fc": "classifier"}
+        top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
         block_ids = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"_blocks\.(\d+)\.", k))})
         subs = _LUKEMELAS
 
@@ -131,8 +160,10 @@ def _map_keys(state_dict: Mapping[str, Tensor], model: nn.Module, layout: Layout
             return (int(m.group(1)), m.group(2)) if m else None
 
     if len(block_ids) != len(blocks):
-        raise ValueError(f"the {layout} file has {len(block_ids)} blocks but timm's {type(model).__name__} has "
-                         f"{len(blocks)}: choose the timm model of the same depth")
+        raise ValueError(
+            f"the {layout} file has {len(block_ids)} blocks but timm's {type(model).__name__} has "
+            f"{len(blocks)}: choose the timm model of the same depth"
+        )
     target_block = dict(zip(block_ids, blocks))
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
@@ -149,8 +180,10 @@ def _map_keys(state_dict: Mapping[str, Tensor], model: nn.Module, layout: Layout
             if sub in table:
                 out[f"{block}.{table[sub]}.{param}"] = value
                 continue
-        raise ValueError(f"the {layout} file's key {key!r} has no counterpart in timm's {type(model).__name__}; "
-                         "is the file in the layout its keys suggest?")
+        raise ValueError(
+            f"the {layout} file's key {key!r} has no counterpart in timm's {type(model).__name__}; "
+            "is the file in the layout its keys suggest?"
+        )
     return out
 
 
@@ -160,10 +193,13 @@ def _check_conventions(name: str, layout: Layout) -> None:
         raise ValueError(
             f"model.backbone {name!r} pads symmetrically with BatchNorm eps 1e-5, but this lukemelas EfficientNet "
             f"file holds TensorFlow-ported weights (TF 'same' padding, eps 1e-3): use 'tf_{arch}' "
-            "(masm_lightning/weights.py explains why)")
+            "(masm_lightning/weights.py explains why)"
+        )
     if layout == "torchvision_mobilenetv2" and not arch.startswith("mobilenetv2_"):
-        raise ValueError(f"model.backbone {name!r} does not match this torchvision MobileNetV2 file: use the timm "
-                         "mobilenetv2_* of the same width (mobilenetv2_100 for torchvision's mobilenet_v2())")
+        raise ValueError(
+            f"model.backbone {name!r} does not match this torchvision MobileNetV2 file: use the timm "
+            "mobilenetv2_* of the same width (mobilenetv2_100 for torchvision's mobilenet_v2())"
+        )
 
 
 def to_timm_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module, layout: Layout) -> dict[str, Tensor]:
@@ -207,11 +243,16 @@ def create_from_foreign_checkpoint(name: str, path: str | Path, **kwargs: Any) -
     if getattr(model, "num_classes", None) == 0:  # our own head replaces the file's ImageNet classifier
         mapped = {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
     own = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items()
-             if k in own and v.shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in mapped.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if wrong:  # a different width than the file
-        raise ValueError(f"model.checkpoint_path {str(path)!r} ({layout}) does not fit timm's {name!r}: "
-                         f"{len(wrong)} shapes differ (file vs model), first {wrong[:2]}; use the timm model of the "
-                         "file's width")
+        raise ValueError(
+            f"model.checkpoint_path {str(path)!r} ({layout}) does not fit timm's {name!r}: "
+            f"{len(wrong)} shapes differ (file vs model), first {wrong[:2]}; use the timm model of the "
+            "file's width"
+        )
     model.load_state_dict(mapped, strict=True)
     return model

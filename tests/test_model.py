@@ -237,8 +237,7 @@ def test_constraint_step_runs_once_per_optimizer_step_and_stays_out_of_the_loss(
         accelerator="cpu",
         log_every_n_steps=1,
     )
-    with pytest.warns(UserWarning, match="starts from random weights"):
-        trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data)
     assert trainer.global_step == 2
     assert calls == [1.0, 2.0]  # once per step, after the optimizer's update of that step
     metrics = trainer.callback_metrics

@@ -152,8 +152,9 @@ class MASMAdapter(nn.Module):
         if self.num_blocks == 1:
             u = torch.cat([sub.U for sub in subspaces], dim=1)  # (m, T)
         else:
-            u = torch.block_diag(*(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1)
-                                   for b in range(self.num_blocks)))  # (m, B·T)
+            u = torch.block_diag(
+                *(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1) for b in range(self.num_blocks))
+            )  # (m, B·T)
         return v, u
 
     @torch.no_grad()
@@ -216,8 +217,9 @@ class MASMLinear(MASMAdapter):
         return torch.addmm(out.reshape(-1, self.out_features), (x @ v).reshape(-1, v.shape[1]), u.mT).view_as(out)
 
     def _rebuild(self, weight: Tensor) -> nn.Linear:
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=weight.device, dtype=weight.dtype
+        )
         linear.weight = nn.Parameter(weight, requires_grad=False)
         bias = self._frozen_bias()
         if bias is not None:  # built with bias=False otherwise: its bias is already None
@@ -225,8 +227,10 @@ class MASMLinear(MASMAdapter):
         return linear
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, blocks={self.num_blocks}, "
-                f"ranks={list(self.ranks)}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, blocks={self.num_blocks}, "
+            f"ranks={list(self.ranks)}, bias={self.bias is not None}"
+        )
 
 
 def pointwise_conv_problem(module: nn.Module) -> str | None:
@@ -294,12 +298,23 @@ class MASMConv2d(MASMAdapter):
         return out + F.conv2d(thin, u[:, :, None, None])
 
     def _rebuild(self, weight: Tensor) -> nn.Conv2d:
-        conv = nn.Conv2d(self.in_channels, self.out_channels, 1, stride=self.stride, padding=0,
-                         dilation=self.dilation, bias=self.bias is not None, device=weight.device, dtype=weight.dtype)
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            1,
+            stride=self.stride,
+            padding=0,
+            dilation=self.dilation,
+            bias=self.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         conv.weight = nn.Parameter(weight[:, :, None, None].contiguous(), requires_grad=False)
         conv.bias = self._frozen_bias()
         return conv
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}, "
-                f"blocks={self.num_blocks}, ranks={list(self.ranks)}, bias={self.bias is not None}")
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}, "
+            f"blocks={self.num_blocks}, ranks={list(self.ranks)}, bias={self.bias is not None}"
+        )

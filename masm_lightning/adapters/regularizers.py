@@ -250,8 +250,11 @@ def constraint_metrics(adapters: nn.Module | Iterable[MASMAdapter], semantic: bo
                     else:
                         basis = _frozen_basis(adapter, block, side)
                         overlap.append((basis.mT @ factor).norm())
-        out = {"orth_error": torch.stack(orth).max(), "spectral_drift": torch.stack(drift).max(),
-               "spectral_peak": torch.stack(peak).max()}
+        out = {
+            "orth_error": torch.stack(orth).max(),
+            "spectral_drift": torch.stack(drift).max(),
+            "spectral_peak": torch.stack(peak).max(),
+        }
         if semantic:
             out["semantic_overlap"] = torch.stack(overlap).max()
         return out

@@ -92,19 +92,23 @@ class DetectionMetrics(Metric):
         # One row per sample index: drop the padding/repeats of a DistributedSampler.
         unique_samples, inverse = torch.unique(samples, return_inverse=True)
         first = torch.full_like(unique_samples, samples.numel()).scatter_reduce(
-            0, inverse, torch.arange(samples.numel(), device=samples.device), reduce="amin")
+            0, inverse, torch.arange(samples.numel(), device=samples.device), reduce="amin"
+        )
         probs, labels, videos = probs[first], labels[first], videos[first]
 
         keys, video_of = torch.unique(videos, return_inverse=True)
         count = torch.zeros(keys.numel(), dtype=torch.float64, device=probs.device).index_add_(
-            0, video_of, torch.ones_like(probs, dtype=torch.float64))
+            0, video_of, torch.ones_like(probs, dtype=torch.float64)
+        )
         video_probs = torch.zeros_like(count).index_add_(0, video_of, probs.double()) / count
         video_labels = torch.zeros_like(keys).scatter_reduce(0, video_of, labels, reduce="amax", include_self=False)
         lowest = torch.zeros_like(keys).scatter_reduce(0, video_of, labels, reduce="amin", include_self=False)
         if not torch.equal(video_labels, lowest):
             bad = keys[video_labels != lowest][:5].tolist()
-            raise ValueError(f"video keys {bad} mix real and fake frames; a video key must identify one labelled "
-                             "video (dataset, label, video id)")
+            raise ValueError(
+                f"video keys {bad} mix real and fake frames; a video key must identify one labelled "
+                "video (dataset, label, video id)"
+            )
         # Kept for ROC plots: the synchronised, de-duplicated scores behind the numbers.
         self.curves = {"frame": (probs, labels), "video": (video_probs, video_labels)}
         self.video_keys, self.video_frames = keys, count.long()
