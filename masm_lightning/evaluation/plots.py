@@ -53,7 +53,8 @@ def mask_heatmap(history: list[dict], path: str | Path) -> Path:
             flags = [not s["masked"] for s in entry["subspaces"] if s["layer"] == layer]
             grid[row, col] = sum(flags) / len(flags)
     height = min(2 + 0.18 * len(layers), 24)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(history) + 3), height), dpi=110)
+    # Width grows with the decisions up to a readable page width; beyond that the cells get narrower.
+    fig, ax = plt.subplots(figsize=(min(max(4.0, 0.25 * len(history) + 3), 12.0), height), dpi=110)
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     steps = [entry["step"] for entry in history]
     ticks = np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int)
