@@ -105,14 +105,12 @@ def test_masm_on_a_cnn_fits_masks_and_reloads_through_the_cli(tmp_path):
         "--model.adapters.subspace_rank",
         "1",
     ]
-    with pytest.warns(UserWarning, match="starts from random weights"):
-        fit = main(["fit", *tiny_args(tmp_path, *cnn, "--trainer.max_epochs", "2")])
+    fit = main(["fit", *tiny_args(tmp_path, *cnn, "--trainer.max_epochs", "2")])  # pretrained: false, no warning
     metrics = fit.trainer.callback_metrics
     assert {"train/orth", "train/spec", "val/video_auc"} <= metrics.keys()
     mask = next(c for c in fit.trainer.callbacks if type(c).__name__ == "SelectiveLayerMask")
     assert mask.layers and all(".conv_pw" in name for name in mask.layers)
     assert "mask/subspaces_updating" in metrics
     ckpt = fit.trainer.checkpoint_callback.best_model_path
-    with pytest.warns(UserWarning, match="starts from random weights"):
-        tested = main(["test", *tiny_args(tmp_path, *cnn, "--ckpt_path", ckpt)])
+    tested = main(["test", *tiny_args(tmp_path, *cnn, "--ckpt_path", ckpt)])
     assert "test/demo/video_auc" in tested.trainer.callback_metrics
