@@ -27,7 +27,7 @@ the proximal step removes the fraction c/(1 + c) of the deviation. Hence, from a
   it by ``1 − β`` (``polar`` is unchanged), so ``δ ≤ κ√T/λ_o`` and **‖UᵀU − I‖_F ≤ δ(2 + δ)** (likewise V).
 
 Neither depends on the task-gradient norm, η or the matrix size; the task direction keeps moving at Adam's speed,
-only the deviation is bounded (measured in ``benchmarks/regularizer_scaling.py``, ``docs/method_constraints.md``).
+only the deviation is bounded (measured in ``benchmarks/regularizer_scaling.py``, ``docs/method.md``).
 
 The cap keeps artifact values at the order of the semantic floor (``cap·σ_r``, default 2): a cap at σ_r itself
 leaves a flat tail (s0 ≈ σ_r) no room to grow (0.05% measured) and pins the subspaces. Effort's Frobenius-energy
