@@ -12,8 +12,11 @@ check follows whatever the configs say today (constraints, mask, optimizer):
     masm_plain    configs/ffpp.yaml + backbone + configs/masm_no_mask.yaml, lambda_orth = lambda_spec = 0
 
 Data (read from ../shared/data, never copied): the DFDC face crops split by video id, plus FFHQ photos vs StyleGAN2
-faces both re-encoded identically (256 px, JPEG quality 90) so compression is no cue, each image its own "video".
-70% of the videos train, 30% are held out; AUC on the held-out images with a 95% bootstrap interval over videos.
+faces both re-encoded identically (256 px, JPEG quality 90) so compression is no cue, each image its own "video",
+plus faces extracted from the shared FF++ c23 and DFDC clips by the project's own ``preprocess`` (MTCNN, aligned
+crops, into a temporary folder): the FF++ clips follow the official split (519, 519_515 train; 634, 634_660 held
+out), the DFDC clip is held out. The crops and FFHQ images: 70% of the videos train, 30% are held out (seeded).
+AUC on the held-out images with a 95% bootstrap interval over videos.
 The mask's warm-up and interval are scaled to the run (the recipe's 500 steps are half an FF++ epoch).
 """
 
@@ -118,6 +121,34 @@ def load_faces(data: Path) -> list[tuple[Image.Image, int, str]]:
     return items
 
 
+def extract_clips(data: Path, out: Path, frames: int) -> list[tuple[Image.Image, int, str, str]]:
+    """Faces from the shared FF++ and DFDC clips through the ``preprocess`` command: (image, label, video key,
+    split) per crop, the split the dataset's own (FF++'s official JSONs; DFDC's clip: held out as ``test``)."""
+    from masm_lightning.data.manifest import read_manifest
+
+    jobs = []
+    if (data / "FaceForensics++" / "splits").is_dir():
+        jobs.append(
+            ["--dataset", "ffpp", "--root", str(data / "FaceForensics++"), "--methods", "[Deepfakes, FaceSwap]"]
+        )
+    if (data / "DFDC").is_dir():
+        jobs.append(["--dataset", "dfdc", "--root", str(data / "DFDC")])
+    items = []
+    for job in jobs:
+        target = out / job[1]
+        args = ["preprocess", *job, "--out", str(target), "--frames", str(frames), "--crop", "aligned"]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            cli_main(args)
+        if not (target / "manifest.csv").is_file():
+            print(f"preprocess {job[1]}: no manifest written, its clips are left out", flush=True)
+            continue
+        for record in read_manifest(target / "manifest.csv"):
+            split = "test" if record.dataset == "dfdc" else record.split
+            key = f"{record.dataset}/{record.label}/{record.video_id}"
+            items.append((Image.open(record.path).convert("RGB"), record.label, key, split))
+    return items
+
+
 def tensors(items: list, size: int, mean: tuple, std: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
     images = []
@@ -160,6 +191,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--clip-frames", type=int, default=16, help="faces extracted per shared clip (0: none)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals; not measured here
 
@@ -171,9 +203,15 @@ def main() -> None:
     held_out = set(videos[: int(0.3 * len(videos))])
     train = [x for x in items if x[2] not in held_out]
     test = [x for x in items if x[2] in held_out]
+    with tempfile.TemporaryDirectory(prefix="pretrained_check_faces_") as faces:
+        clips = extract_clips(args.data, Path(faces), args.clip_frames) if args.clip_frames else []
+    train += [(image, label, key) for image, label, key, split in clips if split == "train"]
+    test += [(image, label, key) for image, label, key, split in clips if split != "train"]
+    clip_videos = sorted({key for _, _, key, _ in clips})
     print(
-        f"data: {len(train)} train / {len(test)} held-out images, {len(videos)} videos, "
-        f"fake share {np.mean([x[1] for x in items]):.2f}"
+        f"data: {len(train)} train / {len(test)} held-out images, {len(videos) + len(clip_videos)} videos "
+        f"({len(clips)} faces from {len(clip_videos)} shared clips via preprocess: {', '.join(clip_videos)}), "
+        f"fake share {np.mean([x[1] for x in train + test]):.2f}"
     )
 
     backbone_targets = composed(args.backbone_config, [])["model"]["adapters"]["targets"]

@@ -116,6 +116,9 @@ class MASMDetector(LightningModule):
         selection: FMSD (the paper's v3 reading): choose the layers to decompose among ``adapters``' targets from
             full-weight gradient GSNR at the start of ``fit``, before injection (:mod:`masm_lightning.selection`);
             None decomposes every target (v1). The chosen layers are kept in the checkpoint.
+        image_size: side of the square input the data module resizes faces to; null takes the backbone's own
+            (``img_size`` in ``backbone_kwargs``, else its pretrained configuration). A CNN runs at any size; a ViT's
+            size is fixed by its position embeddings, so set ``backbone_kwargs.img_size`` there instead.
 
     Model selection: ``monitor`` (``val/video_auc``, the validation split of the training data, never a test set)
     is maximised; every ``fit`` saves ``best.ckpt`` and ``last.ckpt`` in its run folder (:func:`run_checkpoints`).
@@ -142,6 +145,7 @@ class MASMDetector(LightningModule):
         backbone_seed: int = 0,
         selection: LayerSelection | None = None,
         freeze_norm_stats: bool = True,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters
@@ -169,6 +173,18 @@ class MASMDetector(LightningModule):
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.backbone_name = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
+        if image_size is not None and not image_size > 0:
+            raise ValueError(f"model.image_size must be a positive number of pixels or null, got {image_size}")
+        if (
+            image_size is not None
+            and "img_size" in self.backbone_kwargs
+            and image_size != self.backbone_kwargs["img_size"]
+        ):
+            raise ValueError(
+                f"model.image_size {image_size} disagrees with model.backbone_kwargs.img_size "
+                f"{self.backbone_kwargs['img_size']}: set one of them"
+            )
+        self.image_size = image_size
         self.adapter_config = adapters
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -189,7 +205,7 @@ class MASMDetector(LightningModule):
     def data_config(self) -> dict[str, Any]:
         """Input size, mean, std and interpolation the backbone expects; the data module follows it."""
         cfg = timm.models.get_pretrained_cfg(self.backbone_name)
-        size = self.backbone_kwargs.get("img_size", cfg.input_size[-1] if cfg else 224)
+        size = self.backbone_kwargs.get("img_size", self.image_size or (cfg.input_size[-1] if cfg else 224))
         return {
             "image_size": size if isinstance(size, int) else size[-1],
             "mean": tuple(cfg.mean) if cfg else timm.data.OPENAI_CLIP_MEAN,

@@ -271,3 +271,15 @@ def test_vit_l14_adapter_budgets_quoted_in_the_configs(adapters, expected):
         backbone = timm.create_model("vit_large_patch14_clip_quickgelu_224", pretrained=False, num_classes=0)
     inject_adapters(backbone, adapters)
     assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == expected
+
+
+def test_image_size_sets_the_input_side_the_data_module_resizes_to():
+    from masm_lightning.model import MASMDetector
+
+    cnn = MASMDetector(backbone="mobilenetv2_100", pretrained=False, image_size=96)
+    assert cnn.data_config["image_size"] == 96
+    assert MASMDetector(backbone="mobilenetv2_100", pretrained=False).data_config["image_size"] == 224
+    with pytest.raises(ValueError, match=r"image_size 96 disagrees with model\.backbone_kwargs\.img_size 64"):
+        MASMDetector(pretrained=False, backbone_kwargs={"img_size": 64}, image_size=96)
+    with pytest.raises(ValueError, match="image_size must be a positive"):
+        MASMDetector(backbone="mobilenetv2_100", pretrained=False, image_size=0)

@@ -32,3 +32,22 @@ def test_predict_writes_one_record_per_video(tmp_path, tiny_checkpoint):
     assert {r["video_id"] for r in rows} == {"test_000", "test_001", "test_000_sbi", "test_001_sbi"}
     assert all(r["decision"] == ("fake" if float(r["score"]) >= 0.5 else "real") for r in rows)
     assert {r["label"] for r in rows} == {"0", "1"}
+
+
+def test_a_tested_run_checkpoint_brings_its_mask_heatmap_beside_the_roc(tmp_path):
+    from masm_lightning.callbacks.report import copy_training_figures
+
+    run = tmp_path / "demo" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"ckpt")
+    (run / "layer_masks.png").write_bytes(b"png of the training run")
+    test_folder = tmp_path / "demo" / "version_1"
+    test_folder.mkdir()
+    copied = copy_training_figures(run / "checkpoints" / "best.ckpt", test_folder)
+    assert copied == [test_folder / "layer_masks.png"]
+    assert copied[0].read_bytes() == b"png of the training run"
+    # A checkpoint outside a run folder, or a test writing into the run folder itself: nothing to copy.
+    loose = tmp_path / "model.ckpt"
+    loose.write_bytes(b"ckpt")
+    assert copy_training_figures(loose, test_folder) == []
+    assert copy_training_figures(run / "checkpoints" / "best.ckpt", run) == []

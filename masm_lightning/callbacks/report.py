@@ -3,10 +3,15 @@
 The detector computes and logs metrics; this callback turns them into files in the run folder (:func:`log_dir`)
 and into W&B images (:func:`log_image`). The CLI adds it to every ``fit``, ``validate`` and ``test``; from Python,
 pass ``RunReport()`` in the trainer's callbacks.
+
+A ``test`` of a checkpoint that sits in a fit's run folder (``<run>/checkpoints/*.ckpt``) also copies that run's
+training figures (the selective mask's ``layer_masks.png``) beside its ROC plot, so one folder shows both how the
+model was trained and how it tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -15,10 +20,34 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
 from ..evaluation.results import results_markdown
-from ..io import write_atomic
+from ..io import atomic_path, write_atomic
 from .run_folder import log_dir, log_image
 
 __all__ = ["RunReport"]
+
+TRAINING_FIGURES = ("layer_masks.png",)  # written by fit-time callbacks into the run folder
+
+
+def training_run_folder(ckpt_path: str | Path | None) -> Path | None:
+    """The fit run folder a checkpoint was saved in (``<run>/checkpoints/<name>.ckpt``), or None."""
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path)
+    return path.parent.parent if path.parent.name == "checkpoints" and path.is_file() else None
+
+
+def copy_training_figures(ckpt_path: str | Path | None, folder: str | Path) -> list[Path]:
+    """Copy the training run's figures (:data:`TRAINING_FIGURES`) of the checkpoint into ``folder``; the copies."""
+    run, folder = training_run_folder(ckpt_path), Path(folder)
+    if run is None or run.resolve() == folder.resolve():
+        return []
+    copies = []
+    for name in TRAINING_FIGURES:
+        if (run / name).is_file():
+            with atomic_path(folder / name) as tmp:
+                shutil.copyfile(run / name, tmp)
+            copies.append(folder / name)
+    return copies
 
 
 def trainable_parameters(module: LightningModule) -> int:
@@ -55,6 +84,8 @@ class RunReport(Callback):
         )
         path = write_atomic(folder / "results.md", table)
         rank_zero_info(f"test results table: {path}")
+        for copied in copy_training_figures(trainer.ckpt_path, folder):
+            rank_zero_info(f"{copied.name} of the training run {training_run_folder(trainer.ckpt_path)}: {copied}")
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

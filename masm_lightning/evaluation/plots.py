@@ -54,13 +54,16 @@ def mask_heatmap(history: list[dict], path: str | Path) -> Path:
             grid[row, col] = sum(flags) / len(flags)
     height = min(2 + 0.18 * len(layers), 24)
     # Width grows with the decisions up to a readable page width; beyond that the cells get narrower.
-    fig, ax = plt.subplots(figsize=(min(max(4.0, 0.25 * len(history) + 3), 12.0), height), dpi=110)
+    width = min(max(6.0, 0.25 * len(history) + 3), 12.0)
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     steps = [entry["step"] for entry in history]
-    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int)
+    # About one label per 0.6 inch of plot, so step numbers never run into each other.
+    ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), int(width - 3) * 2)).round().astype(int))
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_yticks(range(len(layers)), layers, fontsize=max(4, min(8, 400 // max(len(layers), 1))))
-    ax.set(xlabel="optimizer step", title="MASM selective layer mask: share of subspaces updating")
+    ax.set_xlabel("optimizer step (mask decision)")
+    ax.set_title("MASM selective layer mask\nshare of each layer's artifact subspaces updating", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     with atomic_path(path) as tmp:
