@@ -7,7 +7,7 @@ number of frames with a bounded number in memory). Both are the same code: the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -107,6 +107,7 @@ class VideoStream:
     ) -> None:
         self.path, self.layout, self.promised, self.fps = path, layout, promised, fps
         self.time_base, self.decode_threads = time_base, decode_threads
+        self.width = self.height = 0  # coded frame size in pixels, from the stream's parameters
         timestamps = [pts for pts, _ in layout]
         self.by_timestamp = display_order and None not in timestamps and len(set(timestamps)) == len(timestamps)
 
@@ -125,19 +126,25 @@ class VideoStream:
         sampled: no other frame depends on it, so the frames are bit-identical to decoding everything (tested on
         open and closed groups of pictures). Yields ``None`` once, then starts over decoding every frame, if the
         timestamps turn out not to be in display order: what was yielded before must be discarded.
+
+        Raises:
+            OSError: the file stops being readable (FFmpeg's error in the message).
         """
         modes = (True, False) if self.by_timestamp else (False,)
         for by_timestamp in modes:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
-                if stream.codec_context is None:  # no decoder for this codec
-                    raise OSError(f"{self.path}: no decoder for its video stream")
-                stream.thread_type = "SLICE" if self.decode_threads == 1 else "AUTO"
-                stream.codec_context.thread_count = self.decode_threads
-                first = min((pts for pts, _ in self.layout if pts is not None), default=0)
-                complete = yield from _decode_sample(
-                    container, stream, self.layout, count, by_timestamp, self._timer(by_timestamp, first)
-                )
+            try:
+                with av.open(str(self.path)) as container:
+                    stream = container.streams.video[0]
+                    if stream.codec_context is None:  # no decoder for this codec
+                        raise OSError(f"{self.path}: no decoder for its video stream")
+                    stream.thread_type = "SLICE" if self.decode_threads == 1 else "AUTO"
+                    stream.codec_context.thread_count = self.decode_threads
+                    first = min((pts for pts, _ in self.layout if pts is not None), default=0)
+                    complete = yield from _decode_sample(
+                        container, stream, self.layout, count, by_timestamp, self._timer(by_timestamp, first)
+                    )
+            except av.FFmpegError as error:
+                raise OSError(f"{self.path}: {error}") from error
             if complete:
                 return
             yield None
@@ -170,9 +177,12 @@ def open_video(path: str | Path, decode_threads: int = 0) -> VideoStream:
             fps = float(stream.average_rate) if stream.average_rate else None
             time_base = float(stream.time_base) if stream.time_base else None
             promised = int(stream.frames or 0)
+            size = (int(stream.width or 0), int(stream.height or 0))
     except av.FFmpegError as error:
         raise OSError(f"{path}: {error}") from error
-    return VideoStream(path, layout, promised, display_order, fps, time_base, decode_threads)
+    video = VideoStream(path, layout, promised, display_order, fps, time_base, decode_threads)
+    video.width, video.height = size
+    return video
 
 
 def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[int], list[np.ndarray], str]:
@@ -217,7 +227,7 @@ def _decode_sample(
     count: int,
     by_timestamp: bool,
     timer: Any,
-) -> Iterator[Frame]:
+) -> Generator[Frame, None, bool]:
     """Decode the frames :func:`sample_indices` picks (index = rank in display order) from packets laid out as
     ``layout`` (presentation timestamp, keyframe) in decoding order, yielding each when decoded. ``by_timestamp``:
     frames are found by their timestamps, and unneeded packets are skipped; otherwise everything is decoded and
