@@ -73,7 +73,7 @@ Status = Literal["ok", "truncated", "no_face", "unreadable", "empty", "missing",
 Kind = Literal["video", "image", "folder", ""]
 SCORED: tuple[Status, ...] = ("ok", "truncated")  # statuses that carry a score and a decision
 FaceDetector = Callable[[list[np.ndarray]], list[Detection]]
-CHUNK_BYTES = 256 * 2**20  # decoded frames per chunk are capped at this size too (10 frames of 4K, 41 of 1080p)
+CHUNK_BYTES = 64 * 2**20  # decoded frames per chunk are capped at this size too (2 frames of 4K, 10 of 1080p)
 
 
 @dataclass(frozen=True)
@@ -379,32 +379,43 @@ class _VideoScores:
         self.frames: list[tuple[int, float | None]] = []  # (index, time) per frame seen
         self.detections: list[Detection] = []
         self.scores: list[dict[int, float]] = []  # per frame: face → fake probability (confident faces only)
+        self.crops: list[np.ndarray] = []  # crops waiting for a full batch (small: a few MB)
+        self.where: list[tuple[int, int]] = []  # their (frame position, face)
 
     def add(self, chunk: Sequence[Frame]) -> None:
         owner, classifier = self.owner, self.owner.classifier
         settings = classifier.face_crop
         images = [f.image for f in chunk]
+        start = len(self.frames)
         self.frames += [(f.index, f.time) for f in chunk]
+        self.scores += [{} for _ in chunk]
         if not owner.face_crop:
-            scores = classifier.fake_probability(images, owner.batch_size)
             self.detections += [(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))] * len(chunk)
-            self.scores += [{0: float(s)} for s in scores]
+            self.crops += images
+            self.where += [(start + k, 0) for k in range(len(chunk))]
+        else:
+            detections = owner.face_detector(images)
+            for position, (image, (boxes, probs, points)) in enumerate(zip(images, detections), start):
+                # Every face the selection may pick (tracking sees only confident ones): the pick waits for the end.
+                for i in np.flatnonzero(probs >= settings.min_prob):
+                    self.crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
+                    self.where.append((position, int(i)))
+            self.detections += detections
+        self.flush(full_batches_only=owner.face_crop)  # whole frames are not kept past their chunk
+
+    def flush(self, full_batches_only: bool = False) -> None:
+        """Score the waiting crops, in full batches (all of them at the end)."""
+        batch = self.owner.batch_size
+        count = len(self.crops) // batch * batch if full_batches_only else len(self.crops)
+        if count == 0:
             return
-        detections = owner.face_detector(images)
-        crops, where = [], []
-        for position, (image, (boxes, probs, points)) in enumerate(zip(images, detections)):
-            # Every face the selection may pick (tracking sees only confident faces): the pick waits for the end.
-            for i in np.flatnonzero(probs >= settings.min_prob):
-                crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
-                where.append((position, int(i)))
-        scores = classifier.fake_probability(crops, owner.batch_size)
-        chunk_scores: list[dict[int, float]] = [{} for _ in chunk]
-        for (position, face), score in zip(where, scores):
-            chunk_scores[position][face] = float(score)
-        self.detections += detections
-        self.scores += chunk_scores
+        scores = self.owner.classifier.fake_probability(self.crops[:count], batch)
+        for (position, face), score in zip(self.where[:count], scores):
+            self.scores[position][face] = float(score)
+        del self.crops[:count], self.where[:count]
 
     def finish(self) -> list[FrameScore]:
+        self.flush()
         order = sorted(range(len(self.frames)), key=lambda k: self.frames[k][0])
         frames = [self.frames[k] for k in order]
         scores = [self.scores[k] for k in order]
@@ -435,7 +446,8 @@ class Detector:
         face_crop: crop faces as in training; false scores whole frames/images (no face detection).
         workers: inputs in flight at once in :meth:`score_many` (threads, each with a decoding thread of its own;
             about the number of cores).
-        chunk_frames: decoded frames per chunk (also capped at 256 MB of frames per chunk).
+        chunk_frames: decoded frames per chunk, the face detector's batch (also capped at 64 MB of frames):
+            MTCNN's boxes do not depend on its batch, so neither do the scores; memory grows with it.
         face_detector: frames → detections, in place of the checkpoint's MTCNN (tests, other detectors).
     """
 
@@ -449,7 +461,7 @@ class Detector:
         batch_size: int = 32,
         face_crop: bool = True,
         workers: int = 1,
-        chunk_frames: int = 32,
+        chunk_frames: int = 8,
         face_detector: FaceDetector | None = None,
     ) -> None:
         if aggregation not in ("mean", "confident"):
