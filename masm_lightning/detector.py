@@ -256,6 +256,12 @@ class Result:
             record["frame_scores"] = [round(f.score, 6) for f in self.frames]
         return record
 
+    @classmethod
+    def unscored(cls, path: str | Path, kind: Kind, status: Status) -> Result:
+        """The result of an input that cannot be scored: ``missing`` or ``no_media`` (see :func:`expand_inputs`)."""
+        detail = {"missing": "no such file", "no_media": "no video or image inside"}.get(status, "")
+        return cls(str(path), kind, status, detail=detail)
+
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-able (the web app's HTTP API)."""
         return dataclasses.asdict(self)
@@ -527,7 +533,7 @@ class Detector:
         if path.is_dir():
             raise ValueError(f"{str(path)!r} is a folder: use score_many() for folders")
         if not path.exists():
-            return Result(str(path), "", "missing", detail="no such file")
+            return Result.unscored(path, "", "missing")
         return self._score_file(path)
 
     def score_many(self, paths: str | Path | Iterable[str | Path]) -> Iterator[Result]:
@@ -550,7 +556,7 @@ class Detector:
         def one(item: tuple[Path, Kind, Status | None]) -> Result:
             path, kind, status = item
             if status is not None:
-                return Result(str(path), kind, status, detail="no video or image inside" if kind == "folder" else "")
+                return Result.unscored(path, kind, status)
             return self._score_file(path)
 
         if self.workers == 1 or len(inputs) <= 1:

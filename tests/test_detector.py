@@ -167,3 +167,12 @@ def test_importing_the_package_does_not_load_the_detector_until_it_is_used():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.stdout.split() == ["False", "True"], result.stderr[-500:]
+
+
+def test_several_workers_give_the_same_results_in_input_order(tmp_path, tiny_checkpoint):
+    inputs = [*_images(tmp_path, ["c.png", "a.png", "b.png", "d.png"]), tmp_path / "absent.png"]
+    one = list(Detector.load(tiny_checkpoint, "cpu", face_crop=False).score_many(inputs))
+    three = list(Detector.load(tiny_checkpoint, "cpu", face_crop=False, workers=3).score_many(inputs))
+    assert [r.path for r in three] == [str(p) for p in inputs]
+    assert [(r.status, r.score) for r in three] == [(r.status, r.score) for r in one]
+    assert three[-1].status == "missing"
