@@ -144,7 +144,7 @@ def main() -> None:
         print(
             f"naive {naive_vps:.4f} videos/s   ours (--workers {args.workers}) {ours_vps:.4f} videos/s   "
             f"speed-up {ours_vps / naive_vps:.2f}x; identical decisions {same}/{len(ours_scores)}; "
-            f"max |score difference| {max(differences, default=float('nan')):.4f}"
+            f"max |score difference| {max(differences, default=float('nan')):.2e}"
         )
         rss32 = peak_rss_mb(ckpt, found, 32, args.workers)
         print(f"peak RSS of detect --frames 32 --workers {args.workers} on the {len(found)} clips: {rss32:.0f} MB")
@@ -154,7 +154,7 @@ def main() -> None:
     print(
         f"detect speed: ratio={ours_vps / naive_vps:.2f} ours_vps={ours_vps:.4f} naive_vps={naive_vps:.4f} "
         f"peak_rss_mb={max(rss32, rss_huge):.0f} rss32_mb={rss32:.0f} rss_huge_mb={rss_huge:.0f} "
-        f"decisions_same={same}/{len(ours_scores)} max_score_diff={max(differences, default=float('nan')):.4f}"
+        f"decisions_same={same}/{len(ours_scores)} max_score_diff={max(differences, default=float('nan')):.2e}"
     )
 
 

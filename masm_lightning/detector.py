@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,7 +51,7 @@ from .data.faces import Detection, MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
-from .data.video import Frame, open_video, read_image, sniff
+from .data.video import Frame, chunks_ahead, open_video, read_image, sniff
 from .export import load_exported
 from .io import settings_digest
 
@@ -73,7 +72,7 @@ Status = Literal["ok", "truncated", "no_face", "unreadable", "empty", "missing",
 Kind = Literal["video", "image", "folder", ""]
 SCORED: tuple[Status, ...] = ("ok", "truncated")  # statuses that carry a score and a decision
 FaceDetector = Callable[[list[np.ndarray]], list[Detection]]
-CHUNK_BYTES = 64 * 2**20  # decoded frames per chunk are capped at this size too (2 frames of 4K, 10 of 1080p)
+CHUNK_BYTES = 32 * 2**20  # decoded frames per chunk are capped at this size too (5 frames of 1080p, 1 of 4K)
 
 
 @dataclass(frozen=True)
@@ -314,66 +313,6 @@ def _as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()
-
-
-def _chunks_ahead(frames: Iterator[Frame | None], size: int, depth: int = 1) -> Iterator[list[Frame] | None]:
-    """Group ``frames`` into lists of ``size``, decoded by a thread up to ``depth`` chunks ahead of the consumer
-    (FFmpeg releases the GIL, so decoding overlaps the model). ``None`` (start over) passes through. At most
-    ``depth + 2`` chunks exist at once: the one consumed, those queued, the one being filled."""
-    ahead: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fill() -> None:
-        try:
-            chunk: list[Frame] = []
-            for frame in frames:
-                if frame is None:
-                    chunk = []
-                    if not put(None):
-                        return
-                    continue
-                chunk.append(frame)
-                if len(chunk) == size:
-                    if not put(chunk):
-                        return
-                    chunk = []
-            if chunk and not put(chunk):
-                return
-            put(_END)
-        except BaseException as error:  # handed to the consumer, which re-raises it where it is handled
-            put(_Failure(error))
-
-    thread = threading.Thread(target=fill, name="detect-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ahead.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-            del item  # not held while the next chunk is awaited
-    finally:
-        stop.set()
-        thread.join()
-
-
 class _VideoScores:
     """A video's detections and face scores as its chunks are scored; only boxes and scores are kept."""
 
@@ -452,7 +391,7 @@ class Detector:
         face_crop: crop faces as in training; false scores whole frames/images (no face detection).
         workers: inputs in flight at once in :meth:`score_many` (threads, each with a decoding thread of its own;
             about the number of cores).
-        chunk_frames: decoded frames per chunk, the face detector's batch (also capped at 64 MB of frames):
+        chunk_frames: decoded frames per chunk, the face detector's batch (also capped at 32 MB of frames):
             MTCNN's boxes do not depend on its batch, so neither do the scores; memory grows with it.
         face_detector: frames → detections, in place of the checkpoint's MTCNN (tests, other detectors).
     """
@@ -615,7 +554,7 @@ class Detector:
         size = max(1, min(self.chunk_frames, CHUNK_BYTES // frame_bytes))
         state = _VideoScores(self)
         try:
-            for chunk in _chunks_ahead(video.frames_sampled(self.frames), size):
+            for chunk in chunks_ahead(video.frames_sampled(self.frames), size):
                 if chunk is None:  # the decoder starts over (timestamps not in display order)
                     state.reset()
                 else:
