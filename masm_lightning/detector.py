@@ -413,11 +413,10 @@ class Detector:
             raise ValueError(f"aggregation {aggregation!r} is not one of 'mean', 'confident'")
         if threshold is not None and not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        for name, value in (("frames", frames or 1), ("batch_size", batch_size), ("workers", workers)):
+        counts = {"frames": 1 if frames is None else frames, "batch_size": batch_size, "workers": workers}
+        for name, value in {**counts, "chunk_frames": chunk_frames}.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
         self.classifier = classifier
         self.frames = frames or classifier.face_crop.frames
         self.aggregation, self.confident = aggregation, confident

@@ -176,3 +176,17 @@ def test_several_workers_give_the_same_results_in_input_order(tmp_path, tiny_che
     assert [r.path for r in three] == [str(p) for p in inputs]
     assert [(r.status, r.score) for r in three] == [(r.status, r.score) for r in one]
     assert three[-1].status == "missing"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("frames", 0, "frames must be >= 1, got 0"),
+        ("workers", 0, "workers must be >= 1, got 0"),
+        ("threshold", 1.5, r"threshold must be in \(0, 1\), got 1.5"),
+        ("aggregation", "median", "aggregation 'median' is not one of 'mean', 'confident'"),
+    ],
+)
+def test_a_bad_option_is_one_message_naming_it(tiny_checkpoint, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        Detector.load(tiny_checkpoint, "cpu", **{option: value})
