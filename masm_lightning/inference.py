@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .adapters import merge_adapters
-from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
+from .checkpoint import CheckpointError, check_device, extraction_settings, face_crop_settings, load_checkpoint
 from .data.crops import crop_face
 from .data.faces import MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -39,7 +39,7 @@ from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
 from .data.video import read_frames
 from .export import load_exported
-from .io import write_atomic
+from .io import walk_files, write_atomic
 
 __all__ = ["Classifier", "ConfidentRule", "aggregate", "detect", "load_classifier"]
 
@@ -130,7 +130,7 @@ def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
     Raises:
         CheckpointError: ``path`` is neither (the message names it and says why).
     """
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = Path(path)
     if path.is_dir():
         model, config = load_exported(path, target)
@@ -169,7 +169,7 @@ def _inputs(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str, str]]:
     media = VIDEO_SUFFIXES + IMAGE_SUFFIXES
     for path in map(Path, paths):
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
+            files = walk_files(path, media)  # symlinked sub-folders followed, loops cut
             if not files:
                 yield path, "folder", "no_media"
             for file in files:
