@@ -68,9 +68,7 @@ def _data_config(tmp_path: Path, train: str | None, test: str) -> Path:
     config.write_text(
         "data:\n"
         "  class_path: masm_lightning.data.FaceForgeryDataModule\n"
-        "  init_args:\n"
-        + (f"    train: {train}\n" if train else "")
-        + f"    test: [{test}]\n"
+        "  init_args:\n" + (f"    train: {train}\n" if train else "") + f"    test: [{test}]\n"
         f"    cache_dir: {tmp_path / 'cache'}\n"
         "    batch_size: 4\n"
         "    num_workers: 0\n"
@@ -132,7 +130,7 @@ def test_optimizer_init_args_change_one_setting_of_the_default_optimizer(tmp_pat
 
 def test_masm_debug_shows_the_traceback_of_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MASM_DEBUG", "1")
-    with pytest.raises(CheckpointError, match="nope.ckpt"):
+    with pytest.raises(CheckpointError, match=r"nope\.ckpt"):
         main(["test", *tiny_args(tmp_path, "--ckpt_path", str(tmp_path / "nope.ckpt"))])
 
 
