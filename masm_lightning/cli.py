@@ -22,9 +22,11 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -83,6 +85,15 @@ def _user_message(error: BaseException) -> str:
         if frames and os.path.abspath(frames[-1].filename).startswith(package):
             return str(candidate)
     return str(error)
+
+
+def _quoted_scalars(node: yaml.Node | None, key: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, text) of every explicitly quoted scalar in a composed YAML document's mappings."""
+    if isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            yield from _quoted_scalars(value, f"{key}.{name.value}" if key else str(name.value))
+    elif isinstance(node, yaml.ScalarNode) and node.style in ("'", '"') and key:
+        yield key, node.value
 
 
 def _summary(fn: Callable[..., Any]) -> str:
@@ -145,9 +156,28 @@ class MASMCLI(LightningCLI):
             # jsonargparse prints before it validates; parse (types checked) and build the classes (our __init__
             # checks) without printing first, so a value a run would refuse is refused here too.
             super().parse_arguments(parser, [a for a in argv if a.split("=", 1)[0] != _PRINT_CONFIG])
+            self._refuse_quoted_numbers()
             if self.config.get("subcommand") in self.subcommands():  # Lightning's: build its classes
                 self._check_values()
         super().parse_arguments(parser, args)
+        self._refuse_quoted_numbers()
+
+    def _refuse_quoted_numbers(self) -> None:
+        """A quoted YAML string where a number is expected (``lambda_orth: "0.5"``) is refused, as the command line
+        refuses ``--model.lambda_orth '"0.5"'``: jsonargparse would otherwise re-read the string as YAML and take
+        it. Unquoted scalars (``lr: 1e-4``, which PyYAML reads as a string) are left to jsonargparse."""
+        subcommand = self.config.get("subcommand")
+        options = self.config.get(subcommand) if subcommand else self.config
+        for source in (options.get("config") or []) if options is not None else []:
+            if source is None:  # an inline YAML string given to --config
+                continue
+            for key, text in _quoted_scalars(yaml.compose(Path(os.fspath(source)).read_text())):
+                value = options.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.parser.error(
+                        f"{os.fspath(source)}: {key} is the quoted string {text!r}, but it takes a number: "
+                        f"write {text} without quotes"
+                    )
 
     def _check_values(self) -> None:
         try:

@@ -184,3 +184,18 @@ def test_frames_that_cannot_be_read_are_dropped_from_the_batch_and_listed(tmp_pa
     assert batch["unreadable"].tolist() == [1]
     only_bad = collate_frames([dataset[1]])
     assert set(only_bad) == {"unreadable"} and only_bad["unreadable"].tolist() == [1]
+
+
+def test_a_quoted_number_in_a_yaml_file_is_refused_like_on_the_command_line(tmp_path, capsys):
+    config = tmp_path / "lambda.yaml"
+    config.write_text('model:\n  lambda_orth: "0.5"\n')
+    err = _fails(capsys, ["fit", *tiny_args(tmp_path, "--config", str(config), "--print_config")])
+    (line,) = _error_lines(err)
+    assert "model.lambda_orth is the quoted string '0.5', but it takes a number" in line
+    assert "lambda_orth" in _fails(capsys, ["fit", *tiny_args(tmp_path, "--model.lambda_orth", '"0.5"')])
+    config.write_text(
+        "model:\n  lambda_orth: 0.5\n  optimizer: {class_path: torch.optim.Adam, init_args: {lr: 1e-4}}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args(tmp_path, "--config", str(config), "--print_config")])
+    assert exit_info.value.code == 0 and "lambda_orth: 0.5" in capsys.readouterr().out
