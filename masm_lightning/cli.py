@@ -3,20 +3,31 @@
 One jsonargparse parser holds every command: Lightning's ``fit``, ``validate``, ``test`` and ``predict`` (a
 LightningCLI over :class:`~masm_lightning.model.MASMDetector` and the data modules), and the project's own
 ``preprocess``, ``detect`` and ``export`` (functions in :mod:`masm_lightning.commands` whose typed signatures are
-their options). Every command takes ``--help``, ``--config FILE`` and ``--print_config``; a user's mistake ends in
-one ``error:`` line and exit status 2.
+their options). Every command takes ``--help``, ``--config FILE`` and ``--print_config`` (which checks the values
+as a run would before printing them); options are never abbreviated; a user's mistake ends in one ``error:`` line
+and exit status 2.
+
+User mistakes found while a run is under way (a dataset root that is not there, a list that does not parse, a
+checkpoint that is truncated or foreign, adapters that do not fit the backbone) raise a
+:class:`~masm_lightning.errors.UserError` where the value is checked; :func:`main` catches that type once and prints
+``error: <message>``. Anything else is a bug and keeps its traceback; ``MASM_DEBUG=1`` shows the traceback of user
+errors too.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sys
+import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ActionYesNo
+import yaml
+from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
@@ -25,6 +36,7 @@ from .callbacks.predictions import VideoPredictionWriter
 from .callbacks.report import RunReport
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
+from .errors import UserError, debug_enabled
 from .model import MASMDetector
 
 __all__ = ["MASMCLI", "main"]
@@ -48,6 +60,40 @@ class _QuietLightning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.DROPPED)
+
+
+# Values of --ckpt_path that Lightning resolves itself (not file paths).
+_LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
+_PRINT_CONFIG = "--print_config"
+
+
+def _user_message(error: BaseException) -> str:
+    """The message of the error our own code raised, found in the chain of a wrapping error: jsonargparse reports a
+    ``ValueError`` from an ``__init__`` inside a Union as every member's failure plus a dump of the whole
+    namespace; the user needs the one line our validation wrote."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    for candidate in chain:
+        if isinstance(candidate, UserError):
+            return str(candidate)
+    for candidate in chain:  # a plain ValueError raised by our code (the adapter library's validation)
+        frames = traceback.extract_tb(candidate.__traceback__)
+        if frames and os.path.abspath(frames[-1].filename).startswith(package):
+            return str(candidate)
+    return str(error)
+
+
+def _quoted_scalars(node: yaml.Node | None, key: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, text) of every explicitly quoted scalar in a composed YAML document's mappings."""
+    if isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            yield from _quoted_scalars(value, f"{key}.{name.value}" if key else str(name.value))
+    elif isinstance(node, yaml.ScalarNode) and node.style in ("'", '"') and key:
+        yield key, node.value
 
 
 def _summary(fn: Callable[..., Any]) -> str:
@@ -85,7 +131,7 @@ class MASMCLI(LightningCLI):
         if subcommands is None:
             raise RuntimeError("LightningCLI added no subcommands to the parser")
         for name, fn in _commands().items():
-            command = LightningArgumentParser(description=inspect.getdoc(fn) or "")
+            command = LightningArgumentParser(description=inspect.getdoc(fn) or "", allow_abbrev=False)
             command.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
             skip: set[str | int] = set()
             if "paths" in inspect.signature(fn).parameters:  # the inputs of `detect`, positional
@@ -94,6 +140,50 @@ class MASMCLI(LightningCLI):
             command.add_function_arguments(fn, as_positional=False, skip=skip)
             _accept_dashes(command)
             subcommands.add_subcommand(name, command, help=_summary(fn))
+
+    @override
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # `--trainer.max_epoch 1` is a typo, not an abbreviation of --trainer.max_epochs: refused, as every
+        # unknown option is (jsonargparse 5 makes this its default).
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else None
+        printing = argv is not None and any(a == _PRINT_CONFIG or a.startswith(_PRINT_CONFIG + "=") for a in argv)
+        if printing and argv is not None:
+            # jsonargparse prints before it validates; parse (types checked) and build the classes (our __init__
+            # checks) without printing first, so a value a run would refuse is refused here too.
+            super().parse_arguments(parser, [a for a in argv if a.split("=", 1)[0] != _PRINT_CONFIG])
+            self._refuse_quoted_numbers()
+            if self.config.get("subcommand") in self.subcommands():  # Lightning's: build its classes
+                self._check_values()
+        super().parse_arguments(parser, args)
+        self._refuse_quoted_numbers()
+
+    def _refuse_quoted_numbers(self) -> None:
+        """A quoted YAML string where a number is expected (``lambda_orth: "0.5"``) is refused, as the command line
+        refuses ``--model.lambda_orth '"0.5"'``: jsonargparse would otherwise re-read the string as YAML and take
+        it. Unquoted scalars (``lr: 1e-4``, which PyYAML reads as a string) are left to jsonargparse."""
+        subcommand = self.config.get("subcommand")
+        options = self.config.get(subcommand) if subcommand else self.config
+        for source in (options.get("config") or []) if options is not None else []:
+            if source is None:  # an inline YAML string given to --config
+                continue
+            for key, text in _quoted_scalars(yaml.compose(Path(os.fspath(source)).read_text())):
+                value = options.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.parser.error(
+                        f"{os.fspath(source)}: {key} is the quoted string {text!r}, but it takes a number: "
+                        f"write {text} without quotes"
+                    )
+
+    def _check_values(self) -> None:
+        try:
+            self.parser.instantiate_classes(self.config)
+        except ValueError as error:  # a value our classes reject in __init__/__post_init__
+            self.parser.error(_user_message(error))
 
     @override
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
@@ -138,7 +228,7 @@ class MASMCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as error:  # a value our classes reject in __init__/__post_init__
-            self.parser.error(str(error))
+            self.parser.error(_user_message(error))
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -169,6 +259,31 @@ class MASMCLI(LightningCLI):
         self._add_callback(VideoPredictionWriter)
 
     @override
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand in self.subcommands():
+            self._check_ckpt_path(subcommand)
+        super()._parse_ckpt_path()
+
+    def _check_ckpt_path(self, subcommand: str) -> None:
+        """A ``--ckpt_path`` file is read (safely) before Lightning reads it: a missing, truncated, unsafe or
+        foreign file is one line naming it, not a traceback from deep inside Lightning or torch."""
+        from .checkpoint import CheckpointError, read_checkpoint
+
+        options = self.config[subcommand]
+        path = options.get("ckpt_path")
+        if path is None or str(path) in _LIGHTNING_CKPT_NAMES or str(path).startswith("registry:"):
+            return
+        if options.get("weights_only") is False:  # the user asked Lightning for a full unpickle: only check it exists
+            if not os.path.isfile(path):
+                raise CheckpointError(f"--ckpt_path {str(path)!r} is not a file")
+            return
+        try:
+            read_checkpoint(path)
+        except CheckpointError as error:
+            raise CheckpointError(f"--ckpt_path: {error}") from error
+
+    @override
     def _run_subcommand(self, subcommand: str) -> None:
         if not self._own_command():
             super()._run_subcommand(subcommand)
@@ -196,15 +311,21 @@ def main(args: list[str] | None = None) -> MASMCLI:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _QuietLightning) for f in logger.filters):
             logger.addFilter(_QuietLightning())
-    return MASMCLI(
-        MASMDetector,
-        FaceForgeryDataModule,
-        subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable
-        parser_kwargs={
-            "prog": "masm",
-            "description": "MASM deepfake detection: train, test, extract faces, score videos, export models.",
-        },
-    )
+    try:
+        return MASMCLI(
+            MASMDetector,
+            FaceForgeryDataModule,
+            subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable
+            parser_kwargs={
+                "prog": "masm",
+                "description": "MASM deepfake detection: train, test, extract faces, score videos, export models.",
+            },
+        )
+    except UserError as error:  # the user's mistake, found while running: one line (bugs keep their traceback)
+        if debug_enabled():
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

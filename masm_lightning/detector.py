@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .adapters import merge_adapters
-from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
+from .checkpoint import CheckpointError, check_device, extraction_settings, face_crop_settings, load_checkpoint
 from .data.crops import crop_face
 from .data.faces import Detection, MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -53,7 +53,7 @@ from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
 from .data.video import Frame, chunks_ahead, open_video, read_image, sniff
 from .export import load_exported
-from .io import settings_digest
+from .io import settings_digest, walk_files
 
 __all__ = [
     "SCORED",
@@ -200,7 +200,7 @@ def load_classifier(source: str | Path, device: str | None = None) -> Classifier
     Raises:
         CheckpointError: ``source`` is neither (the message names it and says why).
     """
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for accepts, load in _LOADERS:
         if accepts(str(source)):
             return load(Path(source), target)
@@ -280,7 +280,7 @@ def expand_inputs(paths: str | Path | Iterable[str | Path]) -> list[tuple[Path, 
     for path in map(Path, paths):
         if path.is_dir():
             files = []
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            for file in walk_files(path):  # symlinked sub-folders followed, loops cut
                 content = _sniff_or_none(file)
                 if content in ("image", "video") or file.suffix.lower() in media:
                     kind: Kind = "image" if content == "image" else "video"

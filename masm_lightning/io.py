@@ -9,6 +9,10 @@ was made and how (plus its :func:`settings_digest`), written only once the work 
 interrupted leaves no stamp (or a stale one that does not match) and is redone; finer-grained work (per video)
 records its own digest and resumes where it stopped.
 
+:func:`walk_files` is the one way the project lists a folder tree (datasets, ``detect``'s folders): it follows
+symlinked sub-folders, which large datasets use to span disks, and visits each real folder once, so a link loop
+(or two links to one folder) ends instead of recursing forever or counting files twice.
+
 Standard library only: every layer of the package may import it.
 """
 
@@ -17,13 +21,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Stamp", "atomic_open", "atomic_path", "settings_digest", "write_atomic", "write_csv"]
+__all__ = ["Stamp", "atomic_open", "atomic_path", "settings_digest", "walk_files", "write_atomic", "write_csv"]
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -106,3 +113,42 @@ class Stamp:
 
     def __repr__(self) -> str:
         return f"Stamp({str(self.path)!r})"
+
+
+def walk_files(root: str | Path, suffixes: Iterable[str] | None = None) -> list[Path]:
+    """Every file under ``root`` (recursively, symlinked sub-folders followed), sorted; only those whose
+    lower-cased suffix is in ``suffixes`` when given.
+
+    Paths are spelled through the links (``root/real/linked/a.mp4``, not the link's target), so ids derived from
+    them stay relative to ``root``. Each real folder, identified by ``(st_dev, st_ino)``, is listed once: a link
+    back to an ancestor (a loop), or a second link to a folder already listed, is skipped with a log line.
+    Unlistable folders are skipped with a log line too; broken links are ignored like any non-file.
+    """
+    wanted = None if suffixes is None else {s.lower() for s in suffixes}
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [Path(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                log.info("%s: already listed through another path (a symlink loop or a second link): skipped", folder)
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as error:
+            log.warning("cannot list %s (%s): skipped", folder, error.strerror or error)
+            continue
+        folders = []
+        for entry in entries:
+            try:
+                if entry.is_dir():  # follows symlinks
+                    folders.append(folder / entry.name)
+                elif entry.is_file() and (wanted is None or Path(entry.name).suffix.lower() in wanted):
+                    found.append(folder / entry.name)
+            except OSError:  # a link into a folder we may not read
+                continue
+        stack.extend(reversed(folders))
+    return sorted(found)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -29,18 +30,20 @@ from .adapters import (
     select_targets,
     unload_adapters,
 )
+from .errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
 from .selection import LayerSelection, select_layers
 from .weights import create_from_foreign_checkpoint, resolve_weights_path
 
-__all__ = ["MASMDetector", "run_checkpoints", "weights_fingerprint"]
+__all__ = ["MASMAdam", "MASMDetector", "run_checkpoints", "weights_fingerprint"]
 
 CHECKPOINT_KEY = "masm"
 _KEY_PREFIXES = ("module.", "model.")
 # Layers with running statistics (timm's BatchNormAct2d subclasses BatchNorm2d; SyncBatchNorm under DDP).
 _STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _Destination = TypeVar("_Destination", bound=dict[str, Any])  # as nn.Module.state_dict's T_destination
+_Result = TypeVar("_Result")
 
 
 def effort_adam(params: Any) -> torch.optim.Optimizer:
@@ -48,11 +51,45 @@ def effort_adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-4, weight_decay=5e-4)
 
 
-def masm_adam(params: Any) -> torch.optim.Optimizer:
+class MASMAdam(torch.optim.Adam):
     """MASM's default optimizer: Adam, lr 2e-4, no weight decay. Coupled decay on the factors is normalised by
     Adam with the task gradient, so it stalls small task gradients and erases tail values; the decoupled
-    constraint step (:func:`~masm_lightning.adapters.apply_constraints`) bounds the factors instead."""
-    return torch.optim.Adam(params, lr=2e-4)
+    constraint step (:func:`~masm_lightning.adapters.apply_constraints`) bounds the factors instead.
+
+    A class (not a function) so that the command line can change one setting of the default,
+    ``--model.optimizer.init_args.lr 1e-3``, as LightningCLI's optimizer convention has it; ``class_path:
+    torch.optim.AdamW`` etc. replace it.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse a ``model.backbone`` that timm does not know (``hf-hub:`` names are resolved by timm later).
+
+    Raises:
+        InvalidInputError: naming the value and the closest timm names.
+    """
+    source, model_name = timm.models.parse_model_name(name)
+    if source is not None:  # hf-hub / local-dir: timm reads the model's config from there
+        return
+    architecture, _ = timm.models.split_model_name_tag(model_name)
+    if timm.is_model(architecture):
+        return
+    close = difflib.get_close_matches(architecture, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise InvalidInputError(
+        f"model.backbone {name!r} is not a timm model{hint} (`timm.list_models('*clip*')` lists the names)"
+    )
 
 
 def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
@@ -139,7 +176,7 @@ class MASMDetector(LightningModule):
         lambda_spec: float = 1.0,
         lambda_semantic: float = 0.0,
         spectral_cap: float | None = 2.0,
-        optimizer: OptimizerCallable = masm_adam,
+        optimizer: OptimizerCallable = MASMAdam,
         lr_scheduler: LRSchedulerCallable | None = None,
         threshold: float = 0.5,
         backbone_seed: int = 0,
@@ -152,8 +189,9 @@ class MASMDetector(LightningModule):
             adapters = MASMConfig(**adapters)
         if isinstance(selection, Mapping):
             selection = LayerSelection(**selection)
+        check_backbone_name(backbone)
         if selection is not None and adapters is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "model.selection chooses where adapters go, but model.adapters is null: set adapters "
                 "(its targets are the candidates) or drop selection"
             )
@@ -163,14 +201,14 @@ class MASMDetector(LightningModule):
             ("lambda_semantic", lambda_semantic),
         ):
             if not 0 <= value < float("inf"):
-                raise ValueError(f"model.{name} must be a finite number >= 0, got {value}")
+                raise InvalidInputError(f"model.{name} must be a finite number >= 0, got {value}")
         if spectral_cap is not None and not spectral_cap > 0:
-            raise ValueError(f"model.spectral_cap must be > 0 or null (no cap), got {spectral_cap}")
+            raise InvalidInputError(f"model.spectral_cap must be > 0 or null (no cap), got {spectral_cap}")
         self.constraints = SubspaceConstraints(
             lambda_orth, lambda_spec, lambda_semantic, float("inf") if spectral_cap is None else spectral_cap
         )
         if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+            raise InvalidInputError(f"model.threshold must be in (0, 1), got {threshold}")
         self.backbone_name = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
         if image_size is not None and not image_size > 0:
@@ -219,7 +257,7 @@ class MASMDetector(LightningModule):
         if path is not None:
             path = resolve_weights_path(path)  # `package://<module>/<file>`: weights a pip package installed
             if not Path(path).is_file():
-                raise FileNotFoundError(f"model.checkpoint_path {path!r} is not a file")
+                raise InputNotFoundError(f"model.checkpoint_path {path!r} is not a file")
             foreign = create_from_foreign_checkpoint(self.backbone_name, path, **kwargs)
             if foreign is not None:  # torchvision MobileNetV2 / lukemelas EfficientNet keys, mapped in weights.py
                 return foreign
@@ -251,7 +289,7 @@ class MASMDetector(LightningModule):
         self.backbone = backbone
         num_features = getattr(backbone, "num_features", None)  # timm's pre-logits width
         if not isinstance(num_features, int):
-            raise ValueError(
+            raise InvalidInputError(
                 f"model.backbone {self.backbone_name!r} has no integer num_features (got "
                 f"{num_features!r}): MASMDetector needs a timm model"
             )
@@ -259,7 +297,7 @@ class MASMDetector(LightningModule):
         if self.adapter_config is not None:
             backbone.requires_grad_(False)  # also while injection waits for a checkpoint's selection
             if self.selection is None:
-                inject_adapters(backbone, self.adapter_config)
+                self._fit_adapters(lambda: inject_adapters(backbone, self._require_adapter_config()))
             else:
                 self._inject(self._selected_layers())
         elif self.hparams["freeze_backbone"]:
@@ -294,7 +332,8 @@ class MASMDetector(LightningModule):
         if selection.layers is None:
             if self._trainer is None or self.trainer.state.fn != "fit":
                 return None
-            candidates = select_targets(self._require_backbone(), self._require_adapter_config())
+            backbone, config = self._require_backbone(), self._require_adapter_config()
+            candidates = self._fit_adapters(lambda: select_targets(backbone, config))
             layers, self.selection_scores = select_layers(
                 self.trainer, self, candidates, selection, self.task_loss, prefix="backbone."
             )
@@ -309,7 +348,17 @@ class MASMDetector(LightningModule):
             return
         config = self._require_adapter_config()
         unload_adapters(backbone)
-        inject_adapters(backbone, dataclasses.replace(config, targets=tuple(layers), blocks=None))
+        self._fit_adapters(
+            lambda: inject_adapters(backbone, dataclasses.replace(config, targets=tuple(layers), blocks=None))
+        )
+
+    def _fit_adapters(self, call: Callable[[], _Result]) -> _Result:
+        """Run an adapter-library call on the backbone; its ``ValueError`` (targets matching nothing, ranks larger
+        than a layer, a fused split that does not divide) is the user's config meeting this backbone: one line."""
+        try:
+            return call()
+        except ValueError as error:
+            raise InvalidInputError(f"model.adapters do not fit backbone {self.backbone_name!r}: {error}") from error
 
     def _record_selection(self) -> None:
         self.hparams["selection"] = None if self.selection is None else dataclasses.asdict(self.selection)
@@ -354,7 +403,9 @@ class MASMDetector(LightningModule):
         return F.cross_entropy(logits, batch["label"])
 
     @override
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if "image" not in batch:  # every frame of the batch was unreadable (data.collate_frames): skip the step
+            return None
         terms = {"ce": self.task_loss(batch)}
         loss = terms["ce"]  # the constraints are a separate step (optimizer_step): p.grad is the task's alone
         if self.adapter_config is not None and (
@@ -382,6 +433,8 @@ class MASMDetector(LightningModule):
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if "image" not in batch:  # every frame unreadable: nothing to score (the report counts them)
+            return
         self.val_metrics.update(self.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
 
     @override
@@ -416,6 +469,8 @@ class MASMDetector(LightningModule):
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "image" not in batch:
+            return
         _, metric = self._test_metric_items()[dataloader_idx]
         metric.update(self.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
 
@@ -430,6 +485,9 @@ class MASMDetector(LightningModule):
 
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        if "image" not in batch:
+            empty = torch.empty(0, device=self.device)
+            return {"prob": empty, "label": empty.long(), "video": empty.long(), "index": empty.long()}
         return {
             "prob": self.fake_probability(batch["image"]),
             "label": batch["label"],
@@ -528,7 +586,7 @@ class MASMDetector(LightningModule):
         missing = sorted(self._trained_keys() - state_dict.keys())
         unexpected = sorted(state_dict.keys() - known)
         if strict and (missing or unexpected):
-            raise RuntimeError(
+            raise IncompatibleCheckpointError(
                 f"checkpoint does not fit this MASMDetector ({self.backbone_name}, adapters "
                 f"{self.hparams['adapters']}): missing {len(missing)} trained keys {missing[:3]}, "
                 f"unexpected {len(unexpected)} keys {unexpected[:3]}"
@@ -560,7 +618,7 @@ class MASMDetector(LightningModule):
             self._record_selection()
         saved = checkpoint.get(CHECKPOINT_KEY, {}).get("fingerprint")
         if saved is not None and self.fingerprint is not None and saved != self.fingerprint:
-            raise ValueError(
+            raise InvalidInputError(
                 f"checkpoint was trained on a {checkpoint[CHECKPOINT_KEY]['backbone']!r} backbone with weight "
                 f"fingerprint {saved}, but this model's {self.backbone_name!r} backbone has {self.fingerprint}: "
                 "load the same base weights as in training (model.pretrained / model.checkpoint_path)"

@@ -7,18 +7,26 @@ pass ``RunReport()`` in the trainer's callbacks.
 A ``test`` of a checkpoint that sits in a fit's run folder (``<run>/checkpoints/*.ckpt``) also copies that run's
 training figures (the selective mask's ``layer_masks.png``) beside its ROC plot, so one folder shows both how the
 model was trained and how it tests.
+
+It also keeps the record of frames that could not be read (the batches' ``unreadable`` indices, see
+:func:`~masm_lightning.data.datamodule.collate_frames`): per stage and set, a warning with the count and the first
+paths at the end of each epoch, and a status line per test set in ``results.md``. The run goes on without them.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from ..evaluation.loaders import named_loaders
 from ..evaluation.results import results_markdown
 from ..io import atomic_path, write_atomic
 from .run_folder import log_dir, log_image
@@ -55,9 +63,101 @@ def trainable_parameters(module: LightningModule) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+UNREADABLE_EXAMPLES = 3  # paths named in the warning
+
+
 class RunReport(Callback):
     """Writes ``results.md`` and ``roc_<set>.png`` at the end of ``test`` (read from the module's
-    ``test_results`` and ``test_metrics``), and prints where the checkpoints, logs and plots of a ``fit`` are."""
+    ``test_results`` and ``test_metrics``), prints where the checkpoints, logs and plots of a ``fit`` are, and
+    records unreadable frames (count and examples per set, in the log and ``results.md``).
+
+    Attributes:
+        unreadable: after each epoch, (stage, set name) → number of frames that could not be read (all ranks).
+    """
+
+    def __init__(self) -> None:
+        self.unreadable: dict[tuple[str, str], int] = {}
+        self._seen: dict[tuple[str, str], list[Path]] = defaultdict(list)
+
+    @staticmethod
+    def _loaders(trainer: Trainer, stage: str) -> list[tuple[str, Any]]:
+        """The stage's (set name, loader) pairs: the test sets by name; training and validation as one set."""
+        if stage == "test":
+            # Trainer.datamodule is set by Lightning's data connector, outside Trainer's annotations.
+            return named_loaders(trainer.test_dataloaders, trainer.datamodule)  # type: ignore[attr-defined]
+        loaders = trainer.train_dataloader if stage == "train" else trainer.val_dataloaders
+        return [(stage, loader) for loader in (loaders if isinstance(loaders, (list, tuple)) else [loaders])]
+
+    def _count(self, trainer: Trainer, stage: str, batch: Any, dataloader_idx: int) -> None:
+        failed = batch.get("unreadable") if isinstance(batch, dict) else None
+        if failed is None or not len(failed):
+            return
+        named = self._loaders(trainer, stage)
+        name, loader = named[dataloader_idx] if dataloader_idx < len(named) else (stage, None)
+        records = getattr(getattr(loader, "dataset", None), "records", None)
+        self._seen[(stage, name)] += [
+            Path(records[i].path) if records is not None else Path(f"<item {i}>") for i in failed.tolist()
+        ]
+
+    def _close(self, trainer: Trainer, stage: str) -> None:
+        """Sum the stage's counts over ranks (a collective: every rank calls it, for the same set names), warn
+        and keep them in :attr:`unreadable`."""
+        for name in dict.fromkeys(n for n, _ in self._loaders(trainer, stage)):
+            paths = self._seen.pop((stage, name), [])
+            count = torch.tensor(float(len(paths)), device=trainer.strategy.root_device)
+            total = int(trainer.strategy.reduce(count, reduce_op="sum").item())
+            if total:
+                self.unreadable[(stage, name)] = total
+                examples = ", ".join(str(p) for p in paths[:UNREADABLE_EXAMPLES]) or "read on another process"
+                rank_zero_warn(
+                    f"{stage} set {name!r}: {total} frame(s) could not be read and were left out "
+                    f"(e.g. {examples}); the run went on without them"
+                )
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._count(trainer, "train", batch, 0)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._count(trainer, "val", batch, dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._count(trainer, "test", batch, dataloader_idx)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close(trainer, "train")
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:  # the sanity batches are read again by the first real validation
+            self._seen.pop(("val", "val"), None)
+        else:
+            self._close(trainer, "val")
+
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close(trainer, "test")
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -79,8 +179,13 @@ class RunReport(Callback):
                 rank_zero_info(f"ROC curves for test set {name!r}: {path}")
                 log_image(trainer, f"test/{name}/roc", path)
         threshold = float(pl_module.hparams.get("threshold", 0.5))
+        unreadable = {name: count for (stage, name), count in self.unreadable.items() if stage == "test"}
         table = results_markdown(
-            results, threshold, str(trainer.ckpt_path or ""), trainable=trainable_parameters(pl_module)
+            results,
+            threshold,
+            str(trainer.ckpt_path or ""),
+            trainable=trainable_parameters(pl_module),
+            unreadable=unreadable,
         )
         path = write_atomic(folder / "results.md", table)
         rank_zero_info(f"test results table: {path}")

@@ -107,6 +107,8 @@ class RobustnessSweep(Callback):
         fake_probability = cast(Callable[[Tensor], Tensor], model.fake_probability)
         with torch.inference_mode():
             for batch in perturbed:
+                if "image" not in batch:  # every frame of the batch unreadable (data.collate_frames)
+                    continue
                 batch = {k: v.to(model.device) for k, v in batch.items()}
                 metric.update(fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
         values = metric.compute()  # synchronised across processes under DDP

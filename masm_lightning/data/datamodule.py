@@ -16,20 +16,31 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from typing_extensions import override
 
+from ..errors import InvalidInputError
 from .manifest import FrameRecord
 from .settings import ExtractionSettings
 from .sources import DataSource, load_source, prepare_source
 from .synthetic import generate_demo_dataset
 from .transforms import Preset, crop_face_mask, eval_transform, self_blend, train_transform
 
-__all__ = ["DemoDataModule", "FaceForgeryDataModule", "FrameDataset", "VideoFrameSampler", "spread_frames"]
+__all__ = [
+    "UNREADABLE_KEY",
+    "DemoDataModule",
+    "FaceForgeryDataModule",
+    "FrameDataset",
+    "VideoFrameSampler",
+    "collate_frames",
+    "spread_frames",
+]
 
 FrameDraw = Literal["uniform", "random"]
 Balance = Literal["none", "sampler", "loss"]
 SelfBlend = Literal["off", "add", "only"]
+# The batch key listing the dataset indices of frames that could not be read (present only when some could not).
+UNREADABLE_KEY = "unreadable"
 
 
 def spread_positions(total: int, count: int | None) -> list[int]:
@@ -60,6 +71,12 @@ class FrameDataset(Dataset):
     ``self_blended`` are real crops turned into pseudo-fakes (label 1, video id ``sbi/<id>``) on the fly. With
     ``class_weights`` (real, fake), items also carry their class's loss ``weight``: the model's weighted mean of
     the per-item losses is then cross-entropy with those class weights.
+
+    A crop that cannot be read (deleted, truncated, not an image) does not stop the run: its item is
+    ``{"unreadable": index}``, which :func:`collate_frames` leaves out of the batch and lists under the batch's
+    ``unreadable`` key; :class:`~masm_lightning.callbacks.RunReport` counts them in the log and ``results.md``.
+    Dropping (rather than a placeholder image with a flag) keeps every consumer of a batch — the model's steps,
+    the metrics, the robustness sweep — unaware of failures, and a lost frame changes nothing but the count.
     """
 
     def __init__(
@@ -86,8 +103,8 @@ class FrameDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
         image = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"cannot read frame {str(record.path)!r} (video {record.video_key})")
+        if image is None:  # missing, truncated or not an image: recorded by the batch, counted by the report
+            return {UNREADABLE_KEY: i}
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if self.blended[i]:
             # Seeded from torch's per-worker generator: reproducible under seed_everything(workers=True).
@@ -111,6 +128,18 @@ class FrameDataset(Dataset):
         for group in groups:
             group.sort(key=lambda i: self.records[i].frame_index)
         return groups
+
+
+def collate_frames(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` of the readable items; the dataset indices of unreadable ones (see
+    :class:`FrameDataset`) go under ``batch["unreadable"]``, a key present only when some were. A batch with no
+    readable item holds that key alone."""
+    kept = [item for item in items if UNREADABLE_KEY not in item]
+    failed = [int(item[UNREADABLE_KEY]) for item in items if UNREADABLE_KEY in item]
+    batch: dict[str, Any] = default_collate(kept) if kept else {}
+    if failed:
+        batch[UNREADABLE_KEY] = torch.tensor(failed, dtype=torch.long)
+    return batch
 
 
 class VideoFrameSampler(DistributedSampler):
@@ -250,10 +279,17 @@ class FaceForgeryDataModule(LightningDataModule):
             ("augmentation", augmentation, Preset),
         ):
             if value not in get_args(allowed):
-                raise ValueError(f"data.{name}={value!r} is not one of {list(get_args(allowed))}")
-        for name, count in (("train_frames", train_frames), ("eval_frames", eval_frames), ("batch_size", batch_size)):
+                raise InvalidInputError(f"data.{name}={value!r} is not one of {list(get_args(allowed))}")
+        for name, count, unset in (
+            ("train_frames", train_frames, " (or null for all frames)"),
+            ("eval_frames", eval_frames, " (or null for all frames)"),
+            ("batch_size", batch_size, ""),
+            ("extract_workers", extract_workers, ""),
+        ):
             if count is not None and count < 1:
-                raise ValueError(f"data.{name} must be >= 1 (or null for all frames), got {count}")
+                raise InvalidInputError(f"data.{name} must be >= 1{unset}, got {count}")
+        if num_workers < 0:
+            raise InvalidInputError(f"data.num_workers must be >= 0 (0: load in the main process), got {num_workers}")
         self.train_source = train
         self.test_sources = list(test or [])
         self._check_names()
@@ -276,13 +312,13 @@ class FaceForgeryDataModule(LightningDataModule):
                 else asdict(other) == asdict(source)
             )
             if not same:
-                raise ValueError(
+                raise InvalidInputError(
                     f"two data sources are named {source.display_name!r} but read different data; "
                     "give them distinct `name`s"
                 )
         names = [s.display_name for s in self.test_sources]
         if len(set(names)) != len(names):
-            raise ValueError(f"data.test lists a test set twice: {names}")
+            raise InvalidInputError(f"data.test lists a test set twice: {names}")
 
     @property
     def seed(self) -> int:
@@ -337,19 +373,19 @@ class FaceForgeryDataModule(LightningDataModule):
         model = self.trainer.lightning_module if self.trainer is not None else None
         own = getattr(model, "data_config", None)
         if linked is not None and own is not None and {k: own[k] for k in linked} != dict(linked):
-            raise ValueError(
+            raise InvalidInputError(
                 f"data.input_config {dict(linked)!r} disagrees with the model's data_config {own!r}; "
                 "leave data.input_config unset (the CLI links it from the model)"
             )
         config = linked or own
         if config is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "no input configuration: set data.input_config {image_size, mean, std[, "
                 "interpolation]} or use a model with a data_config"
             )
         missing = {"image_size", "mean", "std"} - config.keys()
         if missing:
-            raise ValueError(f"data.input_config lacks {sorted(missing)}")
+            raise InvalidInputError(f"data.input_config lacks {sorted(missing)}")
         return {"interpolation": "bicubic", **config}
 
     def _load(self, source: DataSource) -> list[FrameRecord]:
@@ -363,7 +399,7 @@ class FaceForgeryDataModule(LightningDataModule):
         self.datasets = {}
         if stage in ("fit", "validate"):
             if self.train_source is None:
-                raise ValueError(f"`{stage}` needs data.train (the training dataset and its validation split)")
+                raise InvalidInputError(f"`{stage}` needs data.train (the training dataset and its validation split)")
             records = self._load(self.train_source)
             by_split: dict[str, list[FrameRecord]] = defaultdict(list)
             for record in records:
@@ -381,7 +417,7 @@ class FaceForgeryDataModule(LightningDataModule):
                 )
         if stage in ("test", "predict"):
             if not self.test_sources:
-                raise ValueError(f"`{stage}` needs data.test (a list of test datasets)")
+                raise InvalidInputError(f"`{stage}` needs data.test (a list of test datasets)")
             self.test_names = []
             for source in self.test_sources:
                 rows = self._load(source)
@@ -395,13 +431,13 @@ class FaceForgeryDataModule(LightningDataModule):
 
     def _train_dataset(self, records: list[FrameRecord], config: dict[str, Any], name: str) -> FrameDataset:
         if not records:
-            raise ValueError(f"data source {name!r} has no usable 'train' videos to fit on")
+            raise InvalidInputError(f"data source {name!r} has no usable 'train' videos to fit on")
         mode = self.hparams["self_blend"]
         if mode == "only":
             records = [r for r in records if r.label == 0]
         reals = [r for r in records if r.label == 0] if mode != "off" else []
         if mode != "off" and not reals:
-            raise ValueError(f"data.self_blend={mode!r} needs real training videos; {name!r} has none")
+            raise InvalidInputError(f"data.self_blend={mode!r} needs real training videos; {name!r} has none")
         transform = train_transform(
             config["image_size"], config["mean"], config["std"], self.hparams["augmentation"], config["interpolation"]
         )
@@ -442,6 +478,7 @@ class FaceForgeryDataModule(LightningDataModule):
             sampler=sampler,
             shuffle=False,
             drop_last=False,
+            collate_fn=collate_frames,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

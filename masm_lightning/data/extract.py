@@ -8,8 +8,10 @@ Layout written under ``out``::
     settings.json                                              extraction settings and their hash
     manifest.csv                                               rebuilt from the records: every video appears
 
-A video's crops go to a temporary folder that is renamed when complete, and its record is written last (atomic
-rename): a run killed at any point and rerun redoes only unfinished videos, and ends with the same manifest.
+A video's crops go to a temporary folder ``.<video>.<pid>.partial`` beside its final one that is renamed when
+complete, and its record is written last (atomic rename): a run killed at any point and rerun redoes only
+unfinished videos, and ends with the same manifest. The rerun also removes the partial folders the killed run left
+(:func:`remove_stale_partials`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -42,7 +45,9 @@ from .manifest import MANIFEST_NAME, write_manifest
 from .settings import EXTRACTOR_VERSION, ExtractionSettings
 from .video import Frame, chunks_ahead, open_video, read_image, sample_indices, sniff
 
-__all__ = ["build_manifest", "done", "extract_dataset", "extract_video", "original_boxes"]
+__all__ = ["build_manifest", "done", "extract_dataset", "extract_video", "original_boxes", "remove_stale_partials"]
+
+_PARTIAL = re.compile(r"^\.(?P<video>.+)\.(?P<pid>\d+)\.partial$")
 
 
 def _key(record: VideoRecord) -> str:
@@ -53,6 +58,52 @@ def _key(record: VideoRecord) -> str:
 
 def _record_path(out: Path, record: VideoRecord) -> Path:
     return out / "records" / record.dataset / f"{_key(record)}.json"
+
+
+def _video_folder(out: Path, record: VideoRecord) -> Path:
+    return out / record.dataset / record.split / ("fake" if record.label else "real") / record.video_id
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (this process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path, records: Sequence[VideoRecord]) -> int:
+    """Remove the ``.<video>.<pid>.partial`` folders that killed runs left for the videos of ``records``; returns
+    how many.
+
+    Only the videos of ``records`` (this run's shard: no other shard works on them) are looked at, and a partial
+    folder is stale when its process is no longer running on this machine. A partial folder of a live process —
+    the same shard started twice on one machine — is left alone; one written on another machine of a cluster
+    (its pid means nothing here) is removed only by a run of that shard, which owns the video.
+    """
+    folders = {_video_folder(out, r) for r in records}
+    removed = 0
+    for parent in sorted({f.parent for f in folders}):
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:  # nothing extracted there yet
+            continue
+        for entry in entries:
+            match = _PARTIAL.match(entry.name)
+            if (
+                match
+                and entry.is_dir(follow_symlinks=False)
+                and parent / match["video"] in folders
+                and not _alive(int(match["pid"]))
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _row(record: VideoRecord, **fields: Any) -> dict[str, Any]:
@@ -136,7 +187,7 @@ def _stream_crops(
         find = partial(_detected, detector=detector)
     else:
         raise ValueError(f"video {record.video_id!r} needs a face detector (got none) to find its faces")
-    folder = out / record.dataset / record.split / ("fake" if record.label else "real") / record.video_id
+    folder = _video_folder(out, record)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -289,6 +340,9 @@ def extract_dataset(
         ),
     )
     mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
+    stale = remove_stale_partials(out, mine)
+    if stale:
+        print(f"removed {stale} unfinished crop folder(s) (.partial) left by interrupted runs")
     by_key = {(r.dataset, r.label, r.video_id): r for r in records}
     todo = [r for r in mine if not done(r, out, settings)]
     detector = MTCNNDetector.from_settings(settings, device) if any(r.status != "missing" for r in todo) else None

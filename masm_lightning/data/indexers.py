@@ -3,7 +3,9 @@
 Every indexer reads a dataset tree exactly as it is downloaded, takes splits from the dataset's own lists (never a
 random split), and returns one :class:`VideoRecord` per listed video. A video that a list names but the disk lacks
 is kept with ``status="missing"`` so it shows up in the manifest instead of vanishing. Names read from list files
-must stay inside the dataset root: anything that resolves outside it is rejected.
+must stay inside the dataset root: anything that resolves outside it is rejected. Folders are listed with
+:func:`~masm_lightning.io.walk_files` (symlinked sub-folders followed, loops cut). A wrong root, a missing list or
+a list that does not parse raises a :mod:`~masm_lightning.errors` user error naming the file (and line).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
+
+from ..errors import InputNotFoundError, InvalidInputError
+from ..io import walk_files
 
 __all__ = [
     "EXTRACTED_DATASETS",
@@ -29,6 +34,7 @@ __all__ = [
     "index_ffpp",
     "index_folder",
     "inside_root",
+    "read_json",
 ]
 
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -53,12 +59,33 @@ class VideoRecord(NamedTuple):
 
 
 def inside_root(root: Path, relative: str, source: str) -> Path:
-    """``root / relative``, refusing names that escape the root (``..``, absolute paths). The check is on the
-    names, not on resolved links: a sub-folder symlinked to another disk (common for large datasets) is fine."""
+    """``root / relative``, refusing names that escape the root (``..``, absolute paths outside it). The check is
+    on the names, not on resolved links: a sub-folder symlinked to another disk (common for large datasets) is
+    fine.
+
+    Raises:
+        InvalidInputError: the name leaves the root (the message names ``source``, the name and the root).
+    """
     path = Path(os.path.normpath(Path(root).absolute() / relative))
     if not path.is_relative_to(Path(os.path.normpath(Path(root).absolute()))):
-        raise ValueError(f"{source} names {relative!r}, which resolves outside the dataset root {str(root)!r}")
+        raise InvalidInputError(f"{source} names {relative!r}, which resolves outside the dataset root {str(root)!r}")
     return path
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed content of a dataset's JSON list.
+
+    Raises:
+        InvalidInputError: the file is not valid JSON (the message names the file, line and column).
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(
+            f"{path}:{error.lineno}:{error.colno}: {what} is not valid JSON ({error.msg})"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{path}: {what} is not a UTF-8 text file ({error.reason})") from error
 
 
 def _record(
@@ -71,7 +98,7 @@ def _record(
 
 def _require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} {str(path)!r} is not a directory")
+        raise InputNotFoundError(f"{what} {str(path)!r} is not a directory")
 
 
 def index_ffpp(
@@ -98,19 +125,22 @@ def index_ffpp(
     files = {name: split_dir / f"{name}.json" for name in ("train", "val", "test")}
     absent = [str(p) for p in files.values() if not p.is_file()]
     if absent:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"FF++ split lists not found: {absent}. They are not part of the video download: take "
             "train.json, val.json and test.json from the FaceForensics GitHub repository (dataset/splits/) and "
             "pass their folder as --splits"
         )
     if compression not in ("raw", "c23", "c40"):
-        raise ValueError(f"FF++ compression must be 'raw', 'c23' or 'c40', got {compression!r}")
+        raise InvalidInputError(f"FF++ compression must be 'raw', 'c23' or 'c40', got {compression!r}")
     records: list[VideoRecord] = []
     for split, path in files.items():
-        pairs = json.loads(path.read_text())
-        for pair in pairs:
-            if len(pair) != 2 or not all(isinstance(v, str) and v.isdigit() for v in pair):
-                raise ValueError(f"{path}: expected pairs of video numbers like ['071', '054'], got {pair!r}")
+        pairs = read_json(path, "FF++ split list")
+        for number, pair in enumerate(pairs if isinstance(pairs, list) else [pairs], start=1):
+            numbers = isinstance(pair, list) and all(isinstance(v, str) and v.isdigit() for v in pair)
+            if not numbers or len(pair) != 2:
+                raise InvalidInputError(
+                    f"{path}: pair {number}: expected pairs of video numbers like ['071', '054'], got {pair!r}"
+                )
             for real in pair:
                 video = inside_root(root, f"original_sequences/youtube/{compression}/videos/{real}.mp4", str(path))
                 records.append(_record("ffpp", split, 0, "real", real, "", video))
@@ -138,7 +168,7 @@ def index_dfd(root: str | Path, compression: Compression = "c23") -> list[VideoR
         for path in sorted(p for p in videos.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
             records.append(_record("dfd", "test", label, method, f"{method}/{path.stem}", "", path))
     if not records:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"no DFD videos under {str(root)!r} (original_sequences/actors/{compression}/videos, "
             f"manipulated_sequences/DeepFakeDetection/{compression}/videos)"
         )
@@ -156,14 +186,19 @@ def index_celebdf(root: str | Path, version: Literal["v1", "v2"] = "v2") -> list
     _require_dir(root, f"Celeb-DF {version} root")
     listing = root / "List_of_testing_videos.txt"
     if not listing.is_file():
-        raise FileNotFoundError(f"Celeb-DF test list {str(listing)!r} is missing; it ships with the dataset")
+        raise InputNotFoundError(f"Celeb-DF test list {str(listing)!r} is missing; it ships with the dataset")
     test: dict[str, int] = {}
-    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+    for number, line in enumerate(listing.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
-        flag, relative = line.split(maxsplit=1)
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise InvalidInputError(
+                f"{listing}:{number}: expected '<1 real | 0 fake> <video path>', got {line.strip()!r}"
+            )
+        flag, relative = fields
         if flag not in ("0", "1"):
-            raise ValueError(f"{listing}:{number}: label {flag!r} is not 1 (real) or 0 (fake)")
+            raise InvalidInputError(f"{listing}:{number}: label {flag!r} is not 1 (real) or 0 (fake)")
         inside_root(root, relative.strip(), str(listing))
         test[Path(relative.strip()).with_suffix("").as_posix()] = 1 - int(flag)  # their 1 = real → our 0
     dataset = f"celebdf_{version}"
@@ -177,7 +212,7 @@ def index_celebdf(root: str | Path, version: Literal["v1", "v2"] = "v2") -> list
     for video_id in sorted(on_disk.keys() | test.keys()):
         label = 1 if video_id.startswith("Celeb-synthesis/") else 0
         if video_id in test and test[video_id] != label:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{listing}: {video_id!r} is listed as {'fake' if test[video_id] else 'real'} but "
                 "lives in a folder of the other class"
             )
@@ -208,42 +243,67 @@ def index_dfdc(root: str | Path) -> list[VideoRecord]:
     root = Path(root)
     _require_dir(root, "DFDC root")
     records = []
-    for metadata in sorted(root.glob("**/metadata.json")):
-        entries = json.loads(metadata.read_text())
+    listed = walk_files(root, (".json", ".csv"))
+    for metadata in (p for p in listed if p.name == "metadata.json"):
+        entries = read_json(metadata, "DFDC metadata")
+        if not isinstance(entries, dict):
+            raise InvalidInputError(
+                f"{metadata}: expected an object of video name → {{label, original}}, got {type(entries).__name__}"
+            )
         for filename, info in sorted(entries.items()):
+            if not isinstance(info, dict):
+                raise InvalidInputError(f"{metadata}: {filename!r} maps to {info!r}, expected {{label, original}}")
             label = {"REAL": 0, "FAKE": 1}.get(str(info.get("label", "")).upper())
             if label is None:
-                raise ValueError(f"{metadata}: {filename!r} has label {info.get('label')!r}, expected REAL or FAKE")
+                raise InvalidInputError(
+                    f"{metadata}: {filename!r} has label {info.get('label')!r}, expected REAL or FAKE"
+                )
             path = inside_root(metadata.parent, filename, str(metadata))
             original = Path(info.get("original") or "").stem if label else ""
             records.append(
                 _record("dfdc", "train", label, "dfdc" if label else "real", Path(filename).stem, original, path)
             )
-    for labels in sorted(root.glob("**/labels.csv")):
+    for labels in (p for p in listed if p.name == "labels.csv"):
         with labels.open(newline="") as f:
-            for row in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            if not {"filename", "label"} <= set(reader.fieldnames or ()):
+                raise InvalidInputError(
+                    f"{labels}:1: expected the header 'filename,label', got {','.join(reader.fieldnames or ())!r}"
+                )
+            for row in reader:
+                if row["label"] not in ("0", "1") or not row["filename"]:
+                    raise InvalidInputError(
+                        f"{labels}:{reader.line_num}: expected '<video file>,<0 real | 1 fake>', got "
+                        f"{row['filename']!r},{row['label']!r}"
+                    )
                 label = int(row["label"])
-                path = inside_root(labels.parent, row["filename"], str(labels))
+                path = inside_root(labels.parent, row["filename"], f"{labels}:{reader.line_num}")
                 records.append(
                     _record("dfdc", "test", label, "dfdc" if label else "real", Path(row["filename"]).stem, "", path)
                 )
     if not records:
-        raise FileNotFoundError(f"no DFDC metadata.json or labels.csv under {str(root)!r}")
+        raise InputNotFoundError(f"no DFDC metadata.json or labels.csv under {str(root)!r}")
     return records
 
 
 def index_dfdcp(root: str | Path) -> list[VideoRecord]:
     """DFDC preview: ``dataset.json`` maps each video path to its ``label`` (real/fake) and ``set`` (train/test)."""
     root = Path(root)
+    _require_dir(root, "DFDCP root")
     listing = root / "dataset.json"
     if not listing.is_file():
-        raise FileNotFoundError(f"DFDCP list {str(listing)!r} is missing; it ships with the preview dataset")
+        raise InputNotFoundError(f"DFDCP list {str(listing)!r} is missing; it ships with the preview dataset")
     records = []
-    for relative, info in sorted(json.loads(listing.read_text()).items()):
+    entries = read_json(listing, "DFDCP list")
+    if not isinstance(entries, dict):
+        raise InvalidInputError(f"{listing}: expected an object of video path → {{label, set}}")
+    for relative, info in sorted(entries.items()):
+        if not isinstance(info, dict):
+            raise InvalidInputError(f"{listing}: {relative!r} maps to {info!r}, expected {{label, set}}")
         label = {"real": 0, "fake": 1}.get(str(info.get("label", "")).lower())
         split = str(info.get("set", "")).lower()
         if label is None or split not in ("train", "test"):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{listing}: {relative!r} has label {info.get('label')!r} and set {info.get('set')!r}; "
                 "expected real/fake and train/test"
             )
@@ -257,8 +317,8 @@ def index_dfdcp(root: str | Path) -> list[VideoRecord]:
 
 
 def index_folder(root: str | Path, split: str = "test", dataset: str | None = None) -> list[VideoRecord]:
-    """Any tree with ``real/`` and ``fake/`` sub-folders of videos or images (searched recursively). Each video,
-    and each image, is one record; ids are paths relative to the class folder."""
+    """Any tree with ``real/`` and ``fake/`` sub-folders of videos or images (searched recursively, symlinked
+    sub-folders followed). Each video, and each image, is one record; ids are paths relative to the class folder."""
     root = Path(root)
     _require_dir(root, "folder dataset root")
     name = dataset or root.name
@@ -267,12 +327,12 @@ def index_folder(root: str | Path, split: str = "test", dataset: str | None = No
         base = root / folder
         if not base.is_dir():
             continue
-        for path in sorted(p for p in base.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES):
+        for path in walk_files(base, VIDEO_SUFFIXES + IMAGE_SUFFIXES):
             records.append(
                 _record(name, split, label, folder, path.relative_to(base).with_suffix("").as_posix(), "", path)
             )
     if not records:
-        raise FileNotFoundError(f"no videos or images under {str(root)!r}/real or /fake")
+        raise InputNotFoundError(f"no videos or images under {str(root)!r}/real or /fake")
     return records
 
 
@@ -290,4 +350,4 @@ def index_dataset(name: DatasetName, root: str | Path, **options: Any) -> list[V
         return index_dfdcp(root)
     if name == "folder":
         return index_folder(root, **options)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(get_args(DatasetName))}")
+    raise InvalidInputError(f"unknown dataset {name!r}; choose one of {', '.join(get_args(DatasetName))}")

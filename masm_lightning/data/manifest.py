@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..errors import InputNotFoundError, InvalidInputError
 from ..io import write_csv
 
 __all__ = ["FRAME_COLUMNS", "MANIFEST_NAME", "FrameRecord", "read_manifest", "write_manifest"]
@@ -60,24 +61,27 @@ def read_manifest(path: str | Path) -> list[FrameRecord]:
     that gave no crop (status other than ``ok``) are left out and counted in a log line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"frame manifest {str(path)!r} does not exist; generate or extract the dataset first")
+        raise InputNotFoundError(f"frame manifest {str(path)!r} does not exist; generate or extract the dataset first")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(
+            raise InvalidInputError(
                 f"frame manifest {str(path)!r} lacks columns {sorted(missing)}; expected {list(FRAME_COLUMNS)}"
             )
         records: list[FrameRecord] = []
         skipped: Counter[str] = Counter()
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
             status = row.get("status") or "ok"
             if status != "ok" or not row["crop_path"]:
                 skipped[status] += 1
                 continue
+            if row["label"] not in ("0", "1"):
+                raise InvalidInputError(f"{path}:{line}: label {row['label']!r} is not 0 (real) or 1 (fake)")
+            if not str(row["frame_index"]).isdigit():
+                raise InvalidInputError(f"{path}:{line}: frame_index {row['frame_index']!r} is not a whole number")
             label = int(row["label"])
-            if label not in (0, 1):
-                raise ValueError(f"{path}:{line}: label {row['label']!r} is not 0 (real) or 1 (fake)")
             records.append(
                 FrameRecord(
                     row["dataset"],

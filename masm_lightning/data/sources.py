@@ -14,7 +14,6 @@ reads the frame records. Four kinds of source:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter, defaultdict
@@ -25,8 +24,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..io import Stamp
-from .indexers import EXTRACTED_DATASETS, FFPP_METHODS, IMAGE_SUFFIXES, DatasetName, inside_root
+from ..errors import InputNotFoundError, InvalidInputError
+from ..io import Stamp, walk_files
+from .indexers import EXTRACTED_DATASETS, FFPP_METHODS, IMAGE_SUFFIXES, DatasetName, inside_root, read_json
 from .manifest import MANIFEST_NAME, FrameRecord, read_manifest
 from .settings import ExtractionSettings
 
@@ -96,11 +96,17 @@ class DataSource:
         if isinstance(self.split, dict):
             unknown = set(self.split) - {"train", "val", "test"}
             if unknown or not self.split or any(v < 0 for v in self.split.values()) or sum(self.split.values()) <= 0:
-                raise ValueError(
+                raise InvalidInputError(
                     f"source {self.display_name!r}: split ratios {self.split!r} must be non-negative "
                     "weights over train/val/test"
                 )
-        re.compile(self.frame_pattern)
+        try:
+            re.compile(self.frame_pattern)
+        except re.error as error:
+            raise InvalidInputError(
+                f"source {self.display_name!r}: frame_pattern {self.frame_pattern!r} is not a regular expression "
+                f"({error})"
+            ) from None
 
     def require(self, field: PathField) -> str:
         """The value of a path field this kind of source needs (``root``, ``manifest`` or ``dataset_json``).
@@ -110,7 +116,7 @@ class DataSource:
         """
         value: str | None = getattr(self, field)
         if value is None:
-            raise ValueError(f"data source {self.dataset!r} needs `{field}` (got none)")
+            raise InvalidInputError(f"data source {self.dataset!r} needs `{field}` (got none)")
         return value
 
     @property
@@ -214,7 +220,7 @@ def load_source(source: DataSource, cache_dir: Path) -> list[FrameRecord]:
     else:
         manifest = Path(cache_dir) / source.display_name / MANIFEST_NAME
         if not manifest.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no extracted faces for {source.display_name!r} at {str(manifest)!r}: run "
                 "`fit`/`test` (prepare_data extracts them) or `python -m masm_lightning "
                 "preprocess`"
@@ -245,14 +251,17 @@ def assign_video_splits(
 
 
 def read_image_folder(root: str | Path, dataset: str, frame_pattern: str) -> list[FrameRecord]:
-    """Face crops under ``root/real`` and ``root/fake``, used as they are. A crop's video is its sub-folder, or,
-    for crops directly in the class folder, the ``video`` group of ``frame_pattern`` on its stem."""
+    """Face crops under ``root/real`` and ``root/fake`` (symlinked sub-folders followed), used as they are. A crop's
+    video is its sub-folder, or, for crops directly in the class folder, the ``video`` group of ``frame_pattern``
+    on its stem."""
     root = Path(root)
+    if not root.is_dir():
+        raise InputNotFoundError(f"folder source root {str(root)!r} is not a directory")
     pattern = re.compile(frame_pattern)
     records = []
     for label, folder in ((0, "real"), (1, "fake")):
         base = root / folder
-        for path in sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if base.is_dir() else []:
+        for path in walk_files(base, IMAGE_SUFFIXES) if base.is_dir() else []:
             relative = path.relative_to(base)
             match = pattern.match(path.stem)
             if len(relative.parts) > 1:
@@ -265,7 +274,7 @@ def read_image_folder(root: str | Path, dataset: str, frame_pattern: str) -> lis
                 frame = _frame_number(path.name, 0)
             records.append(FrameRecord(dataset, "test", label, folder, video, frame, path))
     if not records:
-        raise FileNotFoundError(f"no images under {str(root)!r}/real or /fake")
+        raise InputNotFoundError(f"no images under {str(root)!r}/real or /fake")
     return records
 
 
@@ -288,15 +297,24 @@ def read_deepfakebench(
     modes train/val/test and a compression level only for FF++-family datasets. Its known traps are fixed: every
     frame is kept (spread per video later, never the first K), and a video is keyed by (dataset, label,
     ``<label_name>/<video>``), so FF++'s ``000_003`` of Deepfakes and of FaceSwap stay two videos. Frame paths
-    are absolute, or relative to ``root``; listed frames absent from disk are counted and left out.
+    are relative to ``root`` (default: the JSON's folder), or absolute inside it; a path that leaves ``root``
+    (``../``, ``/etc/passwd``) is refused here, naming the JSON and the entry. Listed frames absent from disk are
+    counted and left out.
+
+    Raises:
+        InputNotFoundError: the JSON or ``root`` does not exist.
+        InvalidInputError: the JSON does not parse or does not have DeepfakeBench's shape, or a frame path leaves
+            ``root``.
     """
     path = Path(dataset_json)
     if not path.is_file():
-        raise FileNotFoundError(f"DeepfakeBench dataset JSON {str(path)!r} does not exist")
-    info = json.loads(path.read_text())
+        raise InputNotFoundError(f"DeepfakeBench dataset JSON {str(path)!r} does not exist")
+    if root is not None and not Path(root).is_dir():
+        raise InputNotFoundError(f"DeepfakeBench frame root {str(root)!r} is not a directory")
+    info = read_json(path, "DeepfakeBench dataset JSON")
     if not isinstance(info, dict) or len(info) != 1:
         got = list(info)[:5] if isinstance(info, dict) else type(info).__name__
-        raise ValueError(f"{path}: expected one top-level dataset name, got {got}")
+        raise InvalidInputError(f"{path}: expected one top-level dataset name, got {got}")
     ((top, labels),) = info.items()
     dataset = name or top
     base = Path(root) if root is not None else path.parent
@@ -308,17 +326,24 @@ def read_deepfakebench(
         label = (label_names or {}).get(label_name, 0 if label_name.lower().endswith("real") else 1)
         for mode, videos in modes.items():
             if mode not in ("train", "val", "test"):
-                raise ValueError(f"{path}: {label_name!r} has mode {mode!r}; expected train, val or test")
+                raise InvalidInputError(f"{path}: {label_name!r} has mode {mode!r}; expected train, val or test")
             if videos and set(videos) <= {"raw", "c23", "c40"}:
                 if compression not in videos:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"{path}: {label_name}/{mode} has compressions {sorted(videos)}, not "
                         f"{compression!r}; set the source's compression"
                     )
                 videos = videos[compression]
             for video, entry in videos.items():
-                for position, frame in enumerate(entry["frames"]):
-                    file = Path(frame) if Path(frame).is_absolute() else inside_root(base, frame, str(path))
+                frames = entry.get("frames") if isinstance(entry, dict) else None
+                if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+                    got = repr(entry)[:200]
+                    raise InvalidInputError(
+                        f"{path}: {label_name}/{mode}/{video} has no list of frame paths ('frames'), got {got}"
+                    )
+                for position, frame in enumerate(frames):
+                    # Absolute or relative, a frame must lie under the root (by name: symlinked folders are fine).
+                    file = inside_root(base, frame, f"{path} ({label_name}/{mode}/{video})")
                     if not file.is_file():
                         absent[label_name] += 1
                         continue

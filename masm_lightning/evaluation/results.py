@@ -15,7 +15,11 @@ def _cell(value: float) -> str:
 
 
 def results_markdown(
-    results: Mapping[str, Mapping[str, float]], threshold: float, source: str = "", trainable: int | None = None
+    results: Mapping[str, Mapping[str, float]],
+    threshold: float,
+    source: str = "",
+    trainable: int | None = None,
+    unreadable: Mapping[str, int] | None = None,
 ) -> str:
     """One table per test set: frame and video rows of AUC, AP, EER and accuracy, with the counts behind them.
 
@@ -24,6 +28,8 @@ def results_markdown(
         threshold: the fake-probability threshold accuracy was computed at.
         source: what was tested (a checkpoint path), printed under the title.
         trainable: the model's trainable-parameter count, printed under the title (budget-matched comparisons).
+        unreadable: test-set name → frames that could not be read and were left out; each set gets a status line
+            (``complete``, or the count), so a table computed without some frames says so.
     """
     lines = ["# Test results", ""]
     if source:
@@ -37,8 +43,12 @@ def results_markdown(
         "",
     ]
     for name, values in results.items():
+        lost = int((unreadable or {}).get(name, 0))
+        status = f"{lost} unreadable frame(s) left out (see the run's log)" if lost else "complete"
         lines += [
             f"## {name}",
+            "",
+            f"Status: {status}",
             "",
             "| per | " + " | ".join(title for title, _ in _COLUMNS) + " | count |",
             "|---|" + "---:|" * (len(_COLUMNS) + 1),
