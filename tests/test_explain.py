@@ -1,0 +1,93 @@
+"""Explanations mean something: a trained tiny model's relevance falls on the region where its fakes were blended,
+and the subspace responses are measured against the training mean recorded in the checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from masm_lightning.data.synthetic import face_image
+from masm_lightning.data.transforms import self_blend
+from masm_lightning.explain import energy_means, explain_images, relevance
+from masm_lightning.model import MASMDetector
+
+SIZE, PATCH = 64, 8
+
+
+def _region_blended_faces(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Pairs of a generated face and its fake, self-blended only inside one random quadrant of the face crop.
+
+    Returns images (2·count, 3, H, W) in [0, 1], labels, and each image's blended-region mask (zeros for reals).
+    """
+    rng = np.random.default_rng(seed)
+    images, labels, regions = [], [], []
+    half = SIZE // 2
+    for i in range(count):
+        face, _ = face_image([seed, i], SIZE)
+        region = np.zeros((SIZE, SIZE), np.float32)
+        top, left = rng.integers(0, 2, size=2) * half
+        region[top : top + half, left : left + half] = 1
+        fake = self_blend(face, region, rng)
+        images += [face, fake]
+        labels += [0, 1]
+        regions += [np.zeros_like(region), region]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return x, torch.tensor(labels), np.stack(regions)
+
+
+def _trained_vit() -> MASMDetector:
+    model = MASMDetector(
+        "vit_base_patch16_clip_quickgelu_224",
+        backbone_kwargs=dict(depth=2, embed_dim=48, num_heads=2, img_size=SIZE, patch_size=PATCH),
+        pretrained=False,
+        adapters=None,
+        freeze_backbone=False,  # fully trained: the point is the explanation, not the adapters
+    )
+    model.configure_model()
+    images, labels, _ = _region_blended_faces(160, seed=0)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(12):
+        for batch in torch.randperm(len(images)).split(32):
+            loss = F.cross_entropy(model(images[batch] * 2 - 1), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_relevance_mass_falls_inside_the_blended_region_more_than_its_share():
+    model = _trained_vit()
+    images, labels, regions = _region_blended_faces(40, seed=1)  # unseen faces
+    fakes = labels == 1
+    maps, logits = relevance(model.backbone, model.head, images[fakes] * 2 - 1)
+    assert (logits.argmax(1) == 1).float().mean() > 0.8  # it learned the task, so there is something to explain
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(len(maps)))
+    inside = (maps.numpy() * regions[fakes.numpy()]).sum((1, 2))
+    share = regions[fakes.numpy()].mean((1, 2))  # 0.25: a quadrant
+    assert inside.mean() > 1.5 * share.mean(), (inside.mean(), share.mean())
+    assert (inside > share).mean() > 0.75, inside
+
+
+def test_subspace_responses_are_relative_to_the_recorded_mean(tiny_checkpoint):
+    from masm_lightning.checkpoint import load_checkpoint
+
+    detector, _ = load_checkpoint(tiny_checkpoint)
+    size = detector.data_config["image_size"]
+    reference = torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+    means = energy_means(detector.backbone, reference)
+    explanations = explain_images(detector.backbone, detector.head, reference, means)
+    assert all(e.relative for e in explanations)
+    for name, record in means["layers"].items():
+        ratios = np.array([e.responses[name] for e in explanations])  # (faces, subspaces)
+        assert ratios.shape[1] == len(record["labels"]) == len(record["mean"])
+        np.testing.assert_allclose(ratios.mean(0), 1.0, rtol=2e-3)  # the reference batch is its own mean
+    with torch.no_grad():
+        expected = detector(reference).softmax(-1)[:, 1]
+    np.testing.assert_allclose([e.probability for e in explanations], expected.numpy(), rtol=1e-5)
+    raw = explain_images(detector.backbone, detector.head, reference[:2])
+    assert not raw[0].relative and raw[0].responses.keys() == means["layers"].keys()
