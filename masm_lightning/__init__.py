@@ -6,7 +6,7 @@ from typing import Any
 
 from .adapters import MASMConfig, inject_adapters, merge_adapters
 
-__all__ = ["MASMConfig", "MASMDetector", "SelectiveLayerMask", "inject_adapters", "merge_adapters"]
+__all__ = ["Detector", "MASMConfig", "MASMDetector", "SelectiveLayerMask", "inject_adapters", "merge_adapters"]
 __version__ = "0.1.0"
 
 
@@ -16,6 +16,10 @@ def __getattr__(name: str) -> Any:
         from .model import MASMDetector
 
         return MASMDetector
+    if name == "Detector":  # the video stack (PyAV, MTCNN) loads only when it is asked for
+        from .detector import Detector
+
+        return Detector
     if name == "SelectiveLayerMask":
         from .callbacks import SelectiveLayerMask
 

@@ -1,284 +1,138 @@
-"""``detect``: is this video (or image) fake? Score files and folders with a checkpoint or an exported model.
+"""``detect`` runs: many inputs scored with a :class:`~masm_lightning.detector.Detector`, written as they finish,
+resumed after an interruption, split into shards.
 
-Every input gets one record — path, kind, status, score, decision, frames — written to the output file as soon as
-it is done (CSV rows appended, or the JSON list rewritten atomically), so an interrupted run keeps what it
-finished. A bad input gets a status instead of stopping the run:
+Every input gets one record — path, kind, status, score, decision, frames, detail — written to the output file
+as soon as it is done (CSV rows appended, or the JSON list rewritten atomically), so an interrupted run keeps what
+it finished. The statuses are the detector's (:mod:`masm_lightning.detector`).
 
-``ok``           scored
-``no_face``      no frame had a face of at least the checkpoint's ``min_prob`` confidence
-``unreadable``   the file does not decode; ``empty``: a video whose frames could not be read
-``missing``      the path does not exist; ``unsupported``: not a video or image suffix; ``no_media``: a folder
-                 with no video or image inside
-``error``        anything else went wrong on this input (the message is in ``detail``)
+**Resuming.** Beside the output, ``<out>.stamp.json`` (an :class:`~masm_lightning.io.Stamp`) records the digest of
+the model's files and of every setting that changes a result (:meth:`Detector.fingerprint`). Rerun with the same
+``out`` and the same stamp, the inputs it already holds a final record for (anything but ``missing`` and
+``error``) are kept, not scored again; with another model or other settings the output starts over. When the run
+completes, the file is rewritten in input order.
 
-Faces are found and cropped exactly as for the training crops: the same frame sampling, MTCNN settings, tracking
-and crop (``box``/``aligned``, size, margin, stored format), read from the checkpoint's ``face_crop`` record.
+**Shards.** ``shard i`` of ``num_shards N`` scores every N-th input of the sorted input list from the i-th (the
+partition ``preprocess`` uses) and writes ``<out stem>.shard<i>-of-<N><suffix>``, so a job array can share one
+command line; the shards' files together hold every input once.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import cv2
-import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
-from .adapters import merge_adapters
-from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
-from .data.crops import crop_face
-from .data.faces import MTCNNDetector, select_faces
-from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from .data.settings import ExtractionSettings
-from .data.transforms import eval_transform
-from .data.video import read_frames
-from .export import load_exported
-from .io import write_atomic
+from .detector import (
+    SCORED,
+    Aggregation,
+    Classifier,
+    ConfidentRule,
+    Detector,
+    Result,
+    aggregate,
+    expand_inputs,
+    load_classifier,
+)
+from .io import Stamp, write_atomic, write_csv
 
-__all__ = ["Classifier", "ConfidentRule", "aggregate", "detect", "load_classifier"]
+__all__ = ["Classifier", "ConfidentRule", "aggregate", "detect", "load_classifier", "shard_inputs", "shard_output"]
 
-Aggregation = Literal["mean", "confident"]
 FIELDS = ("path", "kind", "status", "score", "decision", "frames", "detail", "frame_indices", "frame_scores")
+_RULE = ConfidentRule()
+RETRIED = ("missing", "error")  # statuses a resumed run tries again (the file may have appeared, the error passed)
 
 
-@dataclass(frozen=True)
-class ConfidentRule:
-    """The DFDC winner's video score (Selim Seferbekov, ``confident_strategy`` in his DFDC solution).
-
-    With ``p`` the frame fake probabilities of a video and ``n`` their number: if more than ``fake_share · n``
-    frames are confidently fake (``p > fake_threshold``), the score is the mean of those frames; otherwise, if
-    more than ``real_share · n`` frames are confidently real (``p < real_threshold``), the mean of those;
-    otherwise the mean of all. A few confidently fake frames flag a video that is only partly manipulated, where a
-    plain mean would dilute them. The original uses 0.8, 0.2, ``n // 2.5`` (≈ 0.4 n) and 0.9 n — the defaults
-    here — plus an absolute "more than 11 confidently fake frames", which its 32 frames make redundant; we drop
-    it so the rule scales with ``--frames`` (with 8 frames, 4 confident fakes suffice, where the original rule
-    could never fire).
-    """
-
-    fake_threshold: float = 0.8
-    real_threshold: float = 0.2
-    fake_share: float = 0.4
-    real_share: float = 0.9
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.real_threshold < self.fake_threshold <= 1:
-            raise ValueError(
-                f"confident rule: need 0 <= real_threshold < fake_threshold <= 1, got "
-                f"{self.real_threshold} and {self.fake_threshold}"
-            )
-        for name in ("fake_share", "real_share"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"confident rule: {name} must be in [0, 1], got {getattr(self, name)}")
+def shard_inputs(inputs: Sequence[Any], shard: int, num_shards: int, key: Any = str) -> list[Any]:
+    """Deterministic partition: inputs sorted by ``key``, every ``num_shards``-th from ``shard``."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
+    return sorted(inputs, key=key)[shard::num_shards]
 
 
-def aggregate(
-    scores: Sequence[float] | np.ndarray, rule: Aggregation = "mean", confident: ConfidentRule = ConfidentRule()
-) -> float:
-    """A video's score from its frames' fake probabilities: ``mean``, or the ``confident`` rule."""
-    p = np.asarray(scores, np.float64)
-    if p.size == 0:
-        raise ValueError("cannot aggregate an empty list of frame scores")
-    if rule == "mean":
-        return float(p.mean())
-    if rule != "confident":
-        raise ValueError(f"aggregation {rule!r} is not one of 'mean', 'confident'")
-    fakes, reals = p[p > confident.fake_threshold], p[p < confident.real_threshold]
-    if fakes.size > confident.fake_share * p.size:
-        return float(fakes.mean())
-    if reals.size > confident.real_share * p.size:
-        return float(reals.mean())
-    return float(p.mean())
+def shard_output(out: Path, shard: int, num_shards: int) -> Path:
+    """The output file of one shard: ``results.csv`` → ``results.shard0-of-4.csv`` (the file itself for 1)."""
+    return out if num_shards == 1 else out.with_name(f"{out.stem}.shard{shard}-of-{num_shards}{out.suffix}")
 
 
-@dataclass
-class Classifier:
-    """A face classifier ready to score RGB crops: the model, its input configuration, the crop settings it was
-    trained on and its decision threshold."""
-
-    model: nn.Module  # normalised images → (real, fake) logits
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    face_crop: ExtractionSettings
-    threshold: float
-    source: str
-    device: torch.device
-    interpolation: str = "bicubic"  # the backbone's resize, as in training
-
-    def __post_init__(self) -> None:
-        self.transform = eval_transform(self.image_size, self.mean, self.std, self.interpolation)
-
-    @torch.inference_mode()
-    def fake_probability(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """Fake probabilities of RGB uint8 images (any size: resized and normalised as in testing)."""
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.transform(image=im)["image"] for im in images[start : start + batch_size]])
-            out.append(self.model(batch.to(self.device)).float().softmax(-1)[:, 1].cpu())
-        return torch.cat(out).numpy()
+def _parse(row: dict[str, Any]) -> dict[str, Any]:
+    """A record as read back from CSV (all strings) with its numbers and lists restored."""
+    record = dict(row)
+    if isinstance(record.get("score"), str) and record["score"]:
+        record["score"] = float(record["score"])
+    if isinstance(record.get("frames"), str):
+        record["frames"] = int(record["frames"] or 0)
+    for name, kind in (("frame_indices", int), ("frame_scores", float)):
+        if isinstance(record.get(name), str):
+            record[name] = [kind(v) for v in record[name].split()]
+    return record
 
 
-def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
-    """A :class:`Classifier` from a ``fit`` checkpoint (adapters merged for speed) or an ``export`` folder.
-
-    Raises:
-        CheckpointError: ``path`` is neither (the message names it and says why).
-    """
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = Path(path)
-    if path.is_dir():
-        model, config = load_exported(path, target)
-        return Classifier(
-            model,
-            config["image_size"],
-            tuple(config["mean"]),
-            tuple(config["std"]),
-            extraction_settings(config["face_crop"]),
-            config["threshold"],
-            str(path),
-            target,
-            config.get("interpolation", "bicubic"),
-        )
-    detector, checkpoint = load_checkpoint(path, target)
-    if detector.backbone is None:
-        raise CheckpointError(f"{str(path)!r}: the loaded model has no backbone")
-    merge_adapters(detector.backbone)  # plain Linear layers: the adapters cost nothing at inference
-    data = detector.data_config
-    return Classifier(
-        detector,
-        data["image_size"],
-        tuple(data["mean"]),
-        tuple(data["std"]),
-        face_crop_settings(checkpoint, path),
-        float(detector.hparams["threshold"]),
-        str(path),
-        target,
-        data["interpolation"],
-    )
-
-
-def _inputs(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str, str]]:
-    """(path, kind, status): files as given, folders expanded recursively (sorted) to their videos and images;
-    status is empty for an input to score, else why it cannot be."""
-    media = VIDEO_SUFFIXES + IMAGE_SUFFIXES
-    for path in map(Path, paths):
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
-            if not files:
-                yield path, "folder", "no_media"
-            for file in files:
-                yield file, "video" if file.suffix.lower() in VIDEO_SUFFIXES else "image", ""
-        elif not path.exists():
-            yield path, "", "missing"
-        elif path.suffix.lower() in VIDEO_SUFFIXES:
-            yield path, "video", ""
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            yield path, "image", ""
-        else:
-            yield path, "", "unsupported"
-
-
-def _as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
-    """The crop as training read it back: JPEG-encoded at the extraction quality when crops were stored as jpg."""
-    if settings.image_format != "jpg":
-        return crop
-    _, data = cv2.imencode(
-        ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
-    )
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise OSError(f"JPEG round trip at quality {settings.jpeg_quality} failed for a crop of shape {crop.shape}")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
-class _Scorer:
-    """One input at a time: frames → faces (same extractor as training) → frame scores → video score."""
-
-    def __init__(
-        self,
-        classifier: Classifier,
-        frames: int,
-        face_crop: bool,
-        batch_size: int,
-        rule: Aggregation,
-        confident: ConfidentRule,
-    ) -> None:
-        self.classifier, self.frames, self.face_crop = classifier, frames, face_crop
-        self.batch_size, self.rule, self.confident = batch_size, rule, confident
-        self._detector: MTCNNDetector | None = None
-
-    @property
-    def detector(self) -> MTCNNDetector:
-        if self._detector is None:  # built on first use: not at all for --face_crop false
-            self._detector = MTCNNDetector.from_settings(self.classifier.face_crop, str(self.classifier.device))
-        return self._detector
-
-    def __call__(self, path: Path) -> dict[str, Any]:
-        indices, frames, status = read_frames(path, self.frames)
-        if status != "ok":
-            return {"status": status}
-        settings = self.classifier.face_crop
-        if self.face_crop:
-            detections = self.detector(frames)
-            crops, used = [], []
-            for index, frame, (boxes, _, points), picks in zip(
-                indices, frames, detections, select_faces(detections, settings)
-            ):
-                for i in picks:
-                    crops.append(_as_stored(crop_face(frame, boxes[i], points[i], settings), settings))
-                    used.append(index)
-            if not crops:
-                return {"status": "no_face"}
-        else:
-            crops, used = frames, indices
-        scores = self.classifier.fake_probability(crops, self.batch_size)
-        score = aggregate(scores, self.rule, self.confident)
-        return {
-            "status": "ok",
-            "score": round(score, 6),
-            "decision": "fake" if score >= self.classifier.threshold else "real",
-            "frames": len(crops),
-            "frame_indices": used,
-            "frame_scores": [round(float(s), 6) for s in scores],
-        }
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a previous run's output; a CSV row cut by a kill (no final newline) is dropped."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    if path.suffix.lower() == ".json":
+        try:
+            records = json.loads(text)
+        except ValueError:
+            return []
+        return [r for r in records if isinstance(r, dict) and "path" in r] if isinstance(records, list) else []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return [_parse(r) for r in csv.DictReader(text.splitlines())]
 
 
 class _Output:
     """Writes records as they come: CSV rows appended and flushed, or the JSON list rewritten atomically."""
 
-    def __init__(self, path: Path | None, per_frame: bool) -> None:
+    def __init__(self, path: Path | None, per_frame: bool, kept: Sequence[dict[str, Any]] = ()) -> None:
         self.path, self.per_frame = path, per_frame
-        self.records: list[dict[str, Any]] = []
         self.fields = FIELDS if per_frame else FIELDS[:-2]
-        if path is not None and path.suffix.lower() not in (".json", ".csv"):
-            raise ValueError(f"--out {str(path)!r}: the output must end in .json or .csv")
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._csv = None
-        if path is not None and path.suffix.lower() == ".csv":
-            self._file = path.open("w", newline="")
+        self.records: list[dict[str, Any]] = []
+        self._file: Any = None
+        if path is None:
+            return
+        if path.suffix.lower() == ".csv":
+            write_csv(path, map(self._flat, kept), self.fields)  # what is kept, atomically, then appended to
+            self._file = path.open("a", newline="")
             self._csv = csv.DictWriter(self._file, fieldnames=self.fields)
-            self._csv.writeheader()
-            self._file.flush()
+        self.records = [{k: r.get(k, "") for k in self.fields} for r in kept]
+        if self._file is None:
+            write_atomic(path, json.dumps(self.records, indent=1))
+
+    @staticmethod
+    def _flat(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in record.items()}
 
     def add(self, record: dict[str, Any]) -> None:
         record = {k: record.get(k, "") for k in self.fields}
         self.records.append(record)
-        if self._csv is not None:
-            self._csv.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in record.items()})
+        if self._file is not None:
+            self._csv.writerow(self._flat(record))
             self._file.flush()
         elif self.path is not None:
             write_atomic(self.path, json.dumps(self.records, indent=1))
 
+    def finish(self, records: Sequence[dict[str, Any]]) -> None:
+        """The complete run, rewritten in input order."""
+        self.close()
+        if self.path is None:
+            return
+        if self.path.suffix.lower() == ".csv":
+            write_csv(self.path, map(self._flat, records), self.fields)
+        else:
+            write_atomic(self.path, json.dumps([{k: r.get(k, "") for k in self.fields} for r in records], indent=1))
+
     def close(self) -> None:
-        if self._csv is not None:
+        if self._file is not None:
             self._file.close()
+            self._file = None
 
 
 def detect(
@@ -292,7 +146,12 @@ def detect(
     per_frame: bool = False,
     face_crop: bool = True,
     aggregation: Aggregation = "mean",
-    confident: ConfidentRule = ConfidentRule(),
+    confident: ConfidentRule = _RULE,
+    workers: int = 1,
+    shard: int = 0,
+    num_shards: int = 1,
+    resume: bool = True,
+    detector: Detector | None = None,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders (recursive); return one record per input, in input order.
 
@@ -301,39 +160,85 @@ def detect(
         ckpt: a checkpoint written by ``fit``, or a folder written by ``export``.
         frames: frames per video, spread uniformly (default: the checkpoint's extraction setting, 32).
         threshold: fake-probability decision threshold (default: the model's).
-        out: write the records here as they are computed (``.json`` or ``.csv``).
+        out: write the records here as they are computed (``.json`` or ``.csv``); rerun to resume.
         device: cpu or cuda (default: cuda when available); MTCNN runs there too.
         batch_size: crops per forward pass.
         per_frame: add each record's frame indices and frame scores.
         face_crop: crop faces as in training; false scores whole frames/images.
         aggregation: ``mean`` of frame scores, or the DFDC winner's ``confident`` rule (:class:`ConfidentRule`).
         confident: the confident rule's thresholds.
+        workers: inputs in flight at once (threads; about the number of cores).
+        shard: this run's shard, in [0, num_shards).
+        num_shards: number of shards (e.g. a job array); each writes its own output file.
+        resume: keep the records of a previous run with the same ``out``, model and settings.
+        detector: an already loaded detector to use instead of loading ``ckpt`` (its own settings apply).
 
     Raises:
         CheckpointError: ``ckpt`` is neither a checkpoint nor an export folder.
         ValueError: a bad option (the message names it).
     """
-    if aggregation not in ("mean", "confident"):
-        raise ValueError(f"--aggregation {aggregation!r} is not one of 'mean', 'confident'")
-    if threshold is not None and not 0 < threshold < 1:
-        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
-    if (frames is not None and frames < 1) or batch_size < 1:
-        raise ValueError(f"--frames and --batch_size must be >= 1, got {frames} and {batch_size}")
-    classifier = load_classifier(ckpt, device)  # before the output: a bad checkpoint must not clobber old results
-    output = _Output(Path(out) if out is not None else None, per_frame)
-    if threshold is not None:
-        classifier.threshold = threshold
-    scorer = _Scorer(classifier, frames or classifier.face_crop.frames, face_crop, batch_size, aggregation, confident)
-    inputs = list(_inputs(paths))
+    if out is not None and Path(out).suffix.lower() not in (".json", ".csv"):
+        raise ValueError(f"--out {str(out)!r}: the output must end in .json or .csv")
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
+    if detector is None:  # before the output: a bad checkpoint or option must not clobber old results
+        detector = Detector.load(
+            ckpt,
+            device,
+            frames=frames,
+            aggregation=aggregation,
+            confident=confident,
+            threshold=threshold,
+            batch_size=batch_size,
+            face_crop=face_crop,
+            workers=workers,
+        )
+    inputs = expand_inputs(paths)
+    if num_shards > 1:
+        inputs = shard_inputs(inputs, shard, num_shards, key=lambda item: str(item[0]))
+    target = shard_output(Path(out), shard, num_shards) if out is not None else None
+    done: dict[str, dict[str, Any]] = {}
+    if target is not None:
+        stamp = Stamp(target.with_name(target.name + ".stamp.json"))
+        expected = {"model_and_settings": detector.fingerprint(), "per_frame": per_frame}
+        if resume and stamp.matches(expected):
+            done = {r["path"]: r for r in _read_records(target) if r.get("status") not in RETRIED}
+        else:
+            stamp.clear()  # the output about to be written is not the old one's
+        mine = {str(path) for path, _, status in inputs if status is None}
+        done = {p: r for p, r in done.items() if p in mine}
+        kept = [done[str(path)] for path, _, _ in inputs if str(path) in done]
+        output = _Output(target, per_frame, kept)
+        stamp.write(expected)
+    else:
+        output = _Output(None, per_frame)
+    if done:
+        print(f"resuming: {len(done)} of {len(inputs)} inputs already scored in {target}")
+    todo = [path for path, _, status in inputs if status is None and str(path) not in done]
+    fresh: dict[str, dict[str, Any]] = {
+        str(path): Result(
+            str(path), kind, status, detail="no video or image inside" if kind == "folder" else ""
+        ).to_record(per_frame)
+        for path, kind, status in inputs
+        if status is not None
+    }
+    for record in fresh.values():
+        output.add(record)
     try:
-        for path, kind, status in tqdm(inputs, unit="input", desc="detect", disable=None):
-            record: dict[str, Any] = {"path": str(path), "kind": kind, "status": status, "frames": 0}
-            if not status:
-                try:
-                    record |= scorer(path)
-                except Exception as error:  # one bad input must not stop the batch; its record says why
-                    record |= {"status": "error", "detail": f"{type(error).__name__}: {error}"}
+        results = detector.score_many(todo)
+        for result in tqdm(results, total=len(todo), unit="input", desc="detect", disable=None):
+            record = _record(result, per_frame)
+            fresh[result.path] = record
             output.add(record)
     finally:
         output.close()
-    return output.records
+    records = [fresh.get(str(path)) or done[str(path)] for path, _, _ in inputs]
+    output.finish(records)
+    return records
+
+
+def _record(result: Result, per_frame: bool) -> dict[str, Any]:
+    record = result.to_record(per_frame)
+    if result.status not in SCORED:
+        record["score"], record["decision"] = "", ""
+    return record

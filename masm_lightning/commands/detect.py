@@ -1,4 +1,7 @@
-"""``detect``: score videos, images and folders with a checkpoint or an export folder; print a table."""
+"""``detect``: score videos, images and folders with a checkpoint or an export folder; print a table.
+
+A thin command over :class:`masm_lightning.Detector` (:mod:`masm_lightning.detector`) and its runs
+(:func:`masm_lightning.inference.detect`: output file, resume, shards); docs/inference.md."""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..inference import Aggregation, ConfidentRule
+from ..detector import SCORED, Aggregation, ConfidentRule
 from ..inference import detect as detect_paths
+from ..inference import shard_output
 from . import NoResult
 
 __all__ = ["detect"]
@@ -48,17 +52,23 @@ def detect(
     confident_real: float = _RULE.real_threshold,
     fake_share: float = _RULE.fake_share,
     real_share: float = _RULE.real_share,
+    workers: int = 1,
+    shard: int = 0,
+    num_shards: int = 1,
+    resume: bool = True,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders: is it fake?
 
     Exit status: 0 when at least one input was scored; 1 when none could be; 2 for a bad checkpoint or option.
+    Inputs are recognised by content, not by name; any --frames holds a bounded number of frames in memory.
 
     Args:
         paths: video files, image files or folders (searched recursively).
         ckpt: a checkpoint written by `fit`, or a folder written by `export`.
         frames: frames per video, spread uniformly (default: the checkpoint's extraction setting).
         threshold: decision threshold on the fake probability (default: the model's).
-        out: results file, .json or .csv, written as inputs finish.
+        out: results file, .json or .csv, written as inputs finish; rerun with the same --out to resume (inputs
+            already scored with the same model and settings are kept).
         device: cpu or cuda (default: cuda when available).
         batch_size: crops per forward pass.
         per_frame: also write each frame's index and score.
@@ -68,6 +78,10 @@ def detect(
         confident_real: confident rule: a frame is confidently real below this probability.
         fake_share: confident rule: share of confidently fake frames needed to average only those.
         real_share: confident rule: share of confidently real frames needed to average only those.
+        workers: inputs scored at once (threads; about the number of cores).
+        shard: this process's shard, in [0, num_shards): every num_shards-th input of the sorted list.
+        num_shards: number of shards (e.g. a SLURM array); each writes <out>.shard<i>-of-<N>.<csv|json>.
+        resume: false: score everything again even if --out holds results of the same model and settings.
     """
     confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
     records = detect_paths(
@@ -82,15 +96,21 @@ def detect(
         face_crop=face_crop,
         aggregation=aggregation,
         confident=confident,
+        workers=workers,
+        shard=shard,
+        num_shards=num_shards,
+        resume=resume,
     )
     print(_table(records))
     statuses = Counter(r["status"] for r in records)
-    decisions = Counter(r["decision"] for r in records if r["status"] == "ok")
+    decisions = Counter(r["decision"] for r in records if r["status"] in SCORED)
+    scored = sum(statuses[s] for s in SCORED)
+    where = shard_output(Path(out), shard, num_shards) if out else None
     print(
-        f"\n{len(records)} inputs: {statuses['ok']} scored ({decisions['fake']} fake, {decisions['real']} real)"
+        f"\n{len(records)} inputs: {scored} scored ({decisions['fake']} fake, {decisions['real']} real)"
         + "".join(f", {n} {s}" for s, n in sorted(statuses.items()) if s != "ok")
-        + (f"; results in {Path(out)}" if out else "")
+        + (f"; results in {where}" if where else "")
     )
-    if not statuses["ok"]:
+    if not scored:
         raise NoResult("no input could be scored")
     return records

@@ -1,17 +1,69 @@
-"""Reading frames spread over a video (PyAV), or one image, as upright RGB arrays."""
+"""Reading frames spread over a video (PyAV), or one image, as upright RGB arrays; recognising a file by content.
+
+Two ways in: :func:`read_frames` returns every sampled frame at once (``preprocess``, a few dozen frames), and
+:func:`open_video` + :meth:`VideoStream.frames` yield them one at a time as they are decoded (``detect``, any
+number of frames with a bounded number in memory). Both are the same code: the same frames, bit for bit.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import cv2
 import numpy as np
 
-from .indexers import IMAGE_SUFFIXES
+__all__ = ["Frame", "VideoStream", "open_video", "read_frames", "read_image", "sample_indices", "sniff"]
 
-__all__ = ["read_frames", "sample_indices"]
+MediaKind = Literal["image", "video", "text", "unknown"]
+
+# File signatures (magic numbers): what a file is, whatever its name says.
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+_VIDEO_MAGIC = (b"\x1aE\xdf\xa3", b"FLV", b"OggS", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", b"0&\xb2u\x8ef\xcf\x11")
+
+
+def sniff(path: str | Path) -> MediaKind:
+    """What ``path`` holds, from its first bytes: ``image`` (PNG, JPEG, BMP, TIFF, WebP), ``video`` (MP4/MOV/3GP,
+    Matroska/WebM, AVI, FLV, Ogg, MPEG-PS/TS, ASF/WMV), ``text`` (a readable text file) or ``unknown``.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+        or head.startswith(_VIDEO_MAGIC)
+        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)  # MPEG transport stream packets
+    ):
+        return "video"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # a multi-byte character cut at 512 bytes still reads as text
+        text = head[:-4].decode("utf-8", errors="strict") if _utf8_prefix(head[:-4]) else ""
+    if text and all(c.isprintable() or c in "\r\n\t\f" for c in text):
+        return "text"
+    return "unknown"
+
+
+def _utf8_prefix(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """An image file as an RGB array, or None when it does not decode."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def sample_indices(total: int, count: int) -> list[int]:
@@ -24,43 +76,132 @@ def sample_indices(total: int, count: int) -> list[int]:
     return [int((i + 0.5) * total / count) for i in range(count)]
 
 
-def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[int], list[np.ndarray], str]:
-    """Read ``count`` frames spread over the video as upright RGB arrays; returns (indices, frames, status).
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame: its index (rank in display order), its time in seconds from the first frame (None when
+    the video has no timing) and the upright RGB image."""
 
-    An image file is one frame. Videos are read with PyAV: one pass over the packets (no decoding) gives the
-    exact frame count (OpenCV's is an estimate from the header) and the group-of-pictures layout; the decoding
-    pass then skips groups without a sampled frame and never decodes a non-reference frame that is not sampled —
-    no other frame depends on it, so the sampled frames are bit-identical to decoding everything (tested on open
-    and closed groups of pictures). Containers whose timestamps are not in display order (AVI) are decoded whole.
-    Status: ok, unreadable, empty. ``decode_threads``: FFmpeg's decoding threads (0: one per core); 1 when
-    several videos are decoded at once, which on a CPU scales better than threads inside one decoder.
+    index: int
+    time: float | None
+    image: np.ndarray
+
+
+class VideoStream:
+    """An opened video: the exact number of frames it holds, what its header promises, and its sampled frames.
+
+    Opening makes one pass over the packets (no decoding): it gives the exact frame count (``frames``; OpenCV's is
+    an estimate from the header) and the group-of-pictures layout. ``promised`` is the header's frame count (0 when
+    the container does not say, e.g. Matroska); ``truncated`` is true when fewer frames can be read than promised
+    (a cut download whose index sits at the front).
     """
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        return ([0], [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)], "ok") if image is not None else ([], [], "unreadable")
 
-    def decode(layout: list[tuple[int | None, bool]], by_timestamp: bool) -> dict[int, np.ndarray] | None:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            if stream.codec_context is None:  # no decoder for this codec
-                raise OSError(f"{path}: no decoder for its video stream")
-            stream.thread_type = "SLICE" if decode_threads == 1 else "AUTO"
-            stream.codec_context.thread_count = decode_threads
-            return _decode_sample(container, stream, layout, count, by_timestamp)
+    def __init__(
+        self,
+        path: Path,
+        layout: list[tuple[int | None, bool]],
+        promised: int,
+        display_order: bool,
+        fps: float | None,
+        time_base: float | None,
+        decode_threads: int,
+    ) -> None:
+        self.path, self.layout, self.promised, self.fps = path, layout, promised, fps
+        self.time_base, self.decode_threads = time_base, decode_threads
+        self.width = self.height = 0  # coded frame size in pixels, from the stream's parameters
+        timestamps = [pts for pts, _ in layout]
+        self.by_timestamp = display_order and None not in timestamps and len(set(timestamps)) == len(timestamps)
 
+    @property
+    def frames(self) -> int:
+        return len(self.layout)
+
+    @property
+    def truncated(self) -> bool:
+        return 0 < self.frames < self.promised
+
+    def frames_sampled(self, count: int) -> Iterator[Frame | None]:
+        """Decode the frames :func:`sample_indices` picks, yielding each as soon as it is decoded, in display order.
+
+        Only the groups of pictures holding a sampled frame are decoded, and a non-reference frame only when it is
+        sampled: no other frame depends on it, so the frames are bit-identical to decoding everything (tested on
+        open and closed groups of pictures). Yields ``None`` once, then starts over decoding every frame, if the
+        timestamps turn out not to be in display order: what was yielded before must be discarded.
+
+        Raises:
+            OSError: the file stops being readable (FFmpeg's error in the message).
+        """
+        modes = (True, False) if self.by_timestamp else (False,)
+        for by_timestamp in modes:
+            try:
+                with av.open(str(self.path)) as container:
+                    stream = container.streams.video[0]
+                    if stream.codec_context is None:  # no decoder for this codec
+                        raise OSError(f"{self.path}: no decoder for its video stream")
+                    stream.thread_type = "SLICE" if self.decode_threads == 1 else "AUTO"
+                    stream.codec_context.thread_count = self.decode_threads
+                    first = min((pts for pts, _ in self.layout if pts is not None), default=0)
+                    complete = yield from _decode_sample(
+                        container, stream, self.layout, count, by_timestamp, self._timer(by_timestamp, first)
+                    )
+            except av.FFmpegError as error:
+                raise OSError(f"{self.path}: {error}") from error
+            if complete:
+                return
+            yield None
+
+    def _timer(self, by_timestamp: bool, first: int) -> Any:
+        if by_timestamp and self.time_base:
+            return lambda index, pts: round((pts - first) * self.time_base, 6)
+        if self.fps:
+            return lambda index, pts: round(index / self.fps, 6)
+        return lambda index, pts: None
+
+
+def open_video(path: str | Path, decode_threads: int = 0) -> VideoStream:
+    """Open a video for :meth:`VideoStream.frames_sampled`.
+
+    ``decode_threads``: FFmpeg's decoding threads (0: one per core); 1 when several videos are decoded at once,
+    which on a CPU scales better than threads inside one decoder.
+
+    Raises:
+        OSError: not a video FFmpeg can read (no video stream, unknown format, unreadable file).
+    """
+    path = Path(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                return [], [], "unreadable"
+                raise OSError(f"{path}: no video stream")
+            stream = container.streams.video[0]
             layout = [(p.pts, p.is_keyframe) for p in _packets(container)]
             display_order = "avi" not in container.format.name  # AVI stores decoding-order timestamps
-        if not layout:
-            return [], [], "empty"
-        timestamps = [pts for pts, _ in layout]
-        by_timestamp = display_order and None not in timestamps and len(set(timestamps)) == len(timestamps)
-        got = decode(layout, by_timestamp)
-        if got is None:  # timestamps turned out not to be in display order: decode everything, count frames
-            got = decode(layout, False)
+            fps = float(stream.average_rate) if stream.average_rate else None
+            time_base = float(stream.time_base) if stream.time_base else None
+            promised = int(stream.frames or 0)
+            size = (int(stream.width or 0), int(stream.height or 0))
+    except av.FFmpegError as error:
+        raise OSError(f"{path}: {error}") from error
+    video = VideoStream(path, layout, promised, display_order, fps, time_base, decode_threads)
+    video.width, video.height = size
+    return video
+
+
+def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[int], list[np.ndarray], str]:
+    """Read ``count`` frames spread over the video as upright RGB arrays; returns (indices, frames, status).
+
+    An image file (recognised by content, :func:`sniff`) is one frame. Videos are read as by
+    :meth:`VideoStream.frames_sampled`. Status: ok, unreadable, empty.
+    """
+    try:
+        if sniff(path) == "image":
+            image = read_image(path)
+            return ([0], [image], "ok") if image is not None else ([], [], "unreadable")
+        video = open_video(path, decode_threads)
+        got: dict[int, np.ndarray] = {}
+        for frame in video.frames_sampled(count):
+            if frame is None:
+                got.clear()
+            else:
+                got[frame.index] = frame.image
     except (av.FFmpegError, OSError):
         return [], [], "unreadable"
     if not got:
@@ -80,14 +221,20 @@ def _packets(container: Any) -> Any:
 
 
 def _decode_sample(
-    container: Any, stream: Any, layout: list[tuple[int | None, bool]], count: int, by_timestamp: bool
-) -> dict[int, np.ndarray] | None:
+    container: Any,
+    stream: Any,
+    layout: list[tuple[int | None, bool]],
+    count: int,
+    by_timestamp: bool,
+    timer: Any,
+) -> Generator[Frame, None, bool]:
     """Decode the frames :func:`sample_indices` picks (index = rank in display order) from packets laid out as
-    ``layout`` (presentation timestamp, keyframe) in decoding order. ``by_timestamp``: frames are found by their
-    timestamps, and unneeded packets are skipped; otherwise everything is decoded and frames are counted. Returns
-    None when the timestamps of the decoded frames are not increasing (they are not display order)."""
+    ``layout`` (presentation timestamp, keyframe) in decoding order, yielding each when decoded. ``by_timestamp``:
+    frames are found by their timestamps, and unneeded packets are skipped; otherwise everything is decoded and
+    frames are counted. Returns False (as the generator's value) when the timestamps of the decoded frames are not
+    increasing (they are not display order), True otherwise."""
     if by_timestamp:
-        timed = [(pts, key) for pts, key in layout if pts is not None]  # all of them: read_frames checked
+        timed = [(pts, key) for pts, key in layout if pts is not None]  # all of them: VideoStream checked
         ranked = sorted(pts for pts, _ in timed)
         wanted = {ranked[i]: i for i in sample_indices(len(ranked), count)}  # timestamp → frame index
         skip = _groups_to_skip(timed, set(wanted))
@@ -95,23 +242,31 @@ def _decode_sample(
         wanted = {i: i for i in sample_indices(len(layout), count)}  # output position → frame index
         skip = set()
     context = stream.codec_context
-    got: dict[int, np.ndarray] = {}
+    found = 0
     shown, last_pts = 0, None
 
-    def keep(frames: Any) -> bool:
+    def keep(frames: Any) -> list[Frame] | None:
         nonlocal shown, last_pts
+        kept = []
         for frame in frames:
             if by_timestamp:
                 if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
-                    return False
+                    return None
                 key, last_pts = frame.pts, frame.pts
             else:
                 key, shown = shown, shown + 1
             if key in wanted:
                 image = frame.to_ndarray(format="rgb24")
                 turns = round((frame.rotation or 0) / 90) % 4  # phone videos: upright, as players show them
-                got[wanted[key]] = np.ascontiguousarray(np.rot90(image, turns))
-        return True
+                index = wanted[key]
+                kept.append(Frame(index, timer(index, frame.pts), np.ascontiguousarray(np.rot90(image, turns))))
+        return kept
+
+    def decoded(packet: Any) -> list[Frame] | None:
+        try:
+            return keep(context.decode(None) if packet is None else packet.decode())
+        except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may still decode
+            return []
 
     skipping = False
     for position, packet in enumerate(_packets(container)):
@@ -120,27 +275,26 @@ def _decode_sample(
             continue
         if skipping:  # resuming at a keyframe after skipped groups: drain and reset the decoder first, or an
             skipping = False  # open group's keyframe meets stale reference state and yields nothing
-            try:
-                if not keep(context.decode(None)):
-                    return None
-            except av.FFmpegError:
-                pass
+            drained = decoded(None)
+            if drained is None:
+                return False
+            found += len(drained)
+            yield from drained
             context.flush_buffers()
         if by_timestamp:
             context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-        try:
-            if not keep(packet.decode()):
-                return None
-        except av.FFmpegError:  # a corrupt packet: its frame is lost, the rest may still decode
-            continue
-        if len(got) == len(wanted):
-            return got
-    try:
-        if not keep(context.decode(None)):  # frames still inside the decoder
-            return None
-    except av.FFmpegError:
-        pass
-    return got
+        frames = decoded(packet)
+        if frames is None:
+            return False
+        found += len(frames)
+        yield from frames
+        if found == len(wanted):
+            return True
+    rest = decoded(None)  # frames still inside the decoder
+    if rest is None:
+        return False
+    yield from rest
+    return True
 
 
 def _groups_to_skip(layout: list[tuple[int, bool]], wanted: set[int]) -> set[int]:
