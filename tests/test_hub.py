@@ -94,3 +94,20 @@ def test_push_to_hub_without_network_exits_2_with_one_line(tmp_path, tiny_checkp
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot upload to 'my-lab/masm-tiny'" in err[0] and "name resolution" in err[0]
+
+
+def test_detector_load_takes_an_adapter_folder_and_a_cached_hub_id(
+    tmp_path, adapter_folder, tiny_checkpoint, monkeypatch
+):
+    import numpy as np
+
+    from masm_lightning.detector import Detector
+
+    cache = tmp_path / "hub_cache"
+    _lay_out_cache(cache, "my-lab/masm-tiny", adapter_folder)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    crops = [np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(3)]
+    expected = Detector.load(tiny_checkpoint, device="cpu").classifier.fake_probability(crops)
+    for source in (adapter_folder, "hf-hub:my-lab/masm-tiny"):
+        detector = Detector.load(source, device="cpu")
+        np.testing.assert_allclose(detector.classifier.fake_probability(crops), expected, rtol=1e-4, atol=1e-6)
