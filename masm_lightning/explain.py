@@ -38,10 +38,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from typing_extensions import override
 
-from .adapters import MASMAdapter, MASMConv2d, iter_adapters
+from .adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
 
 __all__ = [
     "ENERGY_KEY",
+    "ExplainedFace",
+    "Explainer",
     "Explanation",
     "SubspaceEnergyMeans",
     "energy_means",
@@ -51,6 +53,8 @@ __all__ = [
     "response_chart",
     "subspace_energies",
     "subspace_labels",
+    "write_explanations",
+    "write_result_explanations",
 ]
 
 # Where the training means of the subspace responses live: a checkpoint's top-level entry, an adapter config's key.
@@ -62,9 +66,13 @@ def subspace_labels(adapter: MASMAdapter) -> list[str]:
     parts = ("q", "k", "v") if adapter.num_blocks == 3 else tuple(f"b{b}" for b in range(adapter.num_blocks))
     return [
         f"k{sub.index}" if adapter.num_blocks == 1 else f"{parts[sub.block]}.k{sub.index}"
-        for sub in adapter.subspaces
-        if hasattr(sub, "index")
+        for sub in _subspaces(adapter)
     ]
+
+
+def _subspaces(adapter: MASMAdapter) -> list[ArtifactSubspace]:
+    """The adapter's subspaces in order (every block's K, concatenated), typed."""
+    return [sub for b in range(adapter.num_blocks) for sub in adapter.block_subspaces(b)]
 
 
 def _energies(adapter: MASMAdapter, x: Tensor) -> Tensor:
@@ -74,7 +82,7 @@ def _energies(adapter: MASMAdapter, x: Tensor) -> Tensor:
         x = x.movedim(1, -1)  # (B, H, W, C): the matrix acts on channels at every pixel
     x = x.reshape(x.shape[0], -1, x.shape[-1]).float()  # (B, tokens, n)
     out = []
-    for sub in adapter.subspaces:
+    for sub in _subspaces(adapter):
         z = (x @ sub.V.detach().float()) * sub.s.detach().float()  # (B, tokens, d)
         out.append(z.pow(2).sum(-1).mean(-1))
     return torch.stack(out, dim=1)
@@ -186,7 +194,7 @@ def _chefer(backbone: nn.Module, blocks: list[nn.Module], run: Any) -> Tensor:
     maps: list[Tensor] = []
     handles, fused = [], []
     for block in blocks:
-        attn = block.attn
+        attn: Any = block.attn  # timm's Attention (checked by _vit_blocks)
         fused.append(attn.fused_attn)
         attn.fused_attn = False  # the explicit path forms the attention map (same values)
 
@@ -200,7 +208,7 @@ def _chefer(backbone: nn.Module, blocks: list[nn.Module], run: Any) -> Tensor:
     finally:
         for handle, block, was in zip(handles, blocks, fused):
             handle.remove()
-            block.attn.fused_attn = was
+            block.attn.fused_attn = was  # type: ignore[union-attr]
     b, _, n, _ = maps[0].shape
     r = torch.eye(n, device=maps[0].device).expand(b, n, n).clone()
     for a in maps:
@@ -209,8 +217,11 @@ def _chefer(backbone: nn.Module, blocks: list[nn.Module], run: Any) -> Tensor:
         cam = (a.grad * a).clamp_min(0).mean(1)  # (B, N, N): heads averaged
         r = r + cam @ r
     prefix = int(getattr(backbone, "num_prefix_tokens", 1))
-    pooled = r[:, 0, prefix:] if getattr(backbone, "global_pool", "token") == "token" else r[:, prefix:, prefix:].mean(1)
-    gh, gw = backbone.patch_embed.grid_size  # type: ignore[union-attr]
+    pooled = (
+        r[:, 0, prefix:] if getattr(backbone, "global_pool", "token") == "token" else r[:, prefix:, prefix:].mean(1)
+    )
+    patch_embed: Any = backbone.patch_embed
+    gh, gw = patch_embed.grid_size
     return pooled.reshape(b, gh, gw)
 
 
@@ -360,3 +371,120 @@ def write_explanations(
     ]
     (folder / "explanations.json").write_text(json.dumps(record, indent=1))
     return written
+
+
+@dataclass
+class ExplainedFace:
+    """One face of a scored input with its crop (RGB uint8, as the model saw it) and explanation."""
+
+    frame: int
+    time: float | None
+    box: tuple[float, float, float, float] | None
+    score: float
+    crop: np.ndarray
+    explanation: Explanation
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Explainer:
+    """Explains the faces a :class:`~masm_lightning.detector.Detector` scored, with its own copy of the model
+    (adapters not merged: the detector's merged layers have no subspaces left to read).
+
+    Args:
+        backbone: the backbone with its adapters (or a plain timm model with ``head`` an identity).
+        head: the (real, fake) head.
+        means: the training means of the subspace responses (``subspace_energy`` record), or None.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, means: Mapping[str, Any] | None = None) -> None:
+        self.backbone, self.head, self.means = backbone.eval(), head.eval(), means
+
+    @classmethod
+    def load(cls, source: str | Path, device: str | torch.device = "cpu") -> Explainer:
+        """From what :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes: a ``fit`` checkpoint, an
+        adapter folder, an export folder (heatmaps only: its layers are merged) or ``hf-hub:ORG/NAME``."""
+        from .checkpoint import load_checkpoint
+        from .export import is_adapter_folder, load_adapter, load_exported
+        from .hub import is_hub_id, resolve
+
+        path = resolve(str(source)) if is_hub_id(source) else Path(source)
+        if is_adapter_folder(path):
+            model, config = load_adapter(path, device)
+            return cls(model.backbone, model.head, config.get(ENERGY_KEY))  # type: ignore[arg-type]
+        if path.is_dir():
+            timm_model, _ = load_exported(path, device)
+            return cls(timm_model, nn.Identity())
+        detector, checkpoint = load_checkpoint(path, device)
+        return cls(detector.backbone, detector.head, checkpoint.get(ENERGY_KEY))  # type: ignore[arg-type]
+
+    def explain_crops(self, crops: Sequence[np.ndarray], transform: Any) -> list[Explanation]:
+        """Explanations of RGB uint8 face crops, resized and normalised by ``transform`` (the detector's)."""
+        device = next(self.backbone.parameters()).device
+        batch = torch.stack([transform(image=c)["image"] for c in crops]).to(device)
+        return explain_images(self.backbone, self.head, batch, self.means)
+
+    def explain_result(self, detector: Any, result: Any, faces: int = 4) -> list[ExplainedFace]:
+        """The ``faces`` highest-scoring faces of a scored :class:`~masm_lightning.detector.Result`, re-read from
+        its file (only those frames are decoded and cropped again, exactly as the detector cropped them)."""
+        from .data.crops import crop_face
+        from .data.video import open_video, read_image
+
+        if not result.frames:
+            return []
+        chosen = sorted(result.frames, key=lambda f: -f.score)[:faces]
+        wanted = {f.index for f in chosen}
+        images: dict[int, np.ndarray] = {}
+        if result.kind == "image":
+            image = read_image(result.path)
+            images = {0: image} if image is not None else {}
+        else:
+            for frame in open_video(result.path).frames_sampled(detector.frames):
+                if frame is not None and frame.index in wanted:
+                    images[frame.index] = frame.image
+        settings = detector.classifier.face_crop
+        crops, kept = [], []
+        for face in chosen:
+            image = images.get(face.index)
+            if image is None:
+                continue
+            if face.box is None:  # scored as a whole frame (face_crop off)
+                crops.append(image)
+            else:
+                boxes, _, points = detector.face_detector([image])[0]
+                if not len(boxes):
+                    continue
+                i = max(range(len(boxes)), key=lambda k: _iou(boxes[k], face.box))
+                crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
+            kept.append(face)
+        if not crops:
+            return []
+        explanations = self.explain_crops(crops, detector.classifier.transform)
+        return [
+            ExplainedFace(f.index, f.time, f.box, f.score, crop, e) for f, crop, e in zip(kept, crops, explanations)
+        ]
+
+
+def _as_stored(crop: np.ndarray, settings: Any) -> np.ndarray:
+    """The crop as training read it back (JPEG at the extraction quality when crops were stored as jpg)."""
+    import cv2
+
+    if settings.image_format != "jpg":
+        return crop
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+    )
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
+    return crop if decoded is None else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def write_result_explanations(folder: str | Path, result: Any, faces: Sequence[ExplainedFace]) -> list[Path]:
+    """``folder/<input name>/frame<index>_face<rank>.png`` (+ ``_subspaces.png``) and ``explanations.json``."""
+    target = Path(folder) / Path(result.path).name
+    names = [f"frame{f.frame:05d}_{k}" for k, f in enumerate(faces)]
+    return write_explanations(target, [f.crop for f in faces], [f.explanation for f in faces], names)
