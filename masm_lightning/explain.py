@@ -383,6 +383,7 @@ class ExplainedFace:
     score: float
     crop: np.ndarray
     explanation: Explanation
+    image: np.ndarray | None = None  # the whole frame (RGB uint8)
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -448,7 +449,7 @@ class Explainer:
                 if frame is not None and frame.index in wanted:
                     images[frame.index] = frame.image
         settings = detector.classifier.face_crop
-        crops, kept = [], []
+        crops, kept, frames = [], [], []
         for face in chosen:
             image = images.get(face.index)
             if image is None:
@@ -462,11 +463,13 @@ class Explainer:
                 i = max(range(len(boxes)), key=lambda k: _iou(boxes[k], face.box))
                 crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
             kept.append(face)
+            frames.append(image)
         if not crops:
             return []
         explanations = self.explain_crops(crops, detector.classifier.transform)
         return [
-            ExplainedFace(f.index, f.time, f.box, f.score, crop, e) for f, crop, e in zip(kept, crops, explanations)
+            ExplainedFace(f.index, f.time, f.box, f.score, crop, e, image)
+            for f, crop, e, image in zip(kept, crops, explanations, frames)
         ]
 
 
