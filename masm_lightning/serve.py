@@ -46,6 +46,10 @@ MESSAGES = {
 CSV_FIELDS = ("file", "status", "score", "decision", "frames", "message")
 
 
+def _size(n: float) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
+
+
 def score_colour(score: float) -> tuple[int, int, int]:
     """RGB from green (0, real) through yellow to red (1, fake)."""
     score = float(np.clip(score, 0, 1))
@@ -122,7 +126,7 @@ def score_file(
                 "status": "too_large",
                 "score": None,
                 "decision": None,
-                "detail": f"{size / 2**20:.1f} MB, the limit is {app.max_bytes / 2**20:.0f} MB",
+                "detail": f"{_size(size)}, the limit is {_size(app.max_bytes)}",
                 "frames": [],
             }
             return record | {"name": name, "message": message(name, record)}, None, faces
@@ -299,9 +303,9 @@ def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
     @api.post("/api/score")
     def score_route(
         file: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
-        frames: int | None = Form(None),  # noqa: B008
-        aggregation: str | None = Form(None),  # noqa: B008
-        threshold: float | None = Form(None),  # noqa: B008
+        frames: int | None = Form(None),
+        aggregation: str | None = Form(None),
+        threshold: float | None = Form(None),
     ) -> JSONResponse:
         name = Path(file.filename or "upload").name
         fd, target = tempfile.mkstemp(dir=temp, suffix="_" + name)
@@ -314,8 +318,8 @@ def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
                 out.write(block)
         if written > app.max_bytes:
             Path(target).unlink(missing_ok=True)
-            record = {"path": name, "status": "too_large", "score": None, "frames": [], "detail": ""}
-            record["detail"] = f"more than {app.max_bytes / 2**20:.0f} MB"
+            record: dict[str, Any] = {"path": name, "status": "too_large", "score": None, "frames": [], "detail": ""}
+            record["detail"] = f"more than {_size(app.max_bytes)}"
             return JSONResponse(record | {"name": name, "message": message(name, record)}, status_code=413)
         if aggregation not in (None, "mean", "confident") or (threshold is not None and not 0 < threshold < 1):
             Path(target).unlink(missing_ok=True)
