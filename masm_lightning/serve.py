@@ -31,6 +31,10 @@ from typing import Any
 
 import numpy as np
 
+# At module level: FastAPI resolves the route's (postponed) annotations from this module's globals. Installed with
+# gradio (the `app` extra); this module is imported only by `serve`.
+from fastapi import File, Form, UploadFile
+
 from .detector import SCORED, Detector, Result
 
 __all__ = ["App", "build_app", "score_file", "serve_app"]
@@ -295,7 +299,7 @@ def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(temp)  # uploads land here (and are deleted once scored)
     import gradio as gr
     import uvicorn
-    from fastapi import FastAPI, File, Form, UploadFile
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     api = FastAPI(title="MASM deepfake detector")
