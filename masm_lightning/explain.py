@@ -47,8 +47,10 @@ __all__ = [
     "Explanation",
     "SubspaceEnergyMeans",
     "energy_means",
+    "explain_detected",
     "explain_images",
     "overlay",
+    "recording_detector",
     "relevance",
     "response_chart",
     "subspace_energies",
@@ -491,3 +493,39 @@ def write_result_explanations(folder: str | Path, result: Any, faces: Sequence[E
     target = Path(folder) / Path(result.path).name
     names = [f"frame{f.frame:05d}_{k}" for k, f in enumerate(faces)]
     return write_explanations(target, [f.crop for f in faces], [f.explanation for f in faces], names)
+
+
+def _recording_detector() -> Any:
+    from .detector import Detector
+
+    class RecordingDetector(Detector):
+        """A :class:`~masm_lightning.detector.Detector` that keeps the results it yields (boxes and scores only), so
+        ``detect --explain`` explains the faces it scored without scoring twice."""
+
+        results: list[Any]
+
+        def score_many(self, paths: Any) -> Iterator[Any]:
+            self.results = getattr(self, "results", [])
+            for result in super().score_many(paths):
+                self.results.append(result)
+                yield result
+
+    return RecordingDetector
+
+
+def explain_detected(detector: Any, folder: str | Path, faces: int = 3) -> int:
+    """Write the explanations of the ``faces`` most suspicious faces of every input a recording detector scored
+    (:func:`write_result_explanations`); returns how many faces were explained."""
+    explainer = Explainer.load(detector.classifier.source, detector.classifier.device)
+    count = 0
+    for result in getattr(detector, "results", []):
+        if result.scored:
+            explained = explainer.explain_result(detector, result, faces)
+            write_result_explanations(folder, result, explained)
+            count += len(explained)
+    return count
+
+
+def recording_detector(source: str | Path, device: str | None = None, **options: Any) -> Any:
+    """A loaded detector that records its results, for :func:`explain_detected`."""
+    return _recording_detector().load(source, device, **options)

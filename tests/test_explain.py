@@ -3,6 +3,8 @@ and the subspace responses are measured against the training mean recorded in th
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -97,3 +99,20 @@ def test_subspace_responses_are_relative_to_the_recorded_mean(tiny_checkpoint):
     np.testing.assert_allclose([e.probability for e in explanations], expected.numpy(), rtol=1e-5)
     raw = explain_images(detector.backbone, detector.head, reference[:2])
     assert not raw[0].relative and raw[0].responses.keys() == means["layers"].keys()
+
+
+def test_detect_explain_writes_heatmaps_and_subspace_charts_per_scored_input(tmp_path, tiny_checkpoint, capsys):
+    from masm_lightning.cli import main
+
+    face, _ = face_image(3, 48)
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    (tmp_path / "notes.txt").write_text("not media")
+    out = tmp_path / "why"
+    options = ["--ckpt", str(tiny_checkpoint), "--face_crop", "false", "--explain", str(out)]
+    main(["detect", str(image), str(tmp_path / "notes.txt"), *options])
+    assert "explanations of 1 faces" in capsys.readouterr().out
+    folder = out / "face.png"
+    assert (folder / "frame00000_0.png").is_file() and (folder / "frame00000_0_subspaces.png").is_file()
+    record = json.loads((folder / "explanations.json").read_text())
+    assert record[0]["responses"] and 0 <= record[0]["probability"] <= 1
