@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,7 +51,7 @@ from .data.faces import Detection, MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
-from .data.video import Frame, open_video, read_image, sniff
+from .data.video import Frame, chunks_ahead, open_video, read_image, sniff
 from .export import is_adapter_folder, load_adapter, load_exported
 from .hub import HUB_PREFIX
 from .io import settings_digest
@@ -74,7 +73,7 @@ Status = Literal["ok", "truncated", "no_face", "unreadable", "empty", "missing",
 Kind = Literal["video", "image", "folder", ""]
 SCORED: tuple[Status, ...] = ("ok", "truncated")  # statuses that carry a score and a decision
 FaceDetector = Callable[[list[np.ndarray]], list[Detection]]
-CHUNK_BYTES = 256 * 2**20  # decoded frames per chunk are capped at this size too (10 frames of 4K, 41 of 1080p)
+CHUNK_BYTES = 32 * 2**20  # decoded frames per chunk are capped at this size too (5 frames of 1080p, 1 of 4K)
 
 
 @dataclass(frozen=True)
@@ -285,6 +284,12 @@ class Result:
             record["frame_scores"] = [round(f.score, 6) for f in self.frames]
         return record
 
+    @classmethod
+    def unscored(cls, path: str | Path, kind: Kind, status: Status) -> Result:
+        """The result of an input that cannot be scored: ``missing`` or ``no_media`` (see :func:`expand_inputs`)."""
+        detail = {"missing": "no such file", "no_media": "no video or image inside"}.get(status, "")
+        return cls(str(path), kind, status, detail=detail)
+
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-able (the web app's HTTP API)."""
         return dataclasses.asdict(self)
@@ -337,66 +342,6 @@ def _as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()
-
-
-def _chunks_ahead(frames: Iterator[Frame | None], size: int, depth: int = 1) -> Iterator[list[Frame] | None]:
-    """Group ``frames`` into lists of ``size``, decoded by a thread up to ``depth`` chunks ahead of the consumer
-    (FFmpeg releases the GIL, so decoding overlaps the model). ``None`` (start over) passes through. At most
-    ``depth + 2`` chunks exist at once: the one consumed, those queued, the one being filled."""
-    ahead: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fill() -> None:
-        try:
-            chunk: list[Frame] = []
-            for frame in frames:
-                if frame is None:
-                    chunk = []
-                    if not put(None):
-                        return
-                    continue
-                chunk.append(frame)
-                if len(chunk) == size:
-                    if not put(chunk):
-                        return
-                    chunk = []
-            if chunk and not put(chunk):
-                return
-            put(_END)
-        except BaseException as error:  # handed to the consumer, which re-raises it where it is handled
-            put(_Failure(error))
-
-    thread = threading.Thread(target=fill, name="detect-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ahead.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-            del item  # not held while the next chunk is awaited
-    finally:
-        stop.set()
-        thread.join()
-
-
 class _VideoScores:
     """A video's detections and face scores as its chunks are scored; only boxes and scores are kept."""
 
@@ -408,32 +353,43 @@ class _VideoScores:
         self.frames: list[tuple[int, float | None]] = []  # (index, time) per frame seen
         self.detections: list[Detection] = []
         self.scores: list[dict[int, float]] = []  # per frame: face → fake probability (confident faces only)
+        self.crops: list[np.ndarray] = []  # crops waiting for a full batch (small: a few MB)
+        self.where: list[tuple[int, int]] = []  # their (frame position, face)
 
     def add(self, chunk: Sequence[Frame]) -> None:
         owner, classifier = self.owner, self.owner.classifier
         settings = classifier.face_crop
         images = [f.image for f in chunk]
+        start = len(self.frames)
         self.frames += [(f.index, f.time) for f in chunk]
+        self.scores += [{} for _ in chunk]
         if not owner.face_crop:
-            scores = classifier.fake_probability(images, owner.batch_size)
             self.detections += [(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))] * len(chunk)
-            self.scores += [{0: float(s)} for s in scores]
+            self.crops += images
+            self.where += [(start + k, 0) for k in range(len(chunk))]
+        else:
+            detections = owner.face_detector(images)
+            for position, (image, (boxes, probs, points)) in enumerate(zip(images, detections), start):
+                # Every face the selection may pick (tracking sees only confident ones): the pick waits for the end.
+                for i in np.flatnonzero(probs >= settings.min_prob):
+                    self.crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
+                    self.where.append((position, int(i)))
+            self.detections += detections
+        self.flush(full_batches_only=owner.face_crop)  # whole frames are not kept past their chunk
+
+    def flush(self, full_batches_only: bool = False) -> None:
+        """Score the waiting crops, in full batches (all of them at the end)."""
+        batch = self.owner.batch_size
+        count = len(self.crops) // batch * batch if full_batches_only else len(self.crops)
+        if count == 0:
             return
-        detections = owner.face_detector(images)
-        crops, where = [], []
-        for position, (image, (boxes, probs, points)) in enumerate(zip(images, detections)):
-            # Every face the selection may pick (tracking sees only confident faces): the pick waits for the end.
-            for i in np.flatnonzero(probs >= settings.min_prob):
-                crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
-                where.append((position, int(i)))
-        scores = classifier.fake_probability(crops, owner.batch_size)
-        chunk_scores: list[dict[int, float]] = [{} for _ in chunk]
-        for (position, face), score in zip(where, scores):
-            chunk_scores[position][face] = float(score)
-        self.detections += detections
-        self.scores += chunk_scores
+        scores = self.owner.classifier.fake_probability(self.crops[:count], batch)
+        for (position, face), score in zip(self.where[:count], scores):
+            self.scores[position][face] = float(score)
+        del self.crops[:count], self.where[:count]
 
     def finish(self) -> list[FrameScore]:
+        self.flush()
         order = sorted(range(len(self.frames)), key=lambda k: self.frames[k][0])
         frames = [self.frames[k] for k in order]
         scores = [self.scores[k] for k in order]
@@ -464,7 +420,8 @@ class Detector:
         face_crop: crop faces as in training; false scores whole frames/images (no face detection).
         workers: inputs in flight at once in :meth:`score_many` (threads, each with a decoding thread of its own;
             about the number of cores).
-        chunk_frames: decoded frames per chunk (also capped at 256 MB of frames per chunk).
+        chunk_frames: decoded frames per chunk, the face detector's batch (also capped at 32 MB of frames):
+            MTCNN's boxes do not depend on its batch, so neither do the scores; memory grows with it.
         face_detector: frames → detections, in place of the checkpoint's MTCNN (tests, other detectors).
     """
 
@@ -478,18 +435,17 @@ class Detector:
         batch_size: int = 32,
         face_crop: bool = True,
         workers: int = 1,
-        chunk_frames: int = 32,
+        chunk_frames: int = 8,
         face_detector: FaceDetector | None = None,
     ) -> None:
         if aggregation not in ("mean", "confident"):
             raise ValueError(f"aggregation {aggregation!r} is not one of 'mean', 'confident'")
         if threshold is not None and not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        for name, value in (("frames", frames or 1), ("batch_size", batch_size), ("workers", workers)):
+        counts = {"frames": 1 if frames is None else frames, "batch_size": batch_size, "workers": workers}
+        for name, value in {**counts, "chunk_frames": chunk_frames}.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
         self.classifier = classifier
         self.frames = frames or classifier.face_crop.frames
         self.aggregation, self.confident = aggregation, confident
@@ -544,7 +500,7 @@ class Detector:
         if path.is_dir():
             raise ValueError(f"{str(path)!r} is a folder: use score_many() for folders")
         if not path.exists():
-            return Result(str(path), "", "missing", detail="no such file")
+            return Result.unscored(path, "", "missing")
         return self._score_file(path)
 
     def score_many(self, paths: str | Path | Iterable[str | Path]) -> Iterator[Result]:
@@ -567,7 +523,7 @@ class Detector:
         def one(item: tuple[Path, Kind, Status | None]) -> Result:
             path, kind, status = item
             if status is not None:
-                return Result(str(path), kind, status, detail="no video or image inside" if kind == "folder" else "")
+                return Result.unscored(path, kind, status)
             return self._score_file(path)
 
         if self.workers == 1 or len(inputs) <= 1:
@@ -626,7 +582,7 @@ class Detector:
         size = max(1, min(self.chunk_frames, CHUNK_BYTES // frame_bytes))
         state = _VideoScores(self)
         try:
-            for chunk in _chunks_ahead(video.frames_sampled(self.frames), size):
+            for chunk in chunks_ahead(video.frames_sampled(self.frames), size):
                 if chunk is None:  # the decoder starts over (timestamps not in display order)
                     state.reset()
                 else:

@@ -216,9 +216,7 @@ def detect(
         print(f"resuming: {len(done)} of {len(inputs)} inputs already scored in {target}")
     todo = [path for path, _, status in inputs if status is None and str(path) not in done]
     fresh: dict[str, dict[str, Any]] = {
-        str(path): Result(
-            str(path), kind, status, detail="no video or image inside" if kind == "folder" else ""
-        ).to_record(per_frame)
+        str(path): Result.unscored(path, kind, status).to_record(per_frame)
         for path, kind, status in inputs
         if status is not None
     }

@@ -22,9 +22,10 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,11 @@ from tqdm import tqdm
 
 from ..io import Stamp, write_atomic
 from .crops import crop_face
-from .faces import Detector, MTCNNDetector, select_faces
+from .faces import Detection, Detector, MTCNNDetector, select_faces
 from .indexers import DatasetName, VideoRecord, index_dataset
 from .manifest import MANIFEST_NAME, write_manifest
 from .settings import EXTRACTOR_VERSION, ExtractionSettings
-from .video import read_frames
+from .video import Frame, chunks_ahead, open_video, read_image, sample_indices, sniff
 
 __all__ = ["build_manifest", "done", "extract_dataset", "extract_video", "original_boxes"]
 
@@ -80,61 +81,100 @@ def extract_video(
     detector: Detector | None,
     reuse_boxes: dict[str, Any] | None = None,
     decode_threads: int = 0,
+    chunk_frames: int = 8,
 ) -> list[dict[str, Any]]:
     """Extract one video's faces; write its crops and its record atomically; return its manifest rows.
 
     A video that yields nothing gets one row with an empty path and a status (missing, unreadable, empty,
     no_face). ``reuse_boxes`` (frame index → box and landmarks of the original video) skips detection for aligned
     fakes. Safe to call from several threads at once, with one shared detector.
+
+    Frames are streamed (:func:`~.video.chunks_ahead`): decoded, detected and cropped ``chunk_frames`` at a time
+    while the next chunk is decoded, so memory holds a few chunks at any ``settings.frames``. Which face is the
+    tracked one depends on the whole video, so with ``faces="largest"`` every confident face is cropped to the
+    temporary folder and those not chosen are removed at the end: the same crops as holding every frame.
     """
     if record.status == "missing":
         rows = [_row(record, status="missing")]
     else:
-        indices, frames, status = read_frames(record.video_path, settings.frames, decode_threads)
-        if status != "ok":
-            rows = [_row(record, status=status)]
-        else:
-            rows = _crop_frames(record, out, settings, detector, indices, frames, reuse_boxes)
+        rows = _stream_crops(record, out, settings, detector, reuse_boxes, decode_threads, chunk_frames)
     write_atomic(_record_path(out, record), json.dumps({"settings": settings.digest(), "rows": rows}))
     return rows
 
 
-def _crop_frames(
+def _sampled_chunks(path: Path, settings: ExtractionSettings, decode_threads: int, chunk_frames: int) -> Any:
+    """(sampled frame indices, chunks of frames or None to start over), or (status, None) when unreadable."""
+    if sniff(path) == "image":
+        image = read_image(path)
+        return ("unreadable", None) if image is None else ([0], iter([[Frame(0, None, image)]]))
+    video = open_video(path, decode_threads)
+    if video.frames == 0:
+        return "empty", None
+    indices = sample_indices(video.frames, settings.frames)
+    return indices, chunks_ahead(video.frames_sampled(settings.frames), chunk_frames)
+
+
+def _stream_crops(
     record: VideoRecord,
     out: Path,
     settings: ExtractionSettings,
     detector: Detector | None,
-    indices: list[int],
-    frames: list[np.ndarray],
     reuse_boxes: dict[str, Any] | None,
+    decode_threads: int,
+    chunk_frames: int,
 ) -> list[dict]:
+    try:
+        indices, chunks = _sampled_chunks(record.video_path, settings, decode_threads, chunk_frames)
+    except OSError:
+        return [_row(record, status="unreadable")]
+    if chunks is None:
+        return [_row(record, status=indices)]
+    find: Callable[[list[Frame]], list[Detection]]
     if reuse_boxes is not None and all(str(i) in reuse_boxes for i in indices):
-        detections = [
-            (
-                np.array([reuse_boxes[str(i)]["box"]], np.float32),
-                np.array([1.0], np.float32),
-                np.array([reuse_boxes[str(i)]["landmarks"]], np.float32),
-            )
-            for i in indices
-        ]
+        find = partial(_reused, reuse_boxes=reuse_boxes)
+    elif detector is not None:
+        find = partial(_detected, detector=detector)
     else:
-        if detector is None:
-            raise ValueError(f"video {record.video_id!r} needs a face detector (got none) to find its faces")
-        detections = detector(frames)
+        raise ValueError(f"video {record.video_id!r} needs a face detector (got none) to find its faces")
     folder = out / record.dataset / record.split / ("fake" if record.label else "real") / record.video_id
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
+    seen: list[int] = []
+    detections: list[Detection] = []
+    try:
+        for chunk in chunks:
+            if chunk is None:  # the decoder starts over (timestamps not in display order)
+                seen, detections = [], []
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                continue
+            found = find(chunk)
+            for frame, (boxes, probs, points) in zip(chunk, found):
+                for candidate in np.flatnonzero(probs >= settings.min_prob):  # every face the selection may pick
+                    crop = crop_face(frame.image, boxes[candidate], points[candidate], settings)
+                    file = tmp / f"{frame.index:05d}.face{candidate}.{settings.image_format}"
+                    if not cv2.imwrite(str(file), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
+                        raise OSError(f"could not write {file} (disk full or folder removed?)")
+            seen += [f.index for f in chunk]
+            detections += found
+            del chunk
+    except OSError as error:  # the video stopped decoding; a full disk is not the video's fault
+        if str(error).startswith("could not write"):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return [_row(record, status="unreadable")]
+    if not seen:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return [_row(record, status="empty")]
+    order = sorted(range(len(seen)), key=seen.__getitem__)
+    seen, detections = [seen[k] for k in order], [detections[k] for k in order]
     rows = []
-    for index, frame, (boxes, probs, points), picks in zip(
-        indices, frames, detections, select_faces(detections, settings)
-    ):
+    for index, (boxes, probs, points), picks in zip(seen, detections, select_faces(detections, settings)):
         for face, i in enumerate(picks):
-            crop = crop_face(frame, boxes[i], points[i], settings)
             name = f"{index:05d}" + (f"_{face}" if settings.faces == "all" else "") + f".{settings.image_format}"
-            params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality] if settings.image_format == "jpg" else []
-            if not cv2.imwrite(str(tmp / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
-                raise OSError(f"could not write {tmp / name} (disk full or folder removed?)")
+            os.replace(tmp / f"{index:05d}.face{i}.{settings.image_format}", tmp / name)
             rows.append(
                 _row(
                     record,
@@ -145,12 +185,29 @@ def _crop_frames(
                     landmarks=points[i].round(1).tolist(),
                 )
             )
+    for leftover in tmp.glob("*.face*.*"):  # confident faces the tracking did not choose
+        leftover.unlink()
     if not rows:
         shutil.rmtree(tmp, ignore_errors=True)
         return [_row(record, status="no_face")]
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return rows
+
+
+def _detected(chunk: list[Frame], detector: Detector) -> list[Detection]:
+    return detector([f.image for f in chunk])
+
+
+def _reused(chunk: list[Frame], reuse_boxes: dict[str, Any]) -> list[Detection]:
+    return [
+        (
+            np.array([reuse_boxes[str(f.index)]["box"]], np.float32),
+            np.array([1.0], np.float32),
+            np.array([reuse_boxes[str(f.index)]["landmarks"]], np.float32),
+        )
+        for f in chunk
+    ]
 
 
 def original_boxes(

@@ -7,6 +7,8 @@ number of frames with a bounded number in memory). Both are the same code: the s
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "VideoStream", "open_video", "read_frames", "read_image", "sample_indices", "sniff"]
+__all__ = ["Frame", "VideoStream", "chunks_ahead", "open_video", "read_frames", "read_image", "sample_indices", "sniff"]
 
 MediaKind = Literal["image", "video", "text", "unknown"]
 
@@ -183,6 +185,66 @@ def open_video(path: str | Path, decode_threads: int = 0) -> VideoStream:
     video = VideoStream(path, layout, promised, display_order, fps, time_base, decode_threads)
     video.width, video.height = size
     return video
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def chunks_ahead(frames: Iterator[Frame | None], size: int, depth: int = 1) -> Iterator[list[Frame] | None]:
+    """Group ``frames`` into lists of ``size``, decoded by a thread up to ``depth`` chunks ahead of the consumer
+    (FFmpeg releases the GIL, so decoding overlaps the model). ``None`` (start over) passes through. At most
+    ``depth + 2`` chunks exist at once: the one consumed, those queued, the one being filled."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            chunk: list[Frame] = []
+            for frame in frames:
+                if frame is None:
+                    chunk = []
+                    if not put(None):
+                        return
+                    continue
+                chunk.append(frame)
+                if len(chunk) == size:
+                    if not put(chunk):
+                        return
+                    chunk = []
+            if chunk and not put(chunk):
+                return
+            put(_END)
+        except BaseException as error:  # handed to the consumer, which re-raises it where it is handled
+            put(_Failure(error))
+
+    thread = threading.Thread(target=fill, name="detect-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+            del item  # not held while the next chunk is awaited
+    finally:
+        stop.set()
+        thread.join()
 
 
 def read_frames(path: Path, count: int, decode_threads: int = 0) -> tuple[list[int], list[np.ndarray], str]:

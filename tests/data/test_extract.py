@@ -244,6 +244,32 @@ def test_largest_face_by_default_all_faces_on_request(tmp_path, faces, expected)
     assert all((tmp_path / "out" / r["crop_path"]).is_file() for r in rows)
 
 
+def test_preprocess_holds_a_bounded_number_of_frames_whatever_the_frame_count(tmp_path):
+    import weakref
+
+    from masm_lightning.data.extract import extract_video
+    from masm_lightning.data.indexers import VideoRecord
+    from masm_lightning.data.settings import ExtractionSettings
+
+    _noise_video(tmp_path / "clip.mp4", frames=60)
+    seen: list[weakref.ref] = []
+    most_alive = 0
+
+    def counting_two_faces(frames: list[np.ndarray]) -> list:
+        nonlocal most_alive
+        seen.extend(weakref.ref(f) for f in frames)
+        most_alive = max(most_alive, sum(ref() is not None for ref in seen))
+        return _two_faces(frames)
+
+    record = VideoRecord("mine", "test", 0, "real", "clip", "", tmp_path / "clip.mp4", "listed")
+    settings = ExtractionSettings(frames=50, size=32)
+    rows = extract_video(record, tmp_path / "out", settings, counting_two_faces, chunk_frames=4)
+    assert len(rows) == 50 and {r["box"] for r in rows} == {"4.0 10.0 44.0 50.0"}, "the tracked face only"
+    assert most_alive <= 2 * 4, f"{most_alive} frames alive at once with chunks of 4"
+    crops = sorted(p.name for p in (tmp_path / "out" / "mine" / "test" / "real" / "clip").iterdir())
+    assert crops == sorted(Path(r["crop_path"]).name for r in rows), "the faces not chosen are not left behind"
+
+
 def test_images_in_a_folder_dataset_are_single_frames(tmp_path):
     from masm_lightning.data.extract import extract_video
     from masm_lightning.data.indexers import index_folder

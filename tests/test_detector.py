@@ -1,0 +1,192 @@
+"""The Python ``Detector`` API and the streaming, resumable, shardable ``detect`` behind it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from masm_lightning.data.video import sample_indices, sniff
+from masm_lightning.detector import Detector
+from masm_lightning.inference import detect, shard_inputs
+from tests.helpers import ROOT
+
+SHARED = ROOT.parent / "shared" / "data"
+CLIP = SHARED / "FaceForensics++/original_sequences/youtube/c23/videos/519.mp4"
+needs_shared = pytest.mark.skipif(not CLIP.is_file(), reason=f"real FF++ sample clip not found at {CLIP}")
+
+
+def _encode(path: Path, frames: int = 40, size: tuple[int, int] = (64, 48), front_index: bool = True) -> Path:
+    """A clip encoded with PyAV; ``front_index``: the MP4 index (moov) before the frames, as streamed files have
+    it, so a cut file still says how many frames it should hold."""
+    rng = np.random.default_rng(0)
+    options = {"movflags": "faststart"} if front_index else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            image = np.full((size[1], size[0], 3), 8 * i % 256, np.uint8) + rng.integers(0, 30, (size[1], size[0], 3))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _images(folder: Path, names: list[str]) -> list[Path]:
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+        paths.append(folder / name)
+    return paths
+
+
+@needs_shared
+def test_score_gives_a_typed_result_with_per_frame_records_and_predict_agrees(tiny_checkpoint):
+    det = Detector.load(tiny_checkpoint, "cpu", frames=2)
+    result = det.score(CLIP)
+    assert result.status == "ok" and result.kind == "video" and result.scored
+    assert [f.index for f in result.frames] == sample_indices(751, 2), "the frames spread over the whole clip"
+    assert [f.time for f in result.frames] == pytest.approx([i / 25 for i in sample_indices(751, 2)])
+    for frame in result.frames:
+        x0, y0, x1, y1 = frame.box
+        assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480 and frame.confidence >= 0.9
+    assert result.score == pytest.approx(np.mean([f.score for f in result.frames]))
+    assert result.decision == ("fake" if result.score >= det.threshold else "real")
+    assert det.predict(CLIP) == pytest.approx(result.score, abs=1e-6)
+    record = detect([CLIP], tiny_checkpoint, frames=2, device="cpu")[0]
+    assert record["score"] == pytest.approx(result.score, abs=1e-6), "detect is the same detector"
+    json.dumps(result.to_dict())  # the web app's JSON
+
+
+def test_inputs_are_recognised_by_content_not_by_name(tmp_path, tiny_checkpoint):
+    png = _images(tmp_path, ["picture.png"])[0].rename(tmp_path / "picture.mp4")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    hidden = _images(tmp_path / "folder", ["frame.png"])[0].rename(tmp_path / "folder" / "frame.dat")  # by content
+    assert (sniff(png), sniff(text), sniff(hidden)) == ("image", "text", "image")
+    det = Detector.load(tiny_checkpoint, "cpu", face_crop=False)
+    as_image = det.score(png)
+    assert (as_image.kind, as_image.status, len(as_image.frames)) == ("image", "ok", 1)
+    not_media = det.score(text)
+    assert not_media.status == "unreadable" and "text file, not a video or an image" in not_media.detail
+    found = list(det.score_many(tmp_path / "folder"))
+    assert [(Path(r.path).name, r.kind, r.status) for r in found] == [("frame.dat", "image", "ok")]
+    with pytest.raises(ValueError, match="could not be scored: unreadable"):
+        det.predict(text)
+
+
+def test_a_truncated_clip_is_scored_from_what_decodes_and_flagged(tmp_path, tiny_checkpoint):
+    clip = _encode(tmp_path / "clip.mp4", frames=40)
+    cut = tmp_path / "cut.mp4"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    det = Detector.load(tiny_checkpoint, "cpu", face_crop=False, frames=8)
+    whole, truncated = det.score(clip), det.score(cut)
+    assert whole.status == "ok" and whole.detail == "" and whole.video_frames == 40
+    assert truncated.status == "truncated" and truncated.scored and truncated.score is not None
+    n = truncated.video_frames
+    assert n is not None and 0 < n < 40 and truncated.detail == f"truncated ({n} of 40 frames)"
+    assert max(f.index for f in truncated.frames) < n, "sampled over the frames that exist"
+
+
+def test_frames_held_at_once_are_bounded_by_the_chunk_whatever_the_frame_count(tmp_path, tiny_checkpoint):
+    clip = _encode(tmp_path / "long.mp4", frames=60)
+    seen: list[weakref.ref] = []
+    batches, most_alive = [], 0
+
+    def face_detector(frames: list[np.ndarray]) -> list:
+        nonlocal most_alive
+        batches.append(len(frames))
+        seen.extend(weakref.ref(f) for f in frames)
+        most_alive = max(most_alive, sum(ref() is not None for ref in seen))
+        box = np.array([[16, 12, 48, 36]], np.float32)
+        points = np.array([[[26, 20], [38, 20], [32, 25], [27, 30], [37, 30]]], np.float32)
+        return [(box, np.array([0.99], np.float32), points) for _ in frames]
+
+    det = Detector.load(tiny_checkpoint, "cpu", frames=50, chunk_frames=4, face_detector=face_detector)
+    result = det.score(clip)
+    assert result.status == "ok" and len(result.frames) == 50
+    assert sum(batches) == 50 and max(batches) == 4
+    assert most_alive <= 2 * 4, f"{most_alive} frames alive at once with chunks of 4"
+
+
+def test_detect_resumes_skipping_inputs_already_scored_with_the_same_model_and_settings(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    inputs = _images(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    out = tmp_path / "results.csv"
+    first = detect(inputs, tiny_checkpoint, out=out, device="cpu", face_crop=False)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:-1]) + lines[-1][:10])  # killed while writing the last row
+    scored: list[str] = []
+    score_file = Detector._score_file
+    monkeypatch.setattr(Detector, "_score_file", lambda self, path: scored.append(path.name) or score_file(self, path))
+    again = detect(inputs, tiny_checkpoint, out=out, device="cpu", face_crop=False)
+    assert scored == ["c.png"], "only the input without a complete row is scored again"
+    assert again == first
+    with out.open(newline="") as f:
+        assert [Path(r["path"]).name for r in csv.DictReader(f)] == ["a.png", "b.png", "c.png"]
+    scored.clear()
+    detect(inputs, tiny_checkpoint, out=out, device="cpu", face_crop=False, threshold=0.3)
+    assert scored == ["a.png", "b.png", "c.png"], "other settings: everything is scored again"
+
+
+def test_shards_partition_the_sorted_inputs_into_their_own_files(tmp_path, tiny_checkpoint):
+    names = [f"clip{i}.mp4" for i in (3, 1, 4, 0, 2)]
+    shards = [shard_inputs(names, i, 2) for i in range(2)]
+    assert shards == [["clip0.mp4", "clip2.mp4", "clip4.mp4"], ["clip1.mp4", "clip3.mp4"]]
+    assert shard_inputs(sorted(names), 1, 2) == shards[1], "the partition does not depend on the input order"
+    with pytest.raises(ValueError, match="--shard must be in"):
+        shard_inputs(names, 2, 2)
+    folder = tmp_path / "in"
+    _images(folder, ["a.png", "b.png", "c.png"])
+    for shard in range(2):
+        detect(
+            [folder], tiny_checkpoint, out=tmp_path / "r.json", device="cpu", face_crop=False, shard=shard, num_shards=2
+        )
+    parts = [json.loads((tmp_path / f"r.shard{i}-of-2.json").read_text()) for i in range(2)]
+    assert sorted(Path(r["path"]).name for part in parts for r in part) == ["a.png", "b.png", "c.png"]
+    assert [len(part) for part in parts] == [2, 1]
+
+
+def test_importing_the_package_does_not_load_the_detector_until_it_is_used():
+    code = (
+        "import sys, masm_lightning; before = 'av' in sys.modules; "
+        "masm_lightning.Detector; print(before, 'av' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.stdout.split() == ["False", "True"], result.stderr[-500:]
+
+
+def test_several_workers_give_the_same_results_in_input_order(tmp_path, tiny_checkpoint):
+    inputs = [*_images(tmp_path, ["c.png", "a.png", "b.png", "d.png"]), tmp_path / "absent.png"]
+    one = list(Detector.load(tiny_checkpoint, "cpu", face_crop=False).score_many(inputs))
+    three = list(Detector.load(tiny_checkpoint, "cpu", face_crop=False, workers=3).score_many(inputs))
+    assert [r.path for r in three] == [str(p) for p in inputs]
+    assert [(r.status, r.score) for r in three] == [(r.status, r.score) for r in one]
+    assert three[-1].status == "missing"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("frames", 0, "frames must be >= 1, got 0"),
+        ("workers", 0, "workers must be >= 1, got 0"),
+        ("threshold", 1.5, r"threshold must be in \(0, 1\), got 1.5"),
+        ("aggregation", "median", "aggregation 'median' is not one of 'mean', 'confident'"),
+    ],
+)
+def test_a_bad_option_is_one_message_naming_it(tiny_checkpoint, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        Detector.load(tiny_checkpoint, "cpu", **{option: value})
