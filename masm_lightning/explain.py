@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from .adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
+from .export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
 
 __all__ = [
     "ENERGY_KEY",
@@ -59,8 +60,6 @@ __all__ = [
     "write_result_explanations",
 ]
 
-# Where the training means of the subspace responses live: a checkpoint's top-level entry, an adapter config's key.
-ENERGY_KEY = "subspace_energy"
 
 
 def subspace_labels(adapter: MASMAdapter) -> list[str]:

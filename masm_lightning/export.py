@@ -47,6 +47,9 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 ADAPTER_FORMAT = "masm_lightning.adapter/1"
+# The training means of the subspace responses (masm_lightning.explain): a checkpoint's top-level entry, and the
+# adapter config's key.
+ENERGY_KEY = "subspace_energy"
 Dtype = Literal["float32", "bfloat16", "bf16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -300,8 +303,6 @@ def export(
     if results_path is not None and not results_path.is_file():
         raise FileNotFoundError(f"--results {str(results_path)!r} is not a file (a results.md written by `test`)")
     metrics = parse_results(results_path.read_text()) if results_path is not None else {}
-    from .explain import ENERGY_KEY
-
     extra = {ENERGY_KEY: checkpoint[ENERGY_KEY]} if ENERGY_KEY in checkpoint else {}
     return export_adapter(
         model,

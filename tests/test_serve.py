@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 
 from masm_lightning.detector import Detector
-
-pytest.importorskip("gradio", reason="the web app needs the `app` extra (make install installs it)")
 from masm_lightning.serve import App, score_file
 from tests.helpers import ROOT
 
