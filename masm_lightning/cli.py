@@ -47,8 +47,9 @@ def _commands() -> dict[str, Callable[..., Any]]:
     from .commands.detect import detect
     from .commands.export import export
     from .commands.preprocess import preprocess_command
+    from .commands.serve import serve
 
-    return {"preprocess": preprocess_command, "detect": detect, "export": export}
+    return {"preprocess": preprocess_command, "detect": detect, "export": export, "serve": serve}
 
 
 class _QuietLightning(logging.Filter):

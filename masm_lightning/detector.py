@@ -52,7 +52,8 @@ from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
 from .data.video import Frame, chunks_ahead, open_video, read_image, sniff
-from .export import load_exported
+from .export import is_adapter_folder, load_adapter, load_exported
+from .hub import HUB_PREFIX
 from .io import settings_digest, walk_files
 
 __all__ = [
@@ -186,19 +187,47 @@ def _load_fit_checkpoint(path: Path, device: torch.device) -> Classifier:
     )
 
 
+def _load_adapter_folder(path: Path, device: torch.device) -> Classifier:
+    detector, config = load_adapter(path, device)  # the base rebuilt and checked against its fingerprint
+    merge_adapters(detector.backbone)  # type: ignore[arg-type]  # load_adapter always builds the backbone
+    data = config["input"]
+    return Classifier(
+        detector,
+        data["image_size"],
+        tuple(data["mean"]),
+        tuple(data["std"]),
+        extraction_settings(config["face_crop"]),
+        float(config["threshold"]),
+        str(path),
+        device,
+        data.get("interpolation", "bicubic"),
+    )
+
+
+def _load_hub(path: Path, device: torch.device) -> Classifier:
+    from .hub import resolve
+
+    folder = resolve(str(path))  # downloaded, or the local cache with HF_HUB_OFFLINE=1
+    return _load_adapter_folder(folder, device) if is_adapter_folder(folder) else _load_export(folder, device)
+
+
 # What `Detector.load` accepts, tried in order: (does this source look like it, load it). An adapter folder
 # (`adapter_config.json`) and `hf-hub:ORG/NAME` ids go before the export folder. Immutable: extended here.
 _LOADERS: tuple[tuple[Callable[[str], bool], Callable[[Path, torch.device], Classifier]], ...] = (
+    (lambda source: source.startswith(HUB_PREFIX), _load_hub),
+    (is_adapter_folder, _load_adapter_folder),
     (lambda source: Path(source).is_dir(), _load_export),
     (lambda source: True, _load_fit_checkpoint),  # a file, or a missing path the checkpoint reader names
 )
 
 
 def load_classifier(source: str | Path, device: str | None = None) -> Classifier:
-    """A :class:`Classifier` from a ``fit`` checkpoint (adapters merged for speed) or an ``export`` folder.
+    """A :class:`Classifier` from a ``fit`` checkpoint (adapters merged for speed), an ``export`` folder, an
+    adapter folder (``export --adapter``: the base rebuilt and fingerprint-checked) or a hub id ``hf-hub:ORG/NAME``.
 
     Raises:
-        CheckpointError: ``source`` is neither (the message names it and says why).
+        CheckpointError: ``source`` is none of these (the message names it and says why).
+        HubError: a hub id that cannot be downloaded and is not in the local cache.
     """
     target = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for accepts, load in _LOADERS:

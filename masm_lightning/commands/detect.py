@@ -56,6 +56,8 @@ def detect(
     shard: int = 0,
     num_shards: int = 1,
     resume: bool = True,
+    explain: str | None = None,
+    explain_faces: int = 3,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders: is it fake?
 
@@ -82,8 +84,19 @@ def detect(
         shard: this process's shard, in [0, num_shards): every num_shards-th input of the sorted list.
         num_shards: number of shards (e.g. a SLURM array); each writes <out>.shard<i>-of-<N>.<csv|json>.
         resume: false: score everything again even if --out holds results of the same model and settings.
+        explain: write, per scored input, its most suspicious faces' relevance heatmaps and artifact-subspace
+            responses into this folder (docs/app.md).
+        explain_faces: faces explained per input with --explain.
     """
     confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
+    recorder = None
+    if explain is not None:  # the same detector as below, keeping its results for the explanations
+        from ..explain import recording_detector
+
+        recorder = recording_detector(
+            ckpt, device, frames=frames, aggregation=aggregation, confident=confident, threshold=threshold,
+            batch_size=batch_size, face_crop=face_crop, workers=workers,
+        )  # fmt: skip
     records = detect_paths(
         paths,
         ckpt,
@@ -100,8 +113,13 @@ def detect(
         shard=shard,
         num_shards=num_shards,
         resume=resume,
+        detector=recorder,
     )
     print(_table(records))
+    if recorder is not None and explain is not None:
+        from ..explain import explain_detected
+
+        print(f"explanations of {explain_detected(recorder, explain, explain_faces)} faces in {explain}")
     statuses = Counter(r["status"] for r in records)
     decisions = Counter(r["decision"] for r in records if r["status"] in SCORED)
     scored = sum(statuses[s] for s in SCORED)

@@ -7,6 +7,7 @@ self-blended images (SBI): real blending artifacts, no third-party media.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,7 @@ from ..io import Stamp, settings_digest
 from .manifest import MANIFEST_NAME, write_manifest
 from .transforms import ellipse_mask, self_blend
 
-__all__ = ["generate_demo_dataset"]
+__all__ = ["face_image", "generate_demo_dataset"]
 
 DEMO_DATASET = "demo"
 
@@ -83,6 +84,13 @@ def _identity(rng: np.random.Generator) -> dict:
         "light": rng.uniform(-1, 1),
         "noise": rng.uniform(4, 10),
     }
+
+
+def face_image(seed: int | Sequence[int], size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """One generated face (a new identity per seed) as an RGB uint8 image, and its face-region mask in [0, 1];
+    what the demo dataset's frames are made of, for tests that build their own fakes."""
+    rng = np.random.default_rng(seed)
+    return _face_frame(_identity(rng), rng, size)
 
 
 def generate_demo_dataset(
