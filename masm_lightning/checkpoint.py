@@ -25,15 +25,23 @@ from .errors import InvalidInputError
 from .model import MASMDetector
 
 __all__ = [
+    "WEIGHT_SETTINGS",
     "CheckpointError",
     "check_device",
+    "checkpoint_model_settings",
     "extraction_settings",
     "face_crop_settings",
+    "is_lean",
     "load_checkpoint",
     "read_checkpoint",
 ]
 
 FACE_CROP_KEY = "face_crop"
+# The model settings that fix what a checkpoint's tensors mean (their shapes, the layers they sit in, the base they
+# are added to): run under another value, the same tensors would be another model. A conflicting value is refused.
+# Every other setting (threshold, the constraint strengths, where the base weights are read from: the fingerprint
+# check verifies they are the same weights) is the user's to change, and the given value is used.
+WEIGHT_SETTINGS = ("backbone", "backbone_kwargs", "backbone_seed", "adapters", "freeze_backbone", "freeze_norm_stats")
 
 
 class CheckpointError(InvalidInputError):
@@ -116,6 +124,87 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         reason = str(error).split("\n")[0] if "weights_only" not in str(error) else _unreadable_reason(error)
         raise CheckpointError(f"{str(path)!r} does not load into MASMDetector: {reason}") from error
     return model.eval(), checkpoint
+
+
+def is_lean(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether a ``fit`` checkpoint is a lean one (``best.ckpt``: weights for inference, no optimizer state), which
+    ``test``/``detect``/``export`` read but a resumed ``fit`` cannot continue from."""
+    return "optimizer_states" not in checkpoint
+
+
+def _plain(value: Any) -> Any:
+    """Comparable plain data: jsonargparse Namespaces as dicts, tuples as lists (YAML gives lists)."""
+    as_dict = getattr(value, "as_dict", None)
+    if callable(as_dict):
+        value = as_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _conflicts(key: str, given: Any, saved: Any) -> bool:
+    """Whether a given value changes what the checkpoint's weights mean (only :data:`WEIGHT_SETTINGS` can)."""
+    if key == "selection":  # FMSD: only the chosen layers matter once chosen; the scoring settings do not
+        layers = given.get("layers") if isinstance(given, Mapping) else None
+        chosen = saved.get("layers") if isinstance(saved, Mapping) else None
+        return layers is not None and chosen is not None and layers != chosen
+    if key not in WEIGHT_SETTINGS:
+        return False
+    if key == "adapters" and isinstance(given, Mapping) and isinstance(saved, Mapping):  # the fields given
+        return any(saved.get(field) != value for field, value in given.items())
+    return given != saved
+
+
+def checkpoint_model_settings(
+    saved: Mapping[str, Any], given: Mapping[str, Any], configured: Mapping[str, Any], source: str
+) -> tuple[dict[str, Any], list[str]]:
+    """The model settings to run a checkpoint under, and what to tell the user about them.
+
+    ``saved`` are the checkpoint's hyper-parameters, ``given`` the model settings the config files and command line
+    set explicitly, ``configured`` the settings the run would use without the checkpoint (defaults included). A
+    setting not given comes from the checkpoint; a given one that agrees is silent; a given one that differs is
+    used if it does not change what the weights mean (the threshold, constraint strengths, the base weights'
+    location), and refused otherwise (:data:`WEIGHT_SETTINGS`; FMSD's chosen layers).
+
+    Returns:
+        The settings (the checkpoint's, with the given values that are kept) and one line per setting that came
+        from the checkpoint with a value the configuration did not have, or that the configuration overrides.
+
+    Raises:
+        CheckpointError: a given value conflicts with the checkpoint; the message names both values.
+    """
+    settings: dict[str, Any] = {}
+    lines: list[str] = []
+    for key, saved_value in saved.items():
+        if key.startswith("_"):  # LightningCLI's own entries (_instantiator, _class_path)
+            continue
+        saved_plain = _plain(saved_value)
+        if key not in given:
+            settings[key] = saved_value
+            if key in configured and _plain(configured[key]) != saved_plain:
+                lines.append(
+                    f"  {key}: {saved_plain!r} (from the checkpoint; the configuration had {_plain(configured[key])!r})"
+                )
+            continue
+        given_plain = _plain(given[key])
+        if _conflicts(key, given_plain, saved_plain):
+            raise CheckpointError(
+                f"model.{key} {given_plain!r} conflicts with {key} {saved_plain!r} in checkpoint {source!r}: it "
+                "defines what the saved weights mean; remove it from the config and command line (the checkpoint's "
+                "value is then used) or use a checkpoint trained with it"
+            )
+        if isinstance(saved_plain, Mapping) and isinstance(given_plain, Mapping):
+            merged = {**saved_plain, **given_plain}
+            settings[key] = merged
+            changed = merged != saved_plain
+        else:
+            settings[key] = given_plain
+            changed = given_plain != saved_plain
+        if changed:
+            lines.append(f"  {key}: {given_plain!r} (given; the checkpoint has {saved_plain!r})")
+    return settings, lines
 
 
 def _recorded_face_crop(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:

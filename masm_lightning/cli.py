@@ -30,10 +30,12 @@ import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from .callbacks.predictions import VideoPredictionWriter
 from .callbacks.report import RunReport
+from .checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
 from .errors import UserError, debug_enabled
@@ -162,6 +164,7 @@ class MASMCLI(LightningCLI):
                 self._check_values()
         super().parse_arguments(parser, args)
         self._refuse_quoted_numbers()
+        self._record_explicit_config(parser, args)
 
     def _refuse_quoted_numbers(self) -> None:
         """A quoted YAML string where a number is expected (``lambda_orth: "0.5"``) is refused, as the command line
@@ -207,6 +210,51 @@ class MASMCLI(LightningCLI):
     def _own_command(self) -> bool:
         return self.subcommand not in self.subcommands()
 
+    def _record_explicit_config(self, parser: LightningArgumentParser, args: Any) -> None:
+        # What the config files and the command line set, without defaults: a checkpoint's settings fill in the
+        # rest (`_parse_ckpt_path`), and must never replace these silently.
+        try:
+            if isinstance(args, (dict, Namespace)):
+                self.explicit_config = parser.parse_object(args, defaults=False)
+            else:
+                self.explicit_config = parser.parse_args(args, defaults=False)
+        except SystemExit:  # cannot happen after the full parse succeeded; then nothing counts as given
+            self.explicit_config = Namespace()
+
+    def _apply_checkpoint_settings(self) -> None:
+        """``--ckpt_path``: the checkpoint's model settings, except those the user set (kept if they leave the
+        weights' meaning alone, refused with both values if not); a short block says what came from where.
+        LightningCLI's own version replaces every model setting with the checkpoint's, silently."""
+        subcommand = self.config.get("subcommand")
+        if subcommand not in self.subcommands():
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():  # a missing file is reported by the trainer
+            return
+        try:
+            checkpoint = read_checkpoint(ckpt_path)
+            if subcommand == "fit" and is_lean(checkpoint):
+                raise CheckpointError(
+                    f"{ckpt_path!r} is a lean checkpoint (weights for test/detect/export, no optimizer state): "
+                    "resume a fit from the run's last.ckpt"
+                )
+            explicit = self.explicit_config.get(subcommand) or Namespace()
+            given = explicit.get("model") or Namespace()
+            settings, lines = checkpoint_model_settings(
+                checkpoint["hyper_parameters"],
+                given.as_dict(),
+                self.config[subcommand]["model"].as_dict(),
+                ckpt_path,
+            )
+        except CheckpointError as error:
+            self.parser.error(str(error))
+        rank_zero_info(
+            "\n".join([f"model settings from checkpoint {ckpt_path} (the configuration's where they agree):", *lines])
+            if lines
+            else f"model settings from checkpoint {ckpt_path}: the configuration's, which agree with it"
+        )
+        self.config = self.parser.parse_object({subcommand: {"model": settings}}, self.config)
+
     @override
     def _set_seed(self) -> None:
         if not self._own_command():
@@ -246,11 +294,21 @@ class MASMCLI(LightningCLI):
     def before_fit(self) -> None:
         self._add_callback(RunReport)
 
+    def _warn_if_untrained(self) -> None:
+        """Evaluating without ``--ckpt_path`` scores the model the configuration builds: a random head."""
+        if self.config[self.subcommand].get("ckpt_path") is None and isinstance(self.datamodule, FaceForgeryDataModule):
+            rank_zero_warn(
+                f"`{self.subcommand}` without --ckpt_path evaluates an untrained model (the head is random, "
+                "so the metrics mean nothing): pass --ckpt_path <run folder>/checkpoints/best.ckpt"
+            )
+
     def before_validate(self) -> None:
         self._add_callback(RunReport)
+        self._warn_if_untrained()
 
     def before_test(self) -> None:
         self._add_callback(RunReport)
+        self._warn_if_untrained()
         if self.config["test"].get("robustness"):
             from .callbacks.robustness import RobustnessSweep
 
@@ -258,13 +316,14 @@ class MASMCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._add_callback(VideoPredictionWriter)
+        self._warn_if_untrained()
 
     @override
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if subcommand in self.subcommands():
             self._check_ckpt_path(subcommand)
-        super()._parse_ckpt_path()
+        self._apply_checkpoint_settings()  # replaces Lightning's, which overrides every model setting silently
 
     def _check_ckpt_path(self, subcommand: str) -> None:
         """A ``--ckpt_path`` file is read (safely) before Lightning reads it: a missing, truncated, unsafe or

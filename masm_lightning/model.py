@@ -107,18 +107,34 @@ def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
 
 
 def run_checkpoints(monitor: str, mode: str) -> list[ModelCheckpoint]:
-    """The checkpoint policy of every ``fit``: ``best.ckpt`` (the best ``monitor`` value on the validation split)
-    and ``last.ckpt`` (the state after the last completed epoch, for resuming), both in the run's versioned folder
-    (``<default_root_dir>/<logger name>/version_N/checkpoints``), so a second run never overwrites the first."""
+    """The checkpoint policy of every ``fit``, both files in the run's versioned folder
+    (``<default_root_dir>/<logger name>/version_N/checkpoints``), so a second run never overwrites the first.
+
+    - ``best.ckpt``: the best ``monitor`` value on the validation split, **lean**: the trained tensors, the
+      hyper-parameters, the base's identity and fingerprint and the data module's state (face-crop settings):
+      what ``test``, ``detect`` and ``export`` need, without optimizer, scheduler, loop or callback state.
+    - ``last.ckpt``: the full training state after the last completed epoch, or after the run's last step when it
+      stops mid-epoch (``max_steps``), for resuming. Written at the end of every training epoch
+      (``save_on_train_epoch_end``), not at validation: the file never lags when validation runs less than once an
+      epoch (``check_val_every_n_epoch``) or is skipped.
+    """
     best = ModelCheckpoint(
         filename="best",
         monitor=monitor,
         mode=mode,
         save_top_k=1,
+        save_weights_only=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    last = ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    last = ModelCheckpoint(
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
     return [best, last]
 
 

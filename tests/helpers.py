@@ -3,6 +3,8 @@ into real CLI runs (imported by class path from subprocesses)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -55,3 +57,16 @@ class SaveRankState(Callback):
             },
             self.folder / f"rank{trainer.global_rank}.pt",
         )
+
+
+class KillAtStep(Callback):
+    """Kills its own process with SIGKILL once ``step`` optimizer steps are done: a preempted job, no clean-up."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: object, batch: dict, batch_idx: int
+    ) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -17,7 +17,12 @@ from tests.helpers import ROOT, TINY_CONFIG, tiny_args
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
 def test_every_subcommand_runs_on_the_tiny_config(tmp_path, command):
-    cli = main([command, *tiny_args(tmp_path, "--trainer.fast_dev_run", "true")])
+    args = [command, *tiny_args(tmp_path, "--trainer.fast_dev_run", "true")]
+    if command == "fit":
+        cli = main(args)
+    else:  # no --ckpt_path: the untrained model is evaluated, and the user is told
+        with pytest.warns(UserWarning, match=f"`{command}` without --ckpt_path evaluates an untrained model"):
+            cli = main(args)
     metrics = cli.trainer.callback_metrics
     if command == "fit":
         assert {"train/loss", "train/ce", "train/orth", "train/spec", "val/video_auc"} <= metrics.keys()
@@ -143,6 +148,18 @@ def test_every_fit_gets_its_own_run_folder_with_best_and_last_and_says_where(tmp
     assert first != second and (first / "checkpoints" / "best.ckpt").stat().st_mtime_ns == first_time, (
         "a second run never overwrites the first"
     )
+
+
+def test_last_ckpt_is_written_every_epoch_even_when_validation_runs_less_often(tmp_path):
+    cli = main(["fit", *tiny_args(tmp_path, "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2")])
+    folder = Path(cli.trainer.log_dir) / "checkpoints"
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, cli.trainer.global_step), "last.ckpt: after the last epoch"
+    assert last["optimizer_states"] and last["callbacks"], "last.ckpt: the full training state"
+    best = torch.load(folder / "best.ckpt", weights_only=True)
+    assert best["epoch"] == 1, "best.ckpt: chosen on the validation split (validated after epoch 1 only)"
+    assert not {"optimizer_states", "lr_schedulers", "callbacks"} & best.keys(), "best.ckpt: lean"
+    assert {"state_dict", "hyper_parameters", "masm", "DemoDataModule"} <= best.keys()
 
 
 @pytest.mark.parametrize("overlay", [None, *BASELINES])

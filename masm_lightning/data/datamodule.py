@@ -24,13 +24,22 @@ from .manifest import FrameRecord
 from .settings import ExtractionSettings
 from .sources import DataSource, load_source, prepare_source
 from .synthetic import generate_demo_dataset
-from .transforms import Preset, crop_face_mask, eval_transform, self_blend, train_transform
+from .transforms import (
+    Preset,
+    crop_face_mask,
+    eval_transform,
+    sample_generators,
+    seed_transform,
+    self_blend,
+    train_transform,
+)
 
 __all__ = [
     "UNREADABLE_KEY",
     "DemoDataModule",
     "FaceForgeryDataModule",
     "FrameDataset",
+    "SampleDraw",
     "VideoFrameSampler",
     "collate_frames",
     "spread_frames",
@@ -63,6 +72,30 @@ def spread_frames(records: Sequence[FrameRecord], per_video: int | None) -> list
     return kept
 
 
+class SampleDraw(int):
+    """A dataset index that also says which draw it is: the run's ``seed``, the ``epoch`` and the ``draw`` (position
+    in the epoch's draw, before the split by rank). :class:`VideoFrameSampler` yields these; :class:`FrameDataset`
+    seeds the sample's augmentation and self-blend from them
+    (:func:`~masm_lightning.data.transforms.sample_generators`). It is an ``int``, so it indexes lists and compares
+    like the plain index; a plain ``int`` reads as epoch 0, draw ``index`` of the dataset's own seed."""
+
+    seed: int
+    epoch: int
+    draw: int
+
+    def __new__(cls, index: int, seed: int, epoch: int, draw: int) -> SampleDraw:
+        key = super().__new__(cls, index)
+        key.seed, key.epoch, key.draw = seed, epoch, draw
+        return key
+
+    def __reduce__(self) -> tuple[type[SampleDraw], tuple[int, int, int, int]]:
+        # To the loader's worker processes, attributes included.
+        return SampleDraw, (int(self), self.seed, self.epoch, self.draw)
+
+    def __repr__(self) -> str:
+        return f"SampleDraw({int(self)}, seed={self.seed}, epoch={self.epoch}, draw={self.draw})"
+
+
 class FrameDataset(Dataset):
     """Face crops with their label, video key index and sample index.
 
@@ -77,6 +110,11 @@ class FrameDataset(Dataset):
     ``unreadable`` key; :class:`~masm_lightning.callbacks.RunReport` counts them in the log and ``results.md``.
     Dropping (rather than a placeholder image with a flag) keeps every consumer of a batch — the model's steps,
     the metrics, the robustness sweep — unaware of failures, and a lost frame changes nothing but the count.
+
+    Randomness (the transform's augmentation, the self-blend) is drawn per sample from generators seeded by
+    (seed, epoch, draw, index) (:class:`SampleDraw`, yielded by :class:`VideoFrameSampler`); a plain ``int`` index
+    uses ``seed`` (the data module passes the run's), epoch 0 and draw ``index``. Same seed, same images, whatever
+    the number of workers.
     """
 
     def __init__(
@@ -85,7 +123,9 @@ class FrameDataset(Dataset):
         transform: Callable[..., dict[str, Any]],
         self_blended: Sequence[bool] | None = None,
         class_weights: Sequence[float] | None = None,
+        seed: int = 0,
     ) -> None:
+        self.seed = seed
         self.blended = list(self_blended) if self_blended is not None else [False] * len(records)
         self.records = [
             r._replace(label=1, method="self_blend", video_id=f"sbi/{r.video_id}") if b else r
@@ -101,15 +141,17 @@ class FrameDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        key = i if isinstance(i, SampleDraw) else SampleDraw(i, self.seed, 0, i)
+        augment_rng, blend_rng = sample_generators(key.seed, key.epoch, key.draw, int(key))
+        i = int(key)
         record = self.records[i]
         image = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
         if image is None:  # missing, truncated or not an image: recorded by the batch, counted by the report
             return {UNREADABLE_KEY: i}
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         if self.blended[i]:
-            # Seeded from torch's per-worker generator: reproducible under seed_everything(workers=True).
-            rng = np.random.default_rng(int(torch.randint(2**62, ())))
-            image = self_blend(image, crop_face_mask(*image.shape[:2]), rng)
+            image = self_blend(image, crop_face_mask(*image.shape[:2]), blend_rng)
+        seed_transform(self.transform, augment_rng)
         item = {
             "image": self.transform(image=image)["image"],
             "label": record.label,
@@ -153,8 +195,10 @@ class VideoFrameSampler(DistributedSampler):
     the sample's class), so real and fake are seen equally often (FF++ has 4 fakes per real).
 
     Every draw comes from a generator seeded by (seed, epoch): identical on every rank (each keeps every
-    ``num_replicas``-th sample) and across resumed runs. Being a ``DistributedSampler``, Lightning keeps it
-    under DDP instead of wrapping it, and calls :meth:`set_epoch` every epoch.
+    ``num_replicas``-th sample) and across resumed runs. It yields :class:`SampleDraw` indices (ints that carry
+    seed, epoch and position), from which :class:`FrameDataset` seeds each sample's augmentation. Being a
+    ``DistributedSampler``, Lightning keeps it under DDP instead of wrapping it, and calls :meth:`set_epoch` every
+    epoch.
     """
 
     def __init__(
@@ -208,7 +252,7 @@ class VideoFrameSampler(DistributedSampler):
         return chosen
 
     def __iter__(self) -> Iterator[int]:
-        chosen = self.epoch_indices()
+        chosen = [SampleDraw(i, self.seed, self.epoch, draw) for draw, i in enumerate(self.epoch_indices())]
         padded = chosen + chosen[: self.num_samples * self.num_replicas - len(chosen)]
         return iter(padded[self.rank :: self.num_replicas])
 
@@ -441,7 +485,7 @@ class FaceForgeryDataModule(LightningDataModule):
         transform = train_transform(
             config["image_size"], config["mean"], config["std"], self.hparams["augmentation"], config["interpolation"]
         )
-        dataset = FrameDataset(records + reals, transform, [False] * len(records) + [True] * len(reals))
+        dataset = FrameDataset(records + reals, transform, [False] * len(records) + [True] * len(reals), seed=self.seed)
         if self.hparams["balance"] == "loss":
             counts = Counter(dataset.records[i].label for i in self._sampler(dataset).epoch_indices())
             total = sum(counts.values())

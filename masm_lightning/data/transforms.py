@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-__all__ = ["crop_face_mask", "ellipse_mask", "eval_transform", "self_blend", "train_transform"]
+__all__ = [
+    "crop_face_mask",
+    "ellipse_mask",
+    "eval_transform",
+    "sample_generators",
+    "seed_transform",
+    "self_blend",
+    "train_transform",
+]
 
 Preset = Literal["none", "light", "effort"]
 
@@ -59,6 +68,28 @@ def self_blend(image: np.ndarray, face_mask: np.ndarray, rng: np.random.Generato
     mask = mask / max(float(mask.max()), 1e-6) * rng.choice([0.5, 0.75, 1.0, 1.0, 1.0])
     blended = mask[..., None] * source + (1 - mask[..., None]) * image.astype(np.float32)
     return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def sample_generators(seed: int, epoch: int, draw: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent generators for one training sample, a pure function of (run seed, epoch, draw, index): one
+    for the augmentation, one for the self-blend.
+
+    ``draw`` is the sample's position in its epoch's draw (before the split by rank), ``index`` its dataset index:
+    a frame drawn twice in one epoch (balanced sampling draws with replacement) gets two different augmentations,
+    and nothing depends on the worker that loads it, the number of workers or ranks, or on what ran before, so a
+    run resumed at an epoch boundary, or repeated with the same seed, sees the same images.
+    """
+    augment, blend = np.random.SeedSequence([seed, epoch, draw, index]).spawn(2)
+    return np.random.default_rng(augment), np.random.default_rng(blend)
+
+
+def seed_transform(transform: Callable[..., dict[str, Any]], rng: np.random.Generator) -> None:
+    """Make an albumentations pipeline draw from ``rng`` (its numpy generator, and a Python ``random.Random`` seeded
+    from it). Albumentations keeps its own random state and ignores ``seed_everything``; this reseeds it per sample.
+    Other callables (test stubs, deterministic transforms) are left as they are."""
+    set_state = getattr(transform, "set_random_state", None)
+    if set_state is not None:
+        set_state(rng, random.Random(int(rng.integers(2**63))))
 
 
 INTERPOLATIONS = {

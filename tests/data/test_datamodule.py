@@ -405,3 +405,47 @@ def test_the_demo_draws_frames_from_the_run_seed_and_generates_from_its_own(tmp_
     other = generate_demo_dataset(tmp_path / "b", videos={"train": 2}, frames_per_video=1, size=32, seed=4)
     image = lambda manifest: cv2.imread(str(read_manifest(manifest)[0].path))
     assert not np.array_equal(image(first), image(other)), "the generation seed decides the images"
+
+
+# --- seeded augmentation ---
+
+
+def _noisy_images(tmp_path: Path, count: int) -> list[FrameRecord]:
+    """Frames with texture, so every augmentation of the ``effort`` preset changes pixels."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(count):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+        records.append(FrameRecord("ds", "train", i % 2, "m", f"v{i}", 0, path))
+    return records
+
+
+def _epoch_images(
+    dataset: FrameDataset, sampler: VideoFrameSampler, epoch: int, workers: int
+) -> dict[int, torch.Tensor]:
+    sampler.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, sampler=sampler, num_workers=workers)
+    return {int(i): image for batch in loader for i, image in zip(batch["index"], batch["image"])}
+
+
+def test_augmentation_and_self_blend_are_seeded_per_sample_and_epoch_whatever_the_workers(tmp_path):
+    from masm_lightning.data.transforms import train_transform
+
+    records = _noisy_images(tmp_path, 6)
+    blended = [False] * 6 + [True] * 6  # every frame also as a self-blended pseudo-fake
+
+    def images(seed: int, epoch: int, workers: int) -> dict[int, torch.Tensor]:
+        # A fresh pipeline each time: albumentations' own state (seeded at random on creation) must not matter.
+        dataset = FrameDataset(records + records, train_transform(32, (0.5,) * 3, (0.5,) * 3, "effort"), blended)
+        sampler = _sampler(dataset, frames_per_video=1, seed=seed)
+        return _epoch_images(dataset, sampler, epoch, workers)
+
+    reference = images(seed=4, epoch=1, workers=0)
+    for again in (images(seed=4, epoch=1, workers=0), images(seed=4, epoch=1, workers=2)):
+        assert again.keys() == reference.keys()
+        for i in reference:
+            assert torch.equal(again[i], reference[i]), f"sample {i}: same seed and epoch must give the same image"
+    for other in (images(seed=4, epoch=2, workers=0), images(seed=5, epoch=1, workers=0)):
+        changed = [i for i in reference if not torch.equal(other[i], reference[i])]
+        assert len(changed) >= 8, "another epoch or seed draws other augmentations"
