@@ -39,6 +39,7 @@ from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
 from .data.video import read_frames
 from .export import load_exported
+from .performance import compile_module
 from .io import write_atomic
 
 __all__ = ["Classifier", "ConfidentRule", "aggregate", "detect", "load_classifier"]
@@ -124,8 +125,11 @@ class Classifier:
         return torch.cat(out).numpy()
 
 
-def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
+def load_classifier(path: str | Path, device: str | None = None, compile: bool = False) -> Classifier:  # noqa: A002
     """A :class:`Classifier` from a ``fit`` checkpoint (adapters merged for speed) or an ``export`` folder.
+
+    ``compile=True`` compiles the model's forward with ``torch.compile``
+    (:func:`~masm_lightning.performance.compile_module`).
 
     Raises:
         CheckpointError: ``path`` is neither (the message names it and says why).
@@ -135,7 +139,7 @@ def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
     if path.is_dir():
         model, config = load_exported(path, target)
         return Classifier(
-            model,
+            compile_module(model, compile),
             config["image_size"],
             tuple(config["mean"]),
             tuple(config["std"]),
@@ -149,6 +153,7 @@ def load_classifier(path: str | Path, device: str | None = None) -> Classifier:
     if detector.backbone is None:
         raise CheckpointError(f"{str(path)!r}: the loaded model has no backbone")
     merge_adapters(detector.backbone)  # plain Linear layers: the adapters cost nothing at inference
+    compile_module(detector.backbone, compile)
     data = detector.data_config
     return Classifier(
         detector,
@@ -293,6 +298,7 @@ def detect(
     face_crop: bool = True,
     aggregation: Aggregation = "mean",
     confident: ConfidentRule = ConfidentRule(),
+    compile: bool = False,  # noqa: A002 - the CLI flag (--compile)
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders (recursive); return one record per input, in input order.
 
@@ -308,6 +314,7 @@ def detect(
         face_crop: crop faces as in training; false scores whole frames/images.
         aggregation: ``mean`` of frame scores, or the DFDC winner's ``confident`` rule (:class:`ConfidentRule`).
         confident: the confident rule's thresholds.
+        compile: compile the model with ``torch.compile`` (pays for many inputs; see ``docs/benchmarks.md``).
 
     Raises:
         CheckpointError: ``ckpt`` is neither a checkpoint nor an export folder.
@@ -319,7 +326,7 @@ def detect(
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if (frames is not None and frames < 1) or batch_size < 1:
         raise ValueError(f"--frames and --batch_size must be >= 1, got {frames} and {batch_size}")
-    classifier = load_classifier(ckpt, device)  # before the output: a bad checkpoint must not clobber old results
+    classifier = load_classifier(ckpt, device, compile)  # before the output: a bad checkpoint must not clobber old results
     output = _Output(Path(out) if out is not None else None, per_frame)
     if threshold is not None:
         classifier.threshold = threshold

@@ -31,6 +31,7 @@ from .adapters import (
 )
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
+from .performance import compile_module, fast_adam_options
 from .selection import LayerSelection, select_layers
 from .weights import create_from_foreign_checkpoint, resolve_weights_path
 
@@ -44,15 +45,19 @@ _Destination = TypeVar("_Destination", bound=dict[str, Any])  # as nn.Module.sta
 
 
 def effort_adam(params: Any) -> torch.optim.Optimizer:
-    """The Effort recipe's optimizer: Adam, lr 2e-4, weight decay 5e-4 (coupled: added to the gradient)."""
-    return torch.optim.Adam(params, lr=2e-4, weight_decay=5e-4)
+    """The Effort recipe's optimizer: Adam, lr 2e-4, weight decay 5e-4 (coupled: added to the gradient); torch's
+    fused kernel where it exists (:func:`~masm_lightning.performance.fast_adam_options`)."""
+    params = list(params)
+    return torch.optim.Adam(params, lr=2e-4, weight_decay=5e-4, **fast_adam_options(params))
 
 
 def masm_adam(params: Any) -> torch.optim.Optimizer:
     """MASM's default optimizer: Adam, lr 2e-4, no weight decay. Coupled decay on the factors is normalised by
     Adam with the task gradient, so it stalls small task gradients and erases tail values; the decoupled
-    constraint step (:func:`~masm_lightning.adapters.apply_constraints`) bounds the factors instead."""
-    return torch.optim.Adam(params, lr=2e-4)
+    constraint step (:func:`~masm_lightning.adapters.apply_constraints`) bounds the factors instead. torch's fused
+    kernel where it exists (:func:`~masm_lightning.performance.fast_adam_options`)."""
+    params = list(params)
+    return torch.optim.Adam(params, lr=2e-4, **fast_adam_options(params))
 
 
 def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
@@ -116,6 +121,9 @@ class MASMDetector(LightningModule):
         selection: FMSD (the paper's v3 reading): choose the layers to decompose among ``adapters``' targets from
             full-weight gradient GSNR at the start of ``fit``, before injection (:mod:`masm_lightning.selection`);
             None decomposes every target (v1). The chosen layers are kept in the checkpoint.
+        compile: compile the backbone's forward (adapters included) with ``torch.compile`` in ``configure_model``,
+            in place so checkpoint keys do not change (:func:`~masm_lightning.performance.compile_module`; when it
+            pays: ``docs/benchmarks.md``).
 
     Model selection: ``monitor`` (``val/video_auc``, the validation split of the training data, never a test set)
     is maximised; every ``fit`` saves ``best.ckpt`` and ``last.ckpt`` in its run folder (:func:`run_checkpoints`).
@@ -142,6 +150,7 @@ class MASMDetector(LightningModule):
         backbone_seed: int = 0,
         selection: LayerSelection | None = None,
         freeze_norm_stats: bool = True,
+        compile: bool = False,  # noqa: A002 - the YAML key the issue names (model.compile)
     ) -> None:
         super().__init__()
         if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters
@@ -248,6 +257,7 @@ class MASMDetector(LightningModule):
                 self._inject(self._selected_layers())
         elif self.hparams["freeze_backbone"]:
             backbone.requires_grad_(False)
+        compile_module(backbone, bool(self.hparams.get("compile", False)))
 
     def _require_backbone(self) -> nn.Module:
         """The backbone, which exists once ``configure_model()`` ran (the Trainer calls it)."""

@@ -48,6 +48,7 @@ def detect(
     confident_real: float = _RULE.real_threshold,
     fake_share: float = _RULE.fake_share,
     real_share: float = _RULE.real_share,
+    compile: bool = False,  # noqa: A002 - the flag's name (--compile)
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders: is it fake?
 
@@ -68,6 +69,7 @@ def detect(
         confident_real: confident rule: a frame is confidently real below this probability.
         fake_share: confident rule: share of confidently fake frames needed to average only those.
         real_share: confident rule: share of confidently real frames needed to average only those.
+        compile: compile the model with torch.compile (pays off over many inputs; docs/benchmarks.md).
     """
     confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
     records = detect_paths(
@@ -82,6 +84,7 @@ def detect(
         face_crop=face_crop,
         aggregation=aggregation,
         confident=confident,
+        compile=compile,
     )
     print(_table(records))
     statuses = Counter(r["status"] for r in records)
