@@ -3,6 +3,11 @@ compiles as one graph (``model.compile``, ``detect --compile``) with the same ou
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +16,7 @@ from masm_lightning.adapters import MASMConfig, MASMLinear, inject_adapters
 from masm_lightning.model import MASMDetector, masm_adam
 from masm_lightning.performance import compile_module, fast_adam_options
 
-from .helpers import TINY_VIT, TINY_VIT_KWARGS
+from .helpers import ROOT, TINY_VIT, TINY_VIT_KWARGS
 
 
 def test_fast_adam_options_fused_on_cpu_float_and_foreach_otherwise() -> None:
@@ -68,5 +73,22 @@ def test_compiled_detector_keeps_its_keys_and_outputs() -> None:
 
 
 def test_compile_module_disabled_returns_the_module_untouched() -> None:
-    model = inject_adapters(nn.Sequential(nn.Linear(4, 4)), MASMConfig(num_subspaces=1, subspace_rank=1, targets=("0",)))
+    model = inject_adapters(
+        nn.Sequential(nn.Linear(4, 4)), MASMConfig(num_subspaces=1, subspace_rank=1, targets=("0",))
+    )
     assert compile_module(model, enabled=False) is model and model._compiled_call_impl is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA path")
+def test_gpu_suite_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gpu suite: no CUDA device" in done.stdout
+    assert not out.exists()  # nothing measured, nothing written
