@@ -39,8 +39,8 @@ from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
 from .data.video import read_frames
 from .export import load_exported
-from .performance import compile_module
 from .io import write_atomic
+from .performance import compile_module
 
 __all__ = ["Classifier", "ConfidentRule", "aggregate", "detect", "load_classifier"]
 
@@ -125,7 +125,7 @@ class Classifier:
         return torch.cat(out).numpy()
 
 
-def load_classifier(path: str | Path, device: str | None = None, compile: bool = False) -> Classifier:  # noqa: A002
+def load_classifier(path: str | Path, device: str | None = None, compile: bool = False) -> Classifier:
     """A :class:`Classifier` from a ``fit`` checkpoint (adapters merged for speed) or an ``export`` folder.
 
     ``compile=True`` compiles the model's forward with ``torch.compile``
@@ -298,7 +298,7 @@ def detect(
     face_crop: bool = True,
     aggregation: Aggregation = "mean",
     confident: ConfidentRule = ConfidentRule(),
-    compile: bool = False,  # noqa: A002 - the CLI flag (--compile)
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders (recursive); return one record per input, in input order.
 
@@ -326,7 +326,8 @@ def detect(
         raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
     if (frames is not None and frames < 1) or batch_size < 1:
         raise ValueError(f"--frames and --batch_size must be >= 1, got {frames} and {batch_size}")
-    classifier = load_classifier(ckpt, device, compile)  # before the output: a bad checkpoint must not clobber old results
+    # Before the output: a bad checkpoint must not clobber old results.
+    classifier = load_classifier(ckpt, device, compile)
     output = _Output(Path(out) if out is not None else None, per_frame)
     if threshold is not None:
         classifier.threshold = threshold

@@ -150,7 +150,7 @@ class MASMDetector(LightningModule):
         backbone_seed: int = 0,
         selection: LayerSelection | None = None,
         freeze_norm_stats: bool = True,
-        compile: bool = False,  # noqa: A002 - the YAML key the issue names (model.compile)
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters

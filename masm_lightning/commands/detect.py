@@ -48,7 +48,7 @@ def detect(
     confident_real: float = _RULE.real_threshold,
     fake_share: float = _RULE.fake_share,
     real_share: float = _RULE.real_share,
-    compile: bool = False,  # noqa: A002 - the flag's name (--compile)
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders: is it fake?
 
