@@ -22,7 +22,7 @@ __all__ = ["compile_module", "fast_adam_options"]
 _FUSED_DEVICES = ("cpu", "cuda")
 
 
-def fast_adam_options(params: Iterable[Any]) -> dict[str, bool]:
+def fast_adam_options(params: Iterable[Any]) -> dict[str, Any]:
     """``{"fused": True}`` when every tensor in ``params`` (tensors or param-group dicts) is a floating-point tensor
     on a CPU or CUDA device (where torch has the fused Adam kernel), else ``{"foreach": True}``, else ``{}``.
 
