@@ -55,6 +55,7 @@ from .data.video import Frame, chunks_ahead, open_video, read_image, sniff
 from .export import is_adapter_folder, load_adapter, load_exported
 from .hub import HUB_PREFIX
 from .io import settings_digest, walk_files
+from .performance import compile_module
 
 __all__ = [
     "SCORED",
@@ -221,7 +222,7 @@ _LOADERS: tuple[tuple[Callable[[str], bool], Callable[[Path, torch.device], Clas
 )
 
 
-def load_classifier(source: str | Path, device: str | None = None) -> Classifier:
+def load_classifier(source: str | Path, device: str | None = None, compile: bool = False) -> Classifier:
     """A :class:`Classifier` from a ``fit`` checkpoint (adapters merged for speed), an ``export`` folder, an
     adapter folder (``export --adapter``: the base rebuilt and fingerprint-checked) or a hub id ``hf-hub:ORG/NAME``.
 
@@ -232,7 +233,9 @@ def load_classifier(source: str | Path, device: str | None = None) -> Classifier
     target = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for accepts, load in _LOADERS:
         if accepts(str(source)):
-            return load(Path(source), target)
+            classifier = load(Path(source), target)
+            compile_module(classifier.model, compile)  # in place; pays off over many inputs (docs/benchmarks.md)
+            return classifier
     raise CheckpointError(f"{str(source)!r} is not a checkpoint, an export folder or a hub id")
 
 
@@ -456,8 +459,9 @@ class Detector:
         self._decode_threads = 0  # FFmpeg's choice for one video at a time; set per run of score_many
 
     @classmethod
-    def load(cls, source: str | Path, device: str | None = None, **options: Any) -> Detector:
-        """A detector from a ``fit`` checkpoint or an ``export`` folder; ``options`` are the constructor's.
+    def load(cls, source: str | Path, device: str | None = None, compile: bool = False, **options: Any) -> Detector:
+        """A detector from a ``fit`` checkpoint or an ``export`` folder; ``compile`` compiles the model with
+        ``torch.compile``; ``options`` are the constructor's.
 
         Raises:
             CheckpointError: ``source`` is not a usable model (the message names it and says why).
@@ -465,7 +469,7 @@ class Detector:
         """
         if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but no CUDA device is available; use 'cpu'")
-        return cls(load_classifier(source, device), **options)
+        return cls(load_classifier(source, device, compile), **options)
 
     @property
     def face_detector(self) -> FaceDetector:

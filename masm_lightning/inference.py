@@ -152,6 +152,7 @@ def detect(
     num_shards: int = 1,
     resume: bool = True,
     detector: Detector | None = None,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders (recursive); return one record per input, in input order.
 
@@ -172,6 +173,7 @@ def detect(
         num_shards: number of shards (e.g. a job array); each writes its own output file.
         resume: keep the records of a previous run with the same ``out``, model and settings.
         detector: an already loaded detector to use instead of loading ``ckpt`` (its own settings apply).
+        compile: compile the model with ``torch.compile`` (pays off over many inputs; docs/benchmarks.md).
 
     Raises:
         CheckpointError: ``ckpt`` is neither a checkpoint nor an export folder.
@@ -192,6 +194,7 @@ def detect(
             batch_size=batch_size,
             face_crop=face_crop,
             workers=workers,
+            compile=compile,
         )
     inputs = expand_inputs(paths)
     if num_shards > 1:

@@ -33,6 +33,7 @@ from .adapters import (
 from .errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
+from .performance import compile_module, fast_adam_options
 from .selection import LayerSelection, select_layers
 from .weights import create_from_foreign_checkpoint, resolve_weights_path
 
@@ -46,11 +47,6 @@ _Destination = TypeVar("_Destination", bound=dict[str, Any])  # as nn.Module.sta
 _Result = TypeVar("_Result")
 
 
-def effort_adam(params: Any) -> torch.optim.Optimizer:
-    """The Effort recipe's optimizer: Adam, lr 2e-4, weight decay 5e-4 (coupled: added to the gradient)."""
-    return torch.optim.Adam(params, lr=2e-4, weight_decay=5e-4)
-
-
 class MASMAdam(torch.optim.Adam):
     """MASM's default optimizer: Adam, lr 2e-4, no weight decay. Coupled decay on the factors is normalised by
     Adam with the task gradient, so it stalls small task gradients and erases tail values; the decoupled
@@ -58,7 +54,8 @@ class MASMAdam(torch.optim.Adam):
 
     A class (not a function) so that the command line can change one setting of the default,
     ``--model.optimizer.init_args.lr 1e-3``, as LightningCLI's optimizer convention has it; ``class_path:
-    torch.optim.AdamW`` etc. replace it.
+    torch.optim.AdamW`` etc. replace it. torch's fused kernel where it exists
+    (:func:`~masm_lightning.performance.fast_adam_options`; ``fused``/``foreach`` given explicitly win).
     """
 
     def __init__(
@@ -69,8 +66,12 @@ class MASMAdam(torch.optim.Adam):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
+        fused: bool | None = None,
+        foreach: bool | None = None,
     ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        params = list(params)  # read twice: a generator would be empty the second time
+        fast = fast_adam_options(params) if fused is None and foreach is None else {"fused": fused, "foreach": foreach}
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, **fast)
 
 
 def check_backbone_name(name: str) -> None:
@@ -172,6 +173,9 @@ class MASMDetector(LightningModule):
         image_size: side of the square input the data module resizes faces to; null takes the backbone's own
             (``img_size`` in ``backbone_kwargs``, else its pretrained configuration). A CNN runs at any size; a ViT's
             size is fixed by its position embeddings, so set ``backbone_kwargs.img_size`` there instead.
+        compile: compile the backbone's forward (adapters included) with ``torch.compile`` in ``configure_model``,
+            in place so checkpoint keys do not change (:func:`~masm_lightning.performance.compile_module`; when it
+            pays: ``docs/benchmarks.md``).
 
     Model selection: ``monitor`` (``val/video_auc``, the validation split of the training data, never a test set)
     is maximised; every ``fit`` saves ``best.ckpt`` and ``last.ckpt`` in its run folder (:func:`run_checkpoints`).
@@ -199,6 +203,7 @@ class MASMDetector(LightningModule):
         selection: LayerSelection | None = None,
         freeze_norm_stats: bool = True,
         image_size: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(adapters, Mapping):  # from a checkpoint's hyper-parameters
@@ -318,6 +323,7 @@ class MASMDetector(LightningModule):
                 self._inject(self._selected_layers())
         elif self.hparams["freeze_backbone"]:
             backbone.requires_grad_(False)
+        compile_module(backbone, bool(self.hparams.get("compile", False)))
 
     def _require_backbone(self) -> nn.Module:
         """The backbone, which exists once ``configure_model()`` ran (the Trainer calls it)."""

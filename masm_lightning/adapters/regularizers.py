@@ -40,6 +40,7 @@ per decomposed matrix: no mean over matrices, so λ means the same on a 1-layer 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -98,6 +99,23 @@ def _blocks(adapters: list[MASMAdapter]) -> Iterator[tuple[MASMAdapter, int, lis
     for adapter in adapters:
         for block in range(adapter.num_blocks):
             yield adapter, block, adapter.block_subspaces(block)
+
+
+@contextlib.contextmanager
+def _small_work(device_type: str) -> Iterator[None]:
+    """Autocast off and, on a CPU, one intra-op thread: the constraint work is ~1,000 ops on m×T factors and T×T
+    Grams, too small to split across threads, where the thread hand-off dominates (a 3072×16 Gram: 64 µs on one
+    thread, 3.2 ms on two on the shared 2-core machine under load). The thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    single = device_type == "cpu" and threads > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        if single:
+            torch.set_num_threads(threads)
 
 
 def _learning_rates(optimizer: torch.optim.Optimizer | float) -> Mapping[int, float] | float:
@@ -162,7 +180,7 @@ def apply_constraints(
     lrs = _learning_rates(optimizer)
     lr_of = (lambda p: lrs) if isinstance(lrs, float) else (lambda p: lrs.get(id(p), 0.0))
     device_type = next(iter(_adapters(adapters))).semantic_weight.device.type
-    with torch.autocast(device_type, enabled=False):
+    with _small_work(device_type):
         sides: list[tuple[Tensor, list[nn.Parameter], float]] = []  # (factor in fp32, its parameters, β_orth)
         for adapter, block, subs in _blocks(_adapters(adapters)):
             subs = [x for x in subs if any(p.grad is not None for p in x.factors())]
@@ -230,7 +248,7 @@ def constraint_metrics(adapters: nn.Module | Iterable[MASMAdapter], semantic: bo
         the artifact directions inside the frozen basis (one thin m·n·T product per matrix).
     """
     found = _adapters(adapters)
-    with torch.autocast(found[0].semantic_weight.device.type, enabled=False):
+    with _small_work(found[0].semantic_weight.device.type):
         orth, drift, peak, overlap = [], [], [], []
         for adapter, block, subs in _blocks(found):
             u = torch.cat([x.U.float() for x in subs], 1)

@@ -58,6 +58,7 @@ def detect(
     resume: bool = True,
     explain: str | None = None,
     explain_faces: int = 3,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders: is it fake?
 
@@ -87,6 +88,7 @@ def detect(
         explain: write, per scored input, its most suspicious faces' relevance heatmaps and artifact-subspace
             responses into this folder (docs/app.md).
         explain_faces: faces explained per input with --explain.
+        compile: compile the model with torch.compile (pays off over many inputs; docs/benchmarks.md).
     """
     confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
     recorder = None
@@ -114,6 +116,7 @@ def detect(
         num_shards=num_shards,
         resume=resume,
         detector=recorder,
+        compile=compile,
     )
     print(_table(records))
     if recorder is not None and explain is not None:
