@@ -37,7 +37,7 @@ from fastapi import File, Form, UploadFile
 
 from .detector import SCORED, Detector, Result
 
-__all__ = ["App", "build_app", "score_file", "serve_app"]
+__all__ = ["App", "build_app", "score_file", "serve_app", "timeline_figure"]
 
 MESSAGES = {
     "no_face": "no face found",
@@ -148,24 +148,25 @@ def score_file(
         path.unlink(missing_ok=True)  # the upload is not kept
 
 
-def _timeline(record: dict[str, Any]) -> Any:
-    """Matplotlib figure: the fake probability of every scored frame over time (or frame index)."""
+def timeline_figure(records: list[dict[str, Any]]) -> Any:
+    """Matplotlib figure: the fake probability of every scored frame over time (or frame index), one line per
+    scored input (labelled by its name), with the decision threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frames = record["frames"]
-    fig, ax = plt.subplots(figsize=(6, 2.2), dpi=100)
-    use_time = bool(frames) and all(f["time"] is not None for f in frames)
-    x = [f["time"] if use_time else f["index"] for f in frames]
-    y = [f["score"] for f in frames]
-    ax.plot(x, y, "o-", ms=3, color="tab:red")
-    ax.axhline(record.get("threshold", 0.5), color="grey", ls="--", lw=1, label="threshold")
+    fig, ax = plt.subplots(figsize=(6, 2.2 + 0.15 * max(len(records) - 1, 0)), dpi=100)
+    use_time = all(f["time"] is not None for record in records for f in record["frames"])
+    for record in records:
+        frames = record["frames"]
+        x = [f["time"] if use_time else f["index"] for f in frames]
+        ax.plot(x, [f["score"] for f in frames], "o-", ms=3, label=record["name"])
+    ax.axhline(records[0].get("threshold", 0.5) if records else 0.5, color="grey", ls="--", lw=1, label="threshold")
     ax.set_ylim(0, 1)
     ax.set_xlabel("time (s)" if use_time else "frame")
     ax.set_ylabel("p(fake)")
-    ax.set_title(record["name"], fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
@@ -228,7 +229,7 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
     ) -> tuple[str, Any, list[list[Any]], list[Any], list[Any], list[list[Any]], str | None]:
         if not files:
             return "Upload one or more videos or images.", None, [], [], [], [], None
-        lines, table, faces_table, boxed, explained, timeline = [], [], [], [], [], None
+        lines, table, faces_table, boxed, explained, scored = [], [], [], [], [], []
         for upload in files:
             path = Path(upload)
             name = path.name
@@ -247,7 +248,7 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
             )
             if record["status"] in SCORED:
                 faces_table += _face_rows(record)
-                timeline = timeline or _timeline(record)
+                scored.append(record)
                 boxed += _boxed_frames(faces)
                 explained += _explained(faces)
         fd, csv_path = tempfile.mkstemp(suffix=".csv", prefix="masm_results_", dir=csv_dir)
@@ -255,6 +256,7 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
             writer = csv.writer(f)
             writer.writerow(CSV_FIELDS)
             writer.writerows(table)
+        timeline = timeline_figure(scored) if scored else None  # every scored input, one line each
         return "\n\n".join(lines), timeline, faces_table, boxed, explained, table, csv_path
 
     with gr.Blocks(title="MASM deepfake detector", delete_cache=(600, 3600)) as page:
@@ -271,7 +273,7 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
                 threshold = gr.Slider(0.01, 0.99, value=detector.threshold, step=0.01, label="decision threshold")
                 button = gr.Button("Score", variant="primary", elem_id="score")
         verdict = gr.Markdown(elem_id="verdict")
-        timeline = gr.Plot(label="per-frame score timeline (first scored file)", elem_id="timeline")
+        timeline = gr.Plot(label="per-frame score timeline (one line per scored file)", elem_id="timeline")
         results = gr.Dataframe(
             headers=list(CSV_FIELDS), label="results", elem_id="results", interactive=False, wrap=True
         )

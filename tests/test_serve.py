@@ -133,3 +133,18 @@ def test_the_page_scores_a_real_clip_like_detect_and_reports_a_corrupt_upload(tm
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_timeline_draws_every_scored_input_not_only_the_first():
+    from masm_lightning.serve import timeline_figure
+
+    def record(name: str, scores: list[float]) -> dict:
+        frames = [{"index": 10 * i, "time": 0.4 * i, "score": s} for i, s in enumerate(scores)]
+        return {"name": name, "frames": frames, "threshold": 0.6}
+
+    figure = timeline_figure([record("a.mp4", [0.1, 0.2, 0.3]), record("b.mp4", [0.9, 0.8])])
+    (ax,) = figure.axes
+    curves = [line for line in ax.get_lines() if line.get_label() in ("a.mp4", "b.mp4")]
+    assert [list(c.get_ydata()) for c in curves] == [[0.1, 0.2, 0.3], [0.9, 0.8]]
+    assert ax.get_xlabel() == "time (s)"
+    assert any(list(line.get_ydata()) == [0.6, 0.6] for line in ax.get_lines())  # the threshold
