@@ -76,6 +76,7 @@ def _data_config(tmp_path: Path, train: str | None, test: str) -> Path:
     return config
 
 
+@pytest.mark.filterwarnings("ignore:`test` without --ckpt_path evaluates an untrained model")
 def test_a_wrong_dataset_root_is_one_line(tmp_path, capsys):
     config = _data_config(tmp_path, None, f"{{dataset: dfdc, root: {tmp_path / 'no_such_dfdc'}}}")
     err = _fails(capsys, ["test", *tiny_args(tmp_path, "--config", str(config))])

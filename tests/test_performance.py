@@ -73,9 +73,8 @@ def test_compiled_detector_keeps_its_keys_and_outputs() -> None:
 
 
 def test_compile_module_disabled_returns_the_module_untouched() -> None:
-    model = inject_adapters(
-        nn.Sequential(nn.Linear(4, 4)), MASMConfig(num_subspaces=1, subspace_rank=1, targets=("0",))
-    )
+    model = nn.Sequential(nn.Linear(4, 4))
+    inject_adapters(model, MASMConfig(num_subspaces=1, subspace_rank=1, targets=("0",)))
     assert compile_module(model, enabled=False) is model and model._compiled_call_impl is None
 
 
