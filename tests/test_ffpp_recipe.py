@@ -32,6 +32,8 @@ def recipe_args(tmp_path: Path) -> list[str]:
         "32-true",
         "--trainer.max_steps",
         "3",
+        "--trainer.log_every_n_steps",
+        "1",
         "--trainer.enable_progress_bar",
         "false",
         "--trainer.logger",
