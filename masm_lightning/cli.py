@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -34,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from .callbacks.predictions import VideoPredictionWriter
-from .callbacks.report import RunReport
+from .callbacks.report import RunReport, training_run_folder
 from .checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
@@ -64,6 +65,9 @@ class _QuietLightning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.DROPPED)
 
+
+_LIGHTNING_CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+_RESUMABLE_CSV_LOGGER = "masm_lightning.loggers.CSVLogger"
 
 # Values of --ckpt_path that Lightning resolves itself (not file paths).
 _LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
@@ -324,6 +328,48 @@ class MASMCLI(LightningCLI):
         if subcommand in self.subcommands():
             self._check_ckpt_path(subcommand)
         self._apply_checkpoint_settings()  # replaces Lightning's, which overrides every model setting silently
+        self._continue_run_folder()
+
+    def _continue_run_folder(self) -> None:
+        """``fit --ckpt_path <root>/<name>/<version>/checkpoints/last.ckpt`` continues in that run folder: the
+        (first) logger gets the checkpoint's version, so ``best.ckpt`` keeps the best score so far (Lightning's
+        ``ModelCheckpoint`` restores it only into the folder it was saved in) and the run keeps one log.
+        Lightning's own ``CSVLogger`` would delete the folder's ``metrics.csv``: it is replaced by
+        :class:`masm_lightning.loggers.CSVLogger` (same arguments), which continues it. A logger version the user
+        set, or a checkpoint from another root or logger name, starts a new run folder, with a warning."""
+        if self.config.get("subcommand") != "fit":
+            return
+        options = self.config["fit"]
+        run = training_run_folder(options.get("ckpt_path"))
+        logger = options["trainer"].get("logger")
+        first = logger[0] if isinstance(logger, list) and logger else logger
+        if run is None or not isinstance(first, Namespace) or "init_args" not in first:
+            return
+        init_args = first["init_args"]
+        explicit = (self.explicit_config.get("fit") or Namespace()).get("trainer") or Namespace()
+        explicit_logger = explicit.get("logger")
+        explicit_first = explicit_logger[0] if isinstance(explicit_logger, list) else explicit_logger
+        if isinstance(explicit_first, Namespace) and (explicit_first.get("init_args") or Namespace()).get("version"):
+            return  # the user chose the folder
+        name = (init_args.get("project") if "project" in init_args else init_args.get("name")) or "lightning_logs"
+        save_dir = init_args.get("save_dir") or options["trainer"].get("default_root_dir") or "."
+        expected = Path(save_dir).resolve() / str(name)
+        if run.parent.resolve() != expected:
+            rank_zero_warn(
+                f"--ckpt_path is in the run folder {run}, but this fit logs under {expected} (another "
+                "--trainer.default_root_dir or logger name): it starts a new run folder, and its best.ckpt covers "
+                "only the epochs from here on"
+            )
+            return
+        init_args["version"] = run.name
+        # The files in its checkpoints folder are this run's own: Lightning's "exists and is not empty" is noise.
+        warnings.filterwarnings(
+            "ignore",
+            message=f"Checkpoint directory .*{re.escape(str(Path(run.parent.name, run.name, 'checkpoints')))} exists",
+        )
+        if first.get("class_path") == _LIGHTNING_CSV_LOGGER:
+            first["class_path"] = _RESUMABLE_CSV_LOGGER
+        rank_zero_info(f"resuming in run folder {run}: metrics.csv, best.ckpt and last.ckpt continue there")
 
     def _check_ckpt_path(self, subcommand: str) -> None:
         """A ``--ckpt_path`` file is read (safely) before Lightning reads it: a missing, truncated, unsafe or

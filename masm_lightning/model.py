@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -107,6 +107,18 @@ def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
     return digest.hexdigest()[:16]
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` of the best validation score that saves nothing when the run has no validation batches
+    (an empty or switched-off validation split, which the data module reports): with no score there is nothing to
+    select on, and Lightning's would save at every epoch end with a warning that the monitored key is missing."""
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if sum(trainer.num_val_batches) == 0:  # validation set up with no batches, or never set up
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+
+
 def run_checkpoints(monitor: str, mode: str) -> list[ModelCheckpoint]:
     """The checkpoint policy of every ``fit``, both files in the run's versioned folder
     (``<default_root_dir>/<logger name>/version_N/checkpoints``), so a second run never overwrites the first.
@@ -119,7 +131,7 @@ def run_checkpoints(monitor: str, mode: str) -> list[ModelCheckpoint]:
       (``save_on_train_epoch_end``), not at validation: the file never lags when validation runs less than once an
       epoch (``check_val_every_n_epoch``) or is skipped.
     """
-    best = ModelCheckpoint(
+    best = BestCheckpoint(
         filename="best",
         monitor=monitor,
         mode=mode,

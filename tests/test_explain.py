@@ -4,6 +4,7 @@ and the subspace responses are measured against the training mean recorded in th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from masm_lightning.adapters import apply_constraints
 from masm_lightning.data.synthetic import face_image
 from masm_lightning.explain import energy_means, explain_images, relevance
-from masm_lightning.model import MASMDetector
+from masm_lightning.model import MASMAdam, MASMDetector
 
 SIZE, PATCH = 32, 8
 
@@ -43,42 +45,90 @@ def _region_blended_faces(count: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return x, torch.tensor(labels), np.stack(regions)
 
 
-def _trained_vit() -> MASMDetector:
-    model = MASMDetector(
-        "vit_base_patch16_clip_quickgelu_224",
-        backbone_kwargs=dict(depth=1, embed_dim=32, num_heads=2, img_size=SIZE, patch_size=PATCH),
-        pretrained=False,
-        adapters=None,
-        freeze_backbone=False,  # fully trained: the point is the explanation, not the adapters
-    )
-    model.configure_model()
-    images, labels, _ = _region_blended_faces(128, seed=0)
+TINY_VIT = dict(depth=1, embed_dim=32, num_heads=2, img_size=SIZE, patch_size=PATCH)
+
+
+def _noisy_faces(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pretext task that teaches a backbone sensor-noise texture but no place: a generated face, or the same face
+    with strong noise over the whole crop."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(count):
+        face, _ = face_image([seed, 10_000 + i], SIZE)
+        noisy = np.clip(face.astype(np.float32) + rng.normal(0, 40, face.shape), 0, 255).astype(np.uint8)
+        images += [face, noisy]
+        labels += [0, 1]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, torch.tensor(labels)
+
+
+def _train(model: MASMDetector, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float) -> None:
+    """The training step of ``fit``, without the trainer: the recipe's optimizer (``MASMAdam``) over what
+    trains, then the decoupled constraint step of a MASM model."""
     torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = MASMAdam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
-    for _ in range(40):
+    for _ in range(epochs):
         for batch in torch.randperm(len(images)).split(32):
             loss = F.cross_entropy(model(images[batch] * 2 - 1), labels[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return model.eval()
+            if model.adapter_config is not None:
+                apply_constraints(model.backbone, optimizer, model.constraints)
+    model.eval()
+
+
+def _trained_masm(tmp_path: Path) -> MASMDetector:
+    """MASM as it is used: a pretrained base (here a tiny ViT pretrained on the pretext above, saved as a timm
+    state dict) loaded through ``checkpoint_path`` and frozen; only the artifact subspaces (K=2, d=4) and the head
+    train, on region-blended fakes. The constraint step is off (λ = 0, no cap, the pretrained check's
+    ``masm_plain``): at this toy width (32) the recipe's cap of 2σ_r holds the subspaces near the base's smallest
+    singular values, and in 30 epochs the model stayed at 0.62 held-out accuracy (0.71 without), too little to
+    have learned where the fakes are. What is explained is the same: the unmerged adapters' forward."""
+    base = MASMDetector(
+        "vit_base_patch16_clip_quickgelu_224",
+        backbone_kwargs=TINY_VIT,
+        pretrained=False,
+        adapters=None,
+        freeze_backbone=False,
+    )
+    base.configure_model()
+    _train(base, *_noisy_faces(256, seed=2), epochs=20, lr=1e-3)
+    weights = tmp_path / "tiny_vit_pretext.pt"
+    torch.save(base.backbone.state_dict(), weights)
+
+    model = MASMDetector(
+        "vit_base_patch16_clip_quickgelu_224",
+        backbone_kwargs=TINY_VIT,
+        checkpoint_path=str(weights),
+        adapters={"num_subspaces": 2, "subspace_rank": 4},
+        lambda_orth=0.0,
+        lambda_spec=0.0,
+        spectral_cap=None,
+    )
+    model.configure_model()
+    assert not any(p.requires_grad for n, p in model.backbone.named_parameters() if "subspaces" not in n)
+    images, labels, _ = _region_blended_faces(384, seed=0)
+    _train(model, images, labels, epochs=30, lr=5e-3)
+    return model
 
 
 @pytest.mark.slow
-def test_relevance_mass_falls_inside_the_blended_region_more_than_its_share():
-    model = _trained_vit()
-    images, labels, regions = _region_blended_faces(40, seed=1)  # unseen faces
+def test_relevance_of_a_masm_model_falls_inside_the_blended_region_more_than_its_share(tmp_path):
+    model = _trained_masm(tmp_path)
+    images, labels, regions = _region_blended_faces(60, seed=1)  # unseen faces
     with torch.no_grad():
         accuracy = (model(images * 2 - 1).argmax(1) == labels).float().mean()
-    assert accuracy > 0.6  # it learned the task (unseen faces), so there is something to explain
+    assert accuracy > 0.6, (
+        accuracy
+    )  # measured 0.71  # it learned the task (unseen faces), so there is something to explain
     fakes = labels == 1
-    maps, _ = relevance(model.backbone, model.head, images[fakes] * 2 - 1)
+    maps, _ = relevance(model.backbone, model.head, images[fakes] * 2 - 1)  # through the unmerged adapters
     torch.testing.assert_close(maps.sum((1, 2)), torch.ones(len(maps)))
     inside = (maps.numpy() * regions[fakes.numpy()]).sum((1, 2))
     share = regions[fakes.numpy()].mean((1, 2))  # 0.25: a quadrant
-    assert inside.mean() > 1.5 * share.mean(), (inside.mean(), share.mean())  # measured: 0.59 vs 0.25
-    assert (inside > share).mean() > 0.5, inside  # for most fakes, not a few
+    assert inside.mean() > 1.4 * share.mean(), (inside.mean(), share.mean())  # measured: 0.41 vs 0.25
+    assert (inside > share).mean() > 0.5, inside  # for most fakes, not a few (measured 0.68)
 
 
 def test_subspace_responses_are_relative_to_the_recorded_mean(tiny_checkpoint):

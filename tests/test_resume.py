@@ -57,7 +57,13 @@ def _assert_same_run(got: dict, want: dict, epochs: range) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _fit(tmp_path_factory.mktemp("uninterrupted"))
+    root = tmp_path_factory.mktemp("uninterrupted")
+    return {**_fit(root), "run": root / "tiny" / "version_0"}
+
+
+def _best(run: Path) -> tuple[int, dict]:
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    return best["epoch"], best["state_dict"]
 
 
 @pytest.mark.slow
@@ -93,3 +99,15 @@ def test_a_fit_killed_mid_epoch_resumes_from_last_ckpt_bit_identical(tmp_path, u
 
     resumed = _fit(tmp_path, "--ckpt_path", str(last))
     _assert_same_run(resumed, uninterrupted, range(EPOCHS - 1, EPOCHS))
+
+    # The resumed fit continues in the checkpoint's run folder: one log, and best.ckpt the best of all epochs
+    # (Lightning's ModelCheckpoint restores the best score only into the folder that saved it).
+    run, reference = last.parent.parent, uninterrupted["run"]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"], "no second run folder"
+    (epoch, weights), (want_epoch, want_weights) = _best(run), _best(reference)
+    assert epoch == want_epoch, "best.ckpt is the best epoch of the whole run, before and after the kill"
+    for key, value in want_weights.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=0, msg=f"best.ckpt: {key}")
+    # Every row the killed run logged up to its checkpoint is kept, the rest logged once, by the resumed run.
+    for name in ("metrics.csv", "layer_masks.jsonl"):
+        assert (run / name).read_text() == (reference / name).read_text(), f"{name} as if never stopped"

@@ -54,6 +54,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ..adapters import ArtifactSubspace, iter_adapters
+from ..io import write_atomic
 from .mask_policy import MIN_SAMPLES, GradientMoments, combine_masks, layer_rule, layer_scores, released, subspace_rule
 from .run_folder import log_dir, log_image
 
@@ -149,6 +150,7 @@ class SelectiveLayerMask(Callback):
         self.lengths = torch.zeros(0, dtype=torch.long)  # per subspace: number of factor coordinates
         self._subspaces: list[ArtifactSubspace] = []
         self._pending_state: dict[str, Any] | None = None
+        self._resumed = False
 
     @property
     def masked(self) -> Tensor:
@@ -205,6 +207,7 @@ class SelectiveLayerMask(Callback):
         self._subspaces = []
         self.steps = state_dict["steps"]
         self.history = list(state_dict["history"])
+        self._resumed = True
 
     def _restore(self, state: dict[str, Any], device: torch.device) -> None:
         if state["names"] != self.names:
@@ -340,6 +343,17 @@ class SelectiveLayerMask(Callback):
             folder.mkdir(parents=True, exist_ok=True)
             with (folder / "layer_masks.jsonl").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A resumed run: layer_masks.jsonl holds what the checkpoint's history holds, no decision the killed run
+        # made after its checkpoint (this run makes those again).
+        if not self._resumed:
+            return
+        folder = log_dir(trainer)  # every rank
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / "layer_masks.jsonl", "".join(json.dumps(entry) + "\n" for entry in self.history))
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
