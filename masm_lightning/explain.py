@@ -329,7 +329,7 @@ def response_chart(explanation: Explanation, path: str | Path | None = None) -> 
     for row, name in enumerate(names):
         values = np.asarray(explanation.responses[name], np.float64)
         grid[row, : len(values)] = np.log2(np.clip(values, 1e-6, None)) if explanation.relative else values
-    fig, ax = plt.subplots(figsize=(1.2 + 0.28 * width, 0.9 + 0.28 * max(len(names), 1)), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(2.6, 1.4 + 0.28 * width), 0.9 + 0.28 * max(len(names), 1)), dpi=110)
     if explanation.relative:
         bound = max(1.0, float(np.nanmax(np.abs(grid))) if grid.size else 1.0)
         image = ax.imshow(grid, cmap="coolwarm", vmin=-bound, vmax=bound, aspect="auto")
@@ -337,7 +337,9 @@ def response_chart(explanation: Explanation, path: str | Path | None = None) -> 
     else:
         image = ax.imshow(grid, cmap="viridis", aspect="auto")
         label = "energy (no training mean recorded)"
-    fig.colorbar(image, ax=ax, label=label, fraction=0.05)
+    bar = fig.colorbar(image, ax=ax, fraction=0.05)
+    bar.set_label(label, fontsize=6)  # small: the figure is small, and the label must fit beside the bar
+    bar.ax.tick_params(labelsize=6)
     ax.set_yticks(range(len(names)), [n.removeprefix("blocks.") for n in names], fontsize=6)
     first = explanation.labels.get(names[0], []) if names else []
     ax.set_xticks(range(len(first)), first, fontsize=6, rotation=90)

@@ -284,8 +284,22 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
             elem_id="faces",
             interactive=False,
         )
-        boxed = gr.Gallery(label="most suspicious faces (box colour: green real → red fake)", elem_id="boxes")
-        explained = gr.Gallery(label="explanations: relevance heatmaps and subspace responses", elem_id="explain")
+        # Whole images ("contain"), never cropped to square tiles: a crop | heatmap pair and the subspace chart
+        # are only readable in full.
+        boxed = gr.Gallery(
+            label="most suspicious faces (box colour: green real → red fake)",
+            elem_id="boxes",
+            columns=2,
+            object_fit="contain",
+            height="auto",
+        )
+        explained = gr.Gallery(
+            label="explanations: relevance heatmaps and subspace responses",
+            elem_id="explain",
+            columns=2,
+            object_fit="contain",
+            height="auto",
+        )
         button.click(
             run,
             inputs=[files, frames, aggregation, threshold],
