@@ -351,7 +351,10 @@ class MASMCLI(LightningCLI):
         explicit_first = explicit_logger[0] if isinstance(explicit_logger, list) else explicit_logger
         if isinstance(explicit_first, Namespace) and (explicit_first.get("init_args") or Namespace()).get("version"):
             return  # the user chose the folder
-        name = (init_args.get("project") if "project" in init_args else init_args.get("name")) or "lightning_logs"
+        if "project" in init_args:  # WandbLogger: its name is the project
+            name = init_args.get("project") or os.environ.get("WANDB_PROJECT", "lightning_logs")
+        else:
+            name = init_args.get("name") or "lightning_logs"
         save_dir = init_args.get("save_dir") or options["trainer"].get("default_root_dir") or "."
         expected = Path(save_dir).resolve() / str(name)
         if run.parent.resolve() != expected:

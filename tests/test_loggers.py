@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import wandb
 
 from masm_lightning.cli import main
 from masm_lightning.loggers import CSVLogger
@@ -73,3 +75,22 @@ def test_a_checkpoint_from_another_root_starts_a_new_run_folder_with_a_warning(t
     with pytest.warns(UserWarning, match="dirpath has changed"), pytest.warns(UserWarning, match="new run folder"):
         resumed = _fit(tmp_path / "b", "--trainer.max_epochs", "2", "--ckpt_path", str(last))
     assert Path(resumed.trainer.log_dir) == tmp_path / "b" / "tiny" / "version_0"
+
+
+def test_a_wandb_fit_resumed_from_last_ckpt_continues_its_run_id_and_folder(tmp_path):
+    logger = {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "masm", "offline": True},
+    }
+    common = ["--trainer.logger", json.dumps(logger)]
+    first = _fit(tmp_path, "--trainer.max_epochs", "1", *common)
+    run = Path(first.trainer.checkpoint_callback.dirpath).parent  # <root>/<project>/<run id>
+    wandb.finish()
+    assert run.parent == tmp_path / "masm"
+    resumed = _fit(
+        tmp_path, "--trainer.max_epochs", "2", *common, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")
+    )
+    wandb.finish()
+    assert resumed.trainer.logger.version == run.name, "the same W&B run id"
+    assert Path(resumed.trainer.checkpoint_callback.dirpath) == run / "checkpoints"
+    assert sorted(p.name for p in run.parent.iterdir()) == [run.name]
