@@ -122,6 +122,7 @@ def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
     ]
     fit = main(["fit", *common, "--trainer.max_epochs", "1"])
     ckpt = fit.trainer.checkpoint_callback.best_model_path
+    wandb.finish()  # as two commands would: the test is a W&B run of its own
     main(["test", *common, "--ckpt_path", ckpt])
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs, "W&B must run offline and keep its files locally"

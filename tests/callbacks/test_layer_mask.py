@@ -139,16 +139,19 @@ def test_resume_continues_with_the_same_masks_statistics_and_weights(tmp_path):
     trainer.save_checkpoint(ckpt)
     resumed_callback = make()
     resumed = ControlledGradients()
-    Trainer(
-        max_steps=9,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path / "c",
-        callbacks=[resumed_callback],
-    ).fit(resumed, ckpt_path=ckpt)
+    # A mid-epoch checkpoint of a plain DataLoader, on purpose (the model's batches do not depend on the loader):
+    # Lightning says the loader cannot resume, which is this scenario.
+    with pytest.warns(UserWarning, match="ended before the epoch ended and your dataloader is not resumable"):
+        Trainer(
+            max_steps=9,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            default_root_dir=tmp_path / "c",
+            callbacks=[resumed_callback],
+        ).fit(resumed, ckpt_path=ckpt)
 
     reference = next(c for c in straight_trainer.callbacks if isinstance(c, SelectiveLayerMask))
     assert resumed_callback.steps == reference.steps == 9
