@@ -286,20 +286,11 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
         )
         # Whole images ("contain"), never cropped to square tiles: a crop | heatmap pair and the subspace chart
         # are only readable in full.
-        boxed = gr.Gallery(
-            label="most suspicious faces (box colour: green real → red fake)",
-            elem_id="boxes",
-            columns=2,
-            object_fit="contain",
-            height="auto",
-        )
-        explained = gr.Gallery(
-            label="explanations: relevance heatmaps and subspace responses",
-            elem_id="explain",
-            columns=2,
-            object_fit="contain",
-            height="auto",
-        )
+        def gallery(label: str, elem_id: str) -> Any:
+            return gr.Gallery(label=label, elem_id=elem_id, columns=2, object_fit="contain", height="auto")
+
+        boxed = gallery("most suspicious faces (box colour: green real → red fake)", "boxes")
+        explained = gallery("explanations: relevance heatmaps and subspace responses", "explain")
         button.click(
             run,
             inputs=[files, frames, aggregation, threshold],
