@@ -284,6 +284,7 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
             elem_id="faces",
             interactive=False,
         )
+
         # Whole images ("contain"), never cropped to square tiles: a crop | heatmap pair and the subspace chart
         # are only readable in full.
         def gallery(label: str, elem_id: str) -> Any:
