@@ -10,6 +10,7 @@ rows a resumed run logs again, and writes every row when it is logged.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
@@ -20,6 +21,13 @@ from typing_extensions import override
 from .io import write_csv
 
 __all__ = ["CSVLogger"]
+
+
+def _step(row: dict[str, str]) -> int | None:
+    try:
+        return int(float(row["step"]))
+    except (KeyError, ValueError):
+        return None
 
 
 class ContinuingWriter(ExperimentWriter):
@@ -40,15 +48,19 @@ class ContinuingWriter(ExperimentWriter):
         if not self._fs.isfile(self.metrics_file_path):
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            reader = csv.DictReader(f)
-            self._previous = [{k: v for k, v in row.items() if v != ""} for row in reader]
-            self._previous_keys = list(reader.fieldnames or [])
+            text = f.read()
+        if not text.endswith("\n"):  # the last write was cut short by a kill: its partial row is dropped
+            text = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(text))
+        rows = [row for row in reader if None not in row and None not in row.values()]  # whole rows only
+        self._previous_keys = list(reader.fieldnames or [])
+        self._previous = [{k: v for k, v in row.items() if v != ""} for row in rows if _step(row) is not None]
 
     @override
     def save(self) -> None:
         if self._previous is not None and self.metrics:
             first = min(int(m["step"]) for m in self.metrics)
-            kept = [row for row in self._previous if int(float(row["step"])) < first]
+            kept = [row for row in self._previous if (_step(row) or 0) < first]
             self.metrics_keys = sorted(set(self._previous_keys).union(*(row.keys() for row in self.metrics)))
             write_csv(self.metrics_file_path, kept, self.metrics_keys)
             self._previous = None

@@ -27,7 +27,10 @@ def test_csv_logger_writes_each_row_when_logged_and_continues_a_folder_from_the_
     metrics = tmp_path / "run" / "version_0" / "metrics.csv"
     assert [r["step"] for r in _rows(metrics)] == ["0", "1", "2", "3", "4", "5"], "on disk without finalize"
 
-    # A run resumed from a checkpoint at step 4 logs steps 4, 5, … again, and a key the first part never logged.
+    # A run resumed from a checkpoint at step 4 logs steps 4, 5, … again, and a key the first part never logged;
+    # the killed run's last write was cut short.
+    with metrics.open("a") as f:
+        f.write("0.1")
     again = CSVLogger(tmp_path, name="run", version="version_0")
     again.log_metrics({"train/loss": 0.5, "val/video_auc": 0.75}, step=4)
     rows = _rows(metrics)
