@@ -18,6 +18,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from typing_extensions import override
 
+from .errors import InvalidInputError
 from .io import write_csv
 
 __all__ = ["CSVLogger"]
@@ -47,12 +48,18 @@ class ContinuingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes metrics.csv here
         if not self._fs.isfile(self.metrics_file_path):
             return
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            text = f.read()
-        if not text.endswith("\n"):  # the last write was cut short by a kill: its partial row is dropped
-            text = text[: text.rfind("\n") + 1]
-        reader = csv.DictReader(io.StringIO(text))
-        rows = [row for row in reader if None not in row and None not in row.values()]  # whole rows only
+        try:
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                text = f.read()
+            if not text.endswith("\n"):  # the last write was cut short by a kill: its partial row is dropped
+                text = text[: text.rfind("\n") + 1]
+            reader = csv.DictReader(io.StringIO(text))
+            rows = [row for row in reader if None not in row and None not in row.values()]  # whole rows only
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise InvalidInputError(
+                f"{self.metrics_file_path} is not a metrics CSV ({error}): move it away to continue the run in "
+                "this folder"
+            ) from error
         self._previous_keys = list(reader.fieldnames or [])
         self._previous = [{k: v for k, v in row.items() if v != ""} for row in rows if _step(row) is not None]
 

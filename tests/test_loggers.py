@@ -11,6 +11,7 @@ import torch
 import wandb
 
 from masm_lightning.cli import main
+from masm_lightning.errors import InvalidInputError
 from masm_lightning.loggers import CSVLogger
 from tests.helpers import tiny_args
 
@@ -37,6 +38,15 @@ def test_csv_logger_writes_each_row_when_logged_and_continues_a_folder_from_the_
     assert [r["step"] for r in rows] == ["0", "1", "2", "3", "4"]
     assert rows[3]["train/loss"] == "0.25" and rows[3]["val/video_auc"] == "", "earlier rows kept as they were"
     assert rows[4] == {"step": "4", "train/loss": "0.5", "val/video_auc": "0.75"}
+
+
+def test_continuing_a_folder_whose_metrics_file_is_not_csv_is_one_clear_error(tmp_path):
+    metrics = tmp_path / "run" / "version_0" / "metrics.csv"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InvalidInputError, match=r"metrics\.csv is not a metrics CSV .*move it away"):
+        CSVLogger(tmp_path, name="run", version="version_0").log_metrics({"train/loss": 1.0}, step=0)
+    assert metrics.read_bytes() == b"\xff\xfe\x00garbage", "never overwritten"
 
 
 def _fit(root: Path, *extra: str):
