@@ -1,3 +1,3 @@
-from masm_lightning.cli import main
+from masm_lightning.cli import console_main
 
-main()
+console_main()

@@ -438,3 +438,12 @@ def main(args: list[str] | None = None) -> MASMCLI:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def console_main() -> None:
+    """The installed ``masm`` command: :func:`main` for the process, exit status 0 on success.
+
+    The console script calls ``sys.exit(<return value>)``; :func:`main` returns the CLI object (tests read it),
+    which ``sys.exit`` would print and turn into status 1.
+    """
+    main()

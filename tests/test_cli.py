@@ -170,3 +170,19 @@ def test_the_checkpoint_policy_is_the_same_for_every_config_and_overlay(tmp_path
     names = sorted(Path(c.best_model_path).name for c in cli.trainer.checkpoint_callbacks)
     assert names == ["best.ckpt", "last.ckpt"]
     assert cli.trainer.checkpoint_callback.monitor == cli.model.monitor == "val/video_auc"
+
+
+def test_the_installed_masm_command_exits_0_silently_on_success(tmp_path):
+    """The console script (what users, `&&` chains and SLURM run), not `python -m`: success is status 0 and the
+    CLI object is never printed."""
+    masm = Path(sys.executable).with_name("masm")
+    assert masm.is_file(), f"`make install` puts the masm command beside {sys.executable}"
+    result = subprocess.run(
+        [str(masm), "fit", *tiny_args(tmp_path, "--trainer.fast_dev_run", "true")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MASMCLI object" not in result.stdout + result.stderr
