@@ -39,7 +39,10 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from .adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
+from .callbacks.run_folder import log_dir
+from .data.forgery_types import REAL, assigned_subspace, forgery_type_name
 from .export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
+from .io import write_atomic
 
 __all__ = [
     "ENERGY_KEY",
@@ -47,11 +50,13 @@ __all__ = [
     "Explainer",
     "Explanation",
     "SubspaceEnergyMeans",
+    "SubspaceTypeResponses",
     "energy_means",
     "explain_detected",
     "explain_images",
     "overlay",
     "recording_detector",
+    "relative_responses",
     "relevance",
     "response_chart",
     "subspace_energies",
@@ -180,6 +185,129 @@ class SubspaceEnergyMeans(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._count:
             checkpoint[ENERGY_KEY] = _means_record(self._sums, self._count, pl_module, "training batches")
+
+
+def relative_responses(
+    energies: Mapping[str, Tensor], reference: Mapping[str, Tensor], model: nn.Module
+) -> tuple[Tensor, Tensor]:
+    """Which of the K artifact subspaces a face drives hardest, layer by layer and overall.
+
+    For every adapter ``a`` of ``model`` with recorded ``energies[a]`` (B, subspaces) (:func:`subspace_energies`)
+    and ``reference[a]`` (subspaces,) — the mean energy over real faces —, ``log(e_{a,k} / ē_{a,k})`` is averaged over
+    the fused blocks of the same subspace index k.
+
+    Returns:
+        ``per_layer`` (B, layers, K) and ``overall`` (B, K), the mean over layers: the response of subspace k
+        relative to real faces, in nats (0: as on real faces).
+    """
+    adapters = dict(iter_adapters(model))
+    layers = []
+    for name, e in energies.items():
+        adapter = adapters[name]
+        index = torch.tensor([sub.index for sub in _subspaces(adapter)])
+        k = len(adapter.ranks)
+        ratio = (e.double().clamp_min(1e-30) / reference[name].double().clamp_min(1e-30)).log()  # (B, subspaces)
+        summed = torch.zeros(e.shape[0], k, dtype=torch.float64).index_add_(1, index, ratio)
+        layers.append(summed / torch.bincount(index, minlength=k).double())
+    per_layer = torch.stack(layers, dim=1)
+    return per_layer, per_layer.mean(1)
+
+
+class SubspaceTypeResponses(Callback):
+    """After ``test``: which artifact subspace responds to which forgery type, as ``subspace_types.png`` and
+    ``subspace_types.json`` in the run folder (one figure per test set holding reals and fakes).
+
+    For every test face the energies of all subspaces are recorded (:func:`subspace_energies`, forward hooks: the
+    scores do not change); each face's response of subspace k is ``mean over layers of log(e_k / ē_k)`` with
+    ``ē_k`` the mean over the set's real faces (:func:`relative_responses`). The figure shows its mean per
+    forgery type, the subspace each type trained under ``adapters.routing: type`` outlined; the JSON adds, per
+    type, ``top1_match``: the share of its faces whose strongest subspace is that assigned one (chance 1/K).
+    Types the training split did not hold (from the data module's ``trained_forgery_types``) are marked held out.
+    Recorded on each process for its own share of the faces; written by global rank zero from its share.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: contextlib.ExitStack | None = None
+        self._found: dict[str, Tensor] = {}
+        self._energies: dict[int, dict[str, list[Tensor]]] = {}
+        self._types: dict[int, list[Tensor]] = {}
+
+    @override
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._energies, self._types = {}, {}
+        self._hooks = contextlib.ExitStack()
+        self._found = self._hooks.enter_context(subspace_energies(pl_module))
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if isinstance(batch, Mapping) and "forgery_type" in batch and self._found:
+            for name, e in self._found.items():
+                self._energies.setdefault(dataloader_idx, {}).setdefault(name, []).append(e.cpu())
+            self._types.setdefault(dataloader_idx, []).append(batch["forgery_type"].cpu())
+        self._found.clear()
+
+    @override
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._hooks is not None:
+            self._hooks.close()
+            self._hooks = None
+        folder = log_dir(trainer)  # every rank: a collective under DDP
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, folder)
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule, folder: Path) -> None:
+        from .evaluation.loaders import named_loaders
+        from .evaluation.plots import subspace_type_figure
+
+        names = [name for name, _ in named_loaders(trainer.test_dataloaders, trainer.datamodule)]  # type: ignore[attr-defined]
+        trained = getattr(trainer.datamodule, "trained_forgery_types", None)  # type: ignore[attr-defined]
+        vocabulary = tuple(getattr(pl_module, "forgery_types", ()))
+        record: dict[str, Any] = {}
+        for loader, per_adapter in sorted(self._energies.items()):
+            types = torch.cat(self._types[loader])
+            energies = {name: torch.cat(parts) for name, parts in per_adapter.items()}
+            reals = types == REAL
+            fakes = sorted(int(t) for t in types[~reals].unique())
+            if not reals.any() or not fakes:
+                continue
+            _, overall = relative_responses(energies, {n: e[reals].mean(0) for n, e in energies.items()}, pl_module)
+            k = overall.shape[1]
+            rows, labels, assigned, entry = [], [], [], {}
+            for t in fakes:
+                mine = overall[types == t]
+                name = forgery_type_name(t, vocabulary) if vocabulary else str(t)
+                held = trained is not None and name not in trained
+                own = assigned_subspace(t, k)
+                rows.append(mine.mean(0))
+                labels.append(f"{name} (held out)" if held else name)
+                assigned.append(own)
+                entry[name] = {
+                    "faces": int(mine.shape[0]),
+                    "held_out": held,
+                    "assigned_subspace": own,
+                    "mean_response": [round(float(v), 5) for v in mine.mean(0)],
+                    "top1_match": None if own is None else float((mine.argmax(1) == own).double().mean()),
+                }
+            set_name = names[loader] if loader < len(names) else str(loader)
+            suffix = "" if len(self._energies) == 1 else f"_{set_name.replace('/', '_')}"
+            subspace_type_figure(
+                torch.stack(rows),
+                labels,
+                assigned,
+                f"{set_name}: subspace response by forgery type (outlined: trained on it)",
+                folder / f"subspace_types{suffix}.png",
+            )
+            record[set_name] = {"num_subspaces": k, "chance": 1 / k, "types": entry}
+        if record:
+            write_atomic(folder / "subspace_types.json", json.dumps(record, indent=2) + "\n")
 
 
 def _vit_blocks(backbone: nn.Module) -> list[nn.Module] | None:

@@ -27,9 +27,11 @@ from .adapters import (
     constraint_metrics,
     inject_adapters,
     iter_adapters,
+    route_subspaces,
     select_targets,
     unload_adapters,
 )
+from .data.forgery_types import FORGERY_TYPES, routing_mask
 from .errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
@@ -271,6 +273,14 @@ class MASMDetector(LightningModule):
         self.val_metrics = DetectionMetrics(threshold)
         self.test_metrics = nn.ModuleDict()
         self.test_results: dict[str, dict[str, float]] = {}  # per test set, after `test` (read by the reports)
+        self._forgery_types = FORGERY_TYPES
+
+    @property
+    def forgery_types(self) -> tuple[str, ...]:
+        """The forgery-type vocabulary: ``batch["forgery_type"]`` indexes it (0 ``real``, 1 ``unknown``, then the
+        fake types; :mod:`masm_lightning.data.forgery_types`). Saved in checkpoints; a checkpoint from before the
+        vocabulary existed loads with the current one."""
+        return self._forgery_types
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -436,11 +446,21 @@ class MASMDetector(LightningModule):
             return (F.cross_entropy(logits, batch["label"], reduction="none") * weight).sum() / weight.sum()
         return F.cross_entropy(logits, batch["label"])
 
+    def subspace_routing(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """(B, K) bool: the subspaces each sample of a training batch may train (``adapters.routing: type``: a fake
+        trains its type's subspace, reals and unknown fakes all K), or None where nothing is routed (routing
+        ``none``, no adapters, K = 1, or a batch without ``forgery_type``)."""
+        config = self.adapter_config
+        if config is None or config.routing != "type" or config.num_subspaces == 1 or "forgery_type" not in batch:
+            return None
+        return routing_mask(batch["forgery_type"], config.num_subspaces)
+
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         if "image" not in batch:  # every frame of the batch was unreadable (data.collate_frames): skip the step
             return None
-        terms = {"ce": self.task_loss(batch)}
+        with route_subspaces(self._require_backbone(), self.subspace_routing(batch)):
+            terms = {"ce": self.task_loss(batch)}
         loss = terms["ce"]  # the constraints are a separate step (optimizer_step): p.grad is the task's alone
         if self.adapter_config is not None and (
             self.hparams["lambda_orth"] or self.hparams["lambda_spec"] or self.hparams["lambda_semantic"]
@@ -636,6 +656,7 @@ class MASMDetector(LightningModule):
             "fingerprint": self.fingerprint,
             "adapters": self.hparams["adapters"],
             "data_config": self.data_config,
+            "forgery_types": list(self.forgery_types),
             "selection": None
             if self.selection is None
             else {"layers": list(self.selection.layers or ()), "scores": self.selection_scores},
@@ -643,6 +664,9 @@ class MASMDetector(LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        vocabulary = checkpoint.get(CHECKPOINT_KEY, {}).get("forgery_types")
+        if vocabulary:
+            self._forgery_types = tuple(vocabulary)
         chosen = (checkpoint.get(CHECKPOINT_KEY, {}).get("selection") or {}).get("layers")
         if chosen and self.adapter_config is not None and self.backbone is not None:
             # An FMSD checkpoint: adapters on the layers it selected, whatever this run's config would choose.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def _demo_args(*extra: str) -> list[str]:
 def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
     short = [
         "--data.init_args.videos",
-        "{train: 8, val: 4, test: 4}",
+        "{train: 8, val: 4, test: 8}",
         "--data.init_args.frames_per_video",
         "2",
         "--data.init_args.num_workers",
@@ -40,7 +41,17 @@ def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
     best = tmp_path / "outputs" / "demo" / "demo" / "version_0" / "checkpoints" / "best.ckpt"
     assert best.is_file()
     tested = main(["test", *_demo_args(*short, "--ckpt_path", str(best))])
-    assert tested.trainer.callback_metrics["test/demo/num_videos"] == 4
+    assert tested.trainer.callback_metrics["test/demo/num_videos"] == 8
+    # Every forgery type reported on its own, the one training never saw marked; which subspace responds to which.
+    folder = Path(tested.trainer.log_dir)
+    results = (folder / "results.md").read_text()
+    for kind in ("demo_blend", "demo_upsample", "demo_colour"):
+        assert f"| {kind} | " in results and f"| {kind} | n/a" not in results
+    assert "| demo_grid | " in results and "| no (held out) |" in results
+    assert (folder / "subspace_types.png").is_file()
+    responses = json.loads((folder / "subspace_types.json").read_text())["demo"]
+    assert responses["types"]["demo_grid"]["held_out"] and not responses["types"]["demo_blend"]["held_out"]
+    assert responses["types"]["demo_upsample"]["assigned_subspace"] == 0
 
 
 def test_demo_is_the_whole_method_at_the_recipe_strength():

@@ -1,7 +1,14 @@
 """MASM subspace adapters for any torch model with ``nn.Linear`` or pointwise ``nn.Conv2d`` layers; torch only."""
 
 from .config import TARGET_PRESETS, MASMConfig, family_targets
-from .inject import inject_adapters, iter_adapters, merge_adapters, select_targets, unload_adapters
+from .inject import (
+    inject_adapters,
+    iter_adapters,
+    merge_adapters,
+    route_subspaces,
+    select_targets,
+    unload_adapters,
+)
 from .layer import ArtifactSubspace, MASMAdapter, MASMConv2d, MASMLinear
 from .regularizers import SubspaceConstraints, apply_constraints, constraint_metrics
 
@@ -19,6 +26,7 @@ __all__ = [
     "inject_adapters",
     "iter_adapters",
     "merge_adapters",
+    "route_subspaces",
     "select_targets",
     "unload_adapters",
 ]

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal, get_args
 
-__all__ = ["TARGET_PRESETS", "MASMConfig", "family_targets"]
+__all__ = ["TARGET_PRESETS", "MASMConfig", "Routing", "family_targets"]
+
+# How training assigns samples to subspaces (see MASMConfig.routing).
+Routing = Literal["type", "none"]
 
 ATTENTION_TARGETS = ("attn.qkv", "attn.proj")
 ALL_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -74,6 +78,11 @@ class MASMConfig:
     blocks: tuple[int, ...] | None = None
     # Decompose each part of a fused projection (q, k, v of `qkv`; k, v of `kv`) separately, as Effort does.
     split_fused: bool = True
+    # Training only (inference always sums all K): `type` lets a fake of forgery type t train only its assigned
+    # subspace (round-robin over the fake types; reals and unknown fakes train all K), so the K subspaces model
+    # different artifacts; `none` trains all K on every sample, which makes K subspaces of rank d train exactly
+    # like one of rank K·d (docs/method.md, "Artifact subspaces").
+    routing: Routing = "type"
 
     def __post_init__(self) -> None:
         if isinstance(self.num_subspaces, bool) or not isinstance(self.num_subspaces, int) or self.num_subspaces < 1:
@@ -101,6 +110,8 @@ class MASMConfig:
                 f"MASMConfig.targets must be a non-empty list of module-name suffixes such as {list(ALL_TARGETS)}, "
                 f"got {self.targets!r}"
             )
+        if self.routing not in get_args(Routing):
+            raise ValueError(f"MASMConfig.routing must be one of {list(get_args(Routing))}, got {self.routing!r}")
         if self.blocks is not None:
             self.blocks = tuple(self.blocks)
             if any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in self.blocks):

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 
-from torch import nn
+from torch import Tensor, nn
 
 from .config import MASMConfig
 from .layer import MASMAdapter, MASMConv2d, MASMLinear, pointwise_conv_problem
 from .svd import check_ranks, fused_parts
 
-__all__ = ["inject_adapters", "iter_adapters", "merge_adapters", "select_targets", "unload_adapters"]
+__all__ = [
+    "inject_adapters",
+    "iter_adapters",
+    "merge_adapters",
+    "route_subspaces",
+    "select_targets",
+    "unload_adapters",
+]
 
 
 _WRAPPABLE = "nn.Linear and pointwise nn.Conv2d (1x1 kernel, groups=1, no padding, any stride)"
@@ -165,3 +173,34 @@ def unload_adapters(model: nn.Module) -> nn.Module:
     for name, adapter in list(iter_adapters(model)):
         model.set_submodule(name, adapter.unload())
     return model
+
+
+@contextlib.contextmanager
+def route_subspaces(model: nn.Module, sample_mask: Tensor | None) -> Iterator[None]:
+    """Within the block, sample ``b`` trains only the artifact subspaces ``k`` with ``sample_mask[b, k]`` true.
+
+    ``sample_mask`` is (B, K) bool, B the batch's samples and K the adapters' ``num_subspaces``; it applies to every
+    adapter in ``model`` (subspace k of every layer and fused block). The forward values do not change (to float
+    round-off): a sample's contribution through a subspace it may not train is detached, so that subspace's factors
+    get no gradient from it (:meth:`~masm_lightning.adapters.layer.MASMAdapter.routed_up`). None routes nothing
+    (every sample trains every subspace, the plain forward). The masks are cleared on exit, also on error.
+
+    Raises:
+        ValueError: if the mask is not (B, K) for the adapters' K.
+    """
+    adapters = [adapter for _, adapter in iter_adapters(model)]
+    if sample_mask is not None:
+        for adapter in adapters:
+            if sample_mask.ndim != 2 or sample_mask.shape[1] != len(adapter.ranks):
+                raise ValueError(
+                    f"route_subspaces: the sample mask has shape {tuple(sample_mask.shape)}, but {adapter.name} "
+                    f"has {len(adapter.ranks)} subspaces: expected (batch, {len(adapter.ranks)})"
+                )
+        mask = sample_mask.bool()
+        for adapter in adapters:
+            adapter.route_mask = mask
+    try:
+        yield
+    finally:
+        for adapter in adapters:
+            adapter.route_mask = None

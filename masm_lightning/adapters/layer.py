@@ -98,6 +98,7 @@ class MASMAdapter(nn.Module):
     # Buffers, declared so they type as Tensor (nn.Module.__getattr__ types them as Tensor | Module).
     semantic_floor: Tensor
     energy: Tensor
+    column_subspace: Tensor
 
     def __init__(
         self,
@@ -130,6 +131,12 @@ class MASMAdapter(nn.Module):
         # Recomputed from the base weights at injection, like U0/s0/V0.
         self.register_buffer("semantic_floor", torch.stack(floors), persistent=False)  # (num_blocks,): σ_r
         self.register_buffer("energy", torch.stack(energies), persistent=False)  # (num_blocks,): ‖W_b‖²_F
+        # The subspace index k of every column of the thin path (thin_factors' order), for routing.
+        index = [sub.index for sub in _artifact_subspaces(self.subspaces) for _ in range(sub.rank)]
+        self.register_buffer("column_subspace", torch.tensor(index, dtype=torch.long), persistent=False)
+        # (B, K) bool while a route_subspaces block is active: which subspaces each sample may train.
+        self.route_mask: Tensor | None = None
+        self.name = name
 
     def block_subspaces(self, block: int) -> list[ArtifactSubspace]:
         """The K subspaces of one row block, in order."""
@@ -156,6 +163,31 @@ class MASMAdapter(nn.Module):
                 *(torch.cat([sub.U for sub in self.block_subspaces(b)], dim=1) for b in range(self.num_blocks))
             )  # (m, B·T)
         return v, u
+
+    def routed_up(self, h: Tensor, u: Tensor, channel_dim: int) -> Tensor:
+        """``h Uᵀ`` over ``channel_dim`` (the thin path's second product), routed when :attr:`route_mask` is set.
+
+        With the per-sample column mask ``m`` (1 where the sample may train that column's subspace) the result is
+        ``(h ⊙ m) Uᵀ + ((h ⊙ (1 − m)) Uᵀ).detach()``: the same values (to float round-off), but a sample sends no
+        gradient to the factors (U, s, V) of a subspace it is not routed to — nor, through that subspace, to the
+        layer's input. ``h`` has the samples first; a leading dimension that is a multiple of the mask's B (a
+        window-partitioned batch, sample-major) repeats each sample's row.
+        """
+        mask = self.route_mask
+        if mask is None:
+            return torch.movedim(torch.movedim(h, channel_dim, -1) @ u.mT, -1, channel_dim)
+        samples = mask.shape[0]
+        if h.shape[0] % samples:
+            raise ValueError(
+                f"{self.name}: a routing mask for {samples} samples does not fit an input of {h.shape[0]} rows"
+            )
+        columns = mask[:, self.column_subspace].to(h.dtype).repeat_interleave(h.shape[0] // samples, dim=0)
+        shape = [h.shape[0]] + [1] * (h.ndim - 1)
+        shape[channel_dim] = columns.shape[1]
+        columns = columns.view(shape)
+        routed = torch.movedim(torch.movedim(h * columns, channel_dim, -1) @ u.mT, -1, channel_dim)
+        rest = torch.movedim(torch.movedim(h * (1 - columns), channel_dim, -1) @ u.mT, -1, channel_dim)
+        return routed + rest.detach()
 
     @torch.no_grad()
     def merged_weight(self, initial: bool = False) -> Tensor:
@@ -213,6 +245,8 @@ class MASMLinear(MASMAdapter):
     def forward(self, x: Tensor) -> Tensor:
         out = F.linear(x, self.semantic_weight, self.bias)
         v, u = self.thin_factors()
+        if self.route_mask is not None:
+            return out + self.routed_up(x @ v, u, -1)
         # addmm accumulates into the frozen path's output instead of allocating a second (tokens×m) tensor.
         return torch.addmm(out.reshape(-1, self.out_features), (x @ v).reshape(-1, v.shape[1]), u.mT).view_as(out)
 
@@ -295,6 +329,8 @@ class MASMConv2d(MASMAdapter):
         out = F.conv2d(x, self.semantic_weight[:, :, None, None], self.bias, self.stride)
         v, u = self.thin_factors()
         thin = F.conv2d(x, v.mT[:, :, None, None], None, self.stride)  # (N, B·T, H', W')
+        if self.route_mask is not None:
+            return out + self.routed_up(thin, u, 1)
         return out + F.conv2d(thin, u[:, :, None, None])
 
     def _rebuild(self, weight: Tensor) -> nn.Conv2d:

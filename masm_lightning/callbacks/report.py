@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from typing_extensions import override
 
 from ..evaluation.loaders import named_loaders
+from ..evaluation.metrics import auc_by_type
 from ..evaluation.results import results_markdown
 from ..io import atomic_path, write_atomic
 from .run_folder import log_dir, log_image
@@ -186,11 +187,37 @@ class RunReport(Callback):
             str(trainer.ckpt_path or ""),
             trainable=trainable_parameters(pl_module),
             unreadable=unreadable,
+            by_type=self._by_type(trainer, pl_module, results),
         )
         path = write_atomic(folder / "results.md", table)
         rank_zero_info(f"test results table: {path}")
         for copied in copy_training_figures(trainer.ckpt_path, folder):
             rank_zero_info(f"{copied.name} of the training run {training_run_folder(trainer.ckpt_path)}: {copied}")
+
+    def _by_type(
+        self, trainer: Trainer, pl_module: LightningModule, results: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, tuple[float, int, bool]]]:
+        """Per test set and forgery type: (video AUC against all reals, fake videos, held out of training), from
+        the synchronised video scores and the test dataset's per-video types."""
+        metrics = getattr(pl_module, "test_metrics", {})
+        vocabulary = tuple(getattr(pl_module, "forgery_types", ()))
+        trained = getattr(getattr(trainer, "datamodule", None), "trained_forgery_types", None)
+        out: dict[str, dict[str, tuple[float, int, bool]]] = {}
+        for name, loader in self._loaders(trainer, "test"):
+            video_types = getattr(getattr(loader, "dataset", None), "video_types", None)
+            if name not in results or name not in metrics or video_types is None or "video" not in metrics[name].curves:
+                continue
+            probs, labels = metrics[name].curves["video"]
+            types = torch.tensor(video_types, device=labels.device)[metrics[name].video_keys.long()]
+            out[name] = {
+                (vocabulary[t] if t < len(vocabulary) else f"type_{t}"): (
+                    auc,
+                    count,
+                    trained is not None and vocabulary[t] not in trained if t < len(vocabulary) else False,
+                )
+                for t, (auc, count) in auc_by_type(probs, labels, types).items()
+            }
+        return out
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "FORGERY_TYPES",
     "DemoDataModule",
     "ExtractionSettings",
     "FaceForgeryDataModule",
@@ -26,6 +27,7 @@ _HOMES = {
     "FaceForgeryDataModule": "datamodule",
     "FrameDataset": "datamodule",
     "ExtractionSettings": "settings",
+    "FORGERY_TYPES": "forgery_types",
     "FrameRecord": "manifest",
     "read_manifest": "manifest",
     "write_manifest": "manifest",

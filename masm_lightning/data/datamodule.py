@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from typing_extensions import override
 
 from ..errors import InvalidInputError
+from .forgery_types import forgery_type_id, forgery_type_name
 from .manifest import FrameRecord
 from .settings import ExtractionSettings
 from .sources import DataSource, load_source, prepare_source
-from .synthetic import generate_demo_dataset
+from .synthetic import DEMO_TYPES, check_demo_types, generate_demo_dataset
 from .transforms import (
     Preset,
     crop_face_mask,
@@ -97,11 +98,14 @@ class SampleDraw(int):
 
 
 class FrameDataset(Dataset):
-    """Face crops with their label, video key index and sample index.
+    """Face crops with their label, forgery type, video key index and sample index.
 
-    Each item is ``{"image", "label", "video", "index"}``; ``video`` indexes ``self.videos``, the sorted unique
-    (dataset, label, video id) keys, which is what the video-level metrics group by. Items flagged in
-    ``self_blended`` are real crops turned into pseudo-fakes (label 1, video id ``sbi/<id>``) on the fly. With
+    Each item is ``{"image", "label", "forgery_type", "video", "index"}``; ``forgery_type`` is the sample's index
+    in :data:`~masm_lightning.data.forgery_types.FORGERY_TYPES` (from the manifest's ``method``; ``real`` for
+    reals); ``video`` indexes ``self.videos``, the sorted unique (dataset, label, video id) keys, which is what the
+    video-level metrics group by (``self.video_types``: each video's forgery type). Items flagged in
+    ``self_blended`` are real crops turned into pseudo-fakes (label 1, type ``sbi``, video id ``sbi/<id>``) on the
+    fly. With
     ``class_weights`` (real, fake), items also carry their class's loss ``weight``: the model's weighted mean of
     the per-item losses is then cross-entropy with those class weights.
 
@@ -136,6 +140,10 @@ class FrameDataset(Dataset):
         self.videos = sorted({r.video_key for r in self.records})
         index = {key: i for i, key in enumerate(self.videos)}
         self.video_index = [index[r.video_key] for r in self.records]
+        self.types = [forgery_type_id(r.method, r.label, r.dataset) for r in self.records]
+        self.video_types = [0] * len(self.videos)
+        for video, kind in zip(self.video_index, self.types):
+            self.video_types[video] = kind
 
     def __len__(self) -> int:
         return len(self.records)
@@ -155,6 +163,7 @@ class FrameDataset(Dataset):
         item = {
             "image": self.transform(image=image)["image"],
             "label": record.label,
+            "forgery_type": self.types[i],
             "video": self.video_index[i],
             "index": i,
         }
@@ -293,7 +302,8 @@ class FaceForgeryDataModule(LightningDataModule):
         seed: seed of frame draws and splits; default the ``seed_everything`` seed.
 
     Its ``state_dict`` (saved in every checkpoint) records how the training faces were cropped (``face_crop``),
-    so ``detect`` and ``export`` crop new faces the same way.
+    so ``detect`` and ``export`` crop new faces the same way, and which forgery types the training split holds
+    (``trained_forgery_types``), so a later ``test`` reports the types training never saw as held out.
     """
 
     def __init__(
@@ -342,6 +352,8 @@ class FaceForgeryDataModule(LightningDataModule):
         self.save_hyperparameters(ignore=["train", "test", "extraction"])
         self.test_names: list[str] = []
         self.datasets: dict[str, FrameDataset] = {}
+        # Names of the forgery types of the training split: set by setup("fit"), or restored from a checkpoint.
+        self.trained_forgery_types: list[str] | None = None
 
     def _check_names(self) -> None:
         """Two sources may share a name (and cache folder) only if they are the same selection of videos."""
@@ -390,11 +402,14 @@ class FaceForgeryDataModule(LightningDataModule):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"face_crop": self.face_crop}
+        return {"face_crop": self.face_crop, "trained_forgery_types": self.trained_forgery_types}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass  # the face-crop record describes this module's settings: nothing to restore
+        # The face-crop record describes this module's settings: nothing to restore. The training split's types
+        # are what a test of the checkpoint compares its test types with (absent from older checkpoints).
+        if self.trained_forgery_types is None:
+            self.trained_forgery_types = state_dict.get("trained_forgery_types")
 
     @override
     def prepare_data(self) -> None:
@@ -486,6 +501,7 @@ class FaceForgeryDataModule(LightningDataModule):
             config["image_size"], config["mean"], config["std"], self.hparams["augmentation"], config["interpolation"]
         )
         dataset = FrameDataset(records + reals, transform, [False] * len(records) + [True] * len(reals), seed=self.seed)
+        self.trained_forgery_types = [forgery_type_name(t) for t in sorted(set(dataset.types))]
         if self.hparams["balance"] == "loss":
             counts = Counter(dataset.records[i].label for i in self._sampler(dataset).epoch_indices())
             total = sum(counts.values())
@@ -548,8 +564,9 @@ class FaceForgeryDataModule(LightningDataModule):
 
 
 class DemoDataModule(FaceForgeryDataModule):
-    """The generated demo dataset (procedural faces vs their self-blended fakes), made on first use; it trains on
-    the ``train`` split, validates on ``val`` and tests on ``test`` (test set name ``demo``).
+    """The generated demo dataset (procedural faces vs fakes of several forgery types,
+    :mod:`~masm_lightning.data.synthetic`), made on first use; it trains on the ``train`` split, validates on
+    ``val`` and tests on ``test`` (test set name ``demo``), which alone holds the ``held_out`` type.
 
     Args:
         root: where the frames and manifest are written (reused when made with the same settings).
@@ -558,6 +575,8 @@ class DemoDataModule(FaceForgeryDataModule):
         size: generated frame side in pixels.
         generation_seed: seed of the generated images, fixed so every run (and every ``seed_everything`` seed)
             sees the same dataset; the frame draws follow ``seed`` / ``seed_everything`` as for any data module.
+        forgery_types: the generated fake types (``demo_blend``, ``demo_upsample``, ``demo_colour``, ``demo_grid``).
+        held_out: one of them kept out of train and val, in the test split only; null holds none out.
         **kwargs: the :class:`FaceForgeryDataModule` options (batch size, workers, augmentation, seed, …).
     """
 
@@ -568,6 +587,8 @@ class DemoDataModule(FaceForgeryDataModule):
         frames_per_video: int = 6,
         size: int = 64,
         generation_seed: int = 0,
+        forgery_types: list[str] | None = None,
+        held_out: str | None = "demo_grid",
         **kwargs: Any,
     ) -> None:
         manifest = DataSource("manifest", manifest=str(Path(root) / "manifest.csv"), name="demo")
@@ -578,7 +599,13 @@ class DemoDataModule(FaceForgeryDataModule):
             "frames_per_video": frames_per_video,
             "size": size,
             "seed": generation_seed,
+            "forgery_types": list(forgery_types or DEMO_TYPES),
+            "held_out": held_out,
         }
+        try:  # the same checks as the generation's, at configuration time
+            check_demo_types(self.generation["forgery_types"], held_out)
+        except ValueError as error:
+            raise InvalidInputError(f"data.{error}") from error
 
     @property
     @override

@@ -18,7 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["DetectionMetrics", "equal_error_rate", "scores"]
+__all__ = ["DetectionMetrics", "auc_by_type", "equal_error_rate", "scores"]
 
 METRIC_NAMES = ("auc", "ap", "eer", "acc")
 
@@ -52,6 +52,20 @@ def scores(probs: Tensor, labels: Tensor, threshold: float = 0.5) -> dict[str, T
         "eer": equal_error_rate(probs, labels),
         "acc": acc,
     }
+
+
+def auc_by_type(probs: Tensor, labels: Tensor, types: Tensor) -> dict[int, tuple[float, int]]:
+    """Per fake type ``t`` in ``types``: the AUC of the fakes of type t against **all** reals, and how many fakes.
+
+    Each row of the arguments is one scored item (a video); ``types`` holds its forgery-type index (reals any).
+    A type's AUC is NaN when there are no reals.
+    """
+    out = {}
+    reals = labels == 0
+    for t in sorted(int(t) for t in types[labels == 1].unique()):
+        chosen = reals | ((labels == 1) & (types == t))
+        out[t] = (float(scores(probs[chosen], labels[chosen])["auc"]), int(((labels == 1) & (types == t)).sum()))
+    return out
 
 
 class DetectionMetrics(Metric):

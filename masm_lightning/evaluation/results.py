@@ -20,6 +20,7 @@ def results_markdown(
     source: str = "",
     trainable: int | None = None,
     unreadable: Mapping[str, int] | None = None,
+    by_type: Mapping[str, Mapping[str, tuple[float, int, bool]]] | None = None,
 ) -> str:
     """One table per test set: frame and video rows of AUC, AP, EER and accuracy, with the counts behind them.
 
@@ -30,6 +31,8 @@ def results_markdown(
         trainable: the model's trainable-parameter count, printed under the title (budget-matched comparisons).
         unreadable: test-set name → frames that could not be read and were left out; each set gets a status line
             (``complete``, or the count), so a table computed without some frames says so.
+        by_type: test-set name → forgery type → (video AUC of that type's fakes against all the set's reals, fake
+            videos, held out of training); a set with several fake types gets a table of them.
     """
     lines = ["# Test results", ""]
     if source:
@@ -57,4 +60,16 @@ def results_markdown(
             cells = " | ".join(_cell(float(values[f"{level}_{key}"])) for _, key in _COLUMNS)
             lines.append(f"| {level} | {cells} | {int(values[count])} |")
         lines.append("")
+        types = (by_type or {}).get(name, {})
+        if len(types) > 1:
+            lines += [
+                "Per forgery type: video AUC of that type's fakes against all real videos of the set. "
+                "Held out: the training split holds no fake of that type.",
+                "",
+                "| forgery type | video AUC | fake videos | in training |",
+                "|---|---:|---:|---|",
+            ]
+            for kind, (auc, fakes, held) in types.items():
+                lines.append(f"| {kind} | {_cell(auc)} | {fakes} | {'no (held out)' if held else 'yes'} |")
+            lines.append("")
     return "\n".join(lines)
