@@ -40,7 +40,7 @@ from typing_extensions import override
 
 from .adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
 from .callbacks.run_folder import log_dir
-from .data.forgery_types import REAL, assigned_subspace, forgery_type_name
+from .data.forgery_types import REAL, forgery_type_name
 from .export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
 from .io import write_atomic
 
@@ -270,6 +270,7 @@ class SubspaceTypeResponses(Callback):
         names = [name for name, _ in named_loaders(trainer.test_dataloaders, trainer.datamodule)]  # type: ignore[attr-defined]
         trained = getattr(trainer.datamodule, "trained_forgery_types", None)  # type: ignore[attr-defined]
         vocabulary = tuple(getattr(pl_module, "forgery_types", ()))
+        assignment = tuple(getattr(pl_module, "subspace_assignment", ()))
         record: dict[str, Any] = {}
         for loader, per_adapter in sorted(self._energies.items()):
             types = torch.cat(self._types[loader])
@@ -285,7 +286,7 @@ class SubspaceTypeResponses(Callback):
                 mine = overall[types == t]
                 name = forgery_type_name(t, vocabulary) if vocabulary else str(t)
                 held = trained is not None and name not in trained
-                own = assigned_subspace(t, k)
+                own = assignment[t] if t < len(assignment) and assignment[t] >= 0 else None
                 rows.append(mine.mean(0))
                 labels.append(f"{name} (held out)" if held else name)
                 assigned.append(own)

@@ -31,7 +31,7 @@ from .adapters import (
     select_targets,
     unload_adapters,
 )
-from .data.forgery_types import FORGERY_TYPES, routing_mask
+from .data.forgery_types import FORGERY_TYPES, routing_mask, subspace_assignment
 from .errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
@@ -274,6 +274,10 @@ class MASMDetector(LightningModule):
         self.test_metrics = nn.ModuleDict()
         self.test_results: dict[str, dict[str, float]] = {}  # per test set, after `test` (read by the reports)
         self._forgery_types = FORGERY_TYPES
+        # The fake types routing assigns subspaces over (the training split's, set when a fit starts or restored
+        # from its checkpoint); None: every type of the vocabulary.
+        self.routed_types: list[str] | None = None
+        self._assignment: Tensor | None = None
 
     @property
     def forgery_types(self) -> tuple[str, ...]:
@@ -446,6 +450,15 @@ class MASMDetector(LightningModule):
             return (F.cross_entropy(logits, batch["label"], reduction="none") * weight).sum() / weight.sum()
         return F.cross_entropy(logits, batch["label"])
 
+    @property
+    def subspace_assignment(self) -> tuple[int, ...]:
+        """Per forgery type (index into :attr:`forgery_types`), the artifact subspace it trains under
+        ``adapters.routing: type``, −1 for all (reals, unknown fakes): round-robin over :attr:`routed_types`
+        (:func:`~masm_lightning.data.forgery_types.subspace_assignment`). Empty without adapters."""
+        if self.adapter_config is None:
+            return ()
+        return subspace_assignment(self.adapter_config.num_subspaces, self.routed_types, self.forgery_types)
+
     def subspace_routing(self, batch: Mapping[str, Tensor]) -> Tensor | None:
         """(B, K) bool: the subspaces each sample of a training batch may train (``adapters.routing: type``: a fake
         trains its type's subspace, reals and unknown fakes all K), or None where nothing is routed (routing
@@ -453,7 +466,10 @@ class MASMDetector(LightningModule):
         config = self.adapter_config
         if config is None or config.routing != "type" or config.num_subspaces == 1 or "forgery_type" not in batch:
             return None
-        return routing_mask(batch["forgery_type"], config.num_subspaces)
+        types = batch["forgery_type"]
+        if self._assignment is None or self._assignment.device != types.device:
+            self._assignment = torch.tensor(self.subspace_assignment, device=types.device)
+        return routing_mask(types, self._assignment, config.num_subspaces)
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
@@ -572,6 +588,12 @@ class MASMDetector(LightningModule):
 
     @override
     def on_fit_start(self) -> None:
+        # Routing assigns subspaces over the training split's fake types (the same on every rank: every rank reads
+        # the same manifest); a resumed run keeps its checkpoint's.
+        trained = getattr(getattr(self.trainer, "datamodule", None), "trained_forgery_types", None)
+        if self.routed_types is None and trained is not None:
+            self.routed_types = [name for name in trained if name not in self.forgery_types[:2]]
+            self._assignment = None
         rank_zero_info(
             f"MASMDetector: {self.num_trainable_parameters():,} trainable parameters "
             f"({self.backbone_name}, adapters {self.hparams['adapters']})"
@@ -657,6 +679,7 @@ class MASMDetector(LightningModule):
             "adapters": self.hparams["adapters"],
             "data_config": self.data_config,
             "forgery_types": list(self.forgery_types),
+            "routed_types": self.routed_types,
             "selection": None
             if self.selection is None
             else {"layers": list(self.selection.layers or ()), "scores": self.selection_scores},
@@ -667,6 +690,8 @@ class MASMDetector(LightningModule):
         vocabulary = checkpoint.get(CHECKPOINT_KEY, {}).get("forgery_types")
         if vocabulary:
             self._forgery_types = tuple(vocabulary)
+        self.routed_types = checkpoint.get(CHECKPOINT_KEY, {}).get("routed_types")
+        self._assignment = None
         chosen = (checkpoint.get(CHECKPOINT_KEY, {}).get("selection") or {}).get("layers")
         if chosen and self.adapter_config is not None and self.backbone is not None:
             # An FMSD checkpoint: adapters on the layers it selected, whatever this run's config would choose.

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from masm_lightning.cli import main
@@ -40,6 +41,8 @@ def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
     main(["fit", *_demo_args(*short)])
     best = tmp_path / "outputs" / "demo" / "demo" / "version_0" / "checkpoints" / "best.ckpt"
     assert best.is_file()
+    # The types routing assigned subspaces over are the training split's, kept for a resumed run.
+    assert torch.load(best, weights_only=True)["masm"]["routed_types"] == ["demo_blend", "demo_upsample", "demo_colour"]
     tested = main(["test", *_demo_args(*short, "--ckpt_path", str(best))])
     assert tested.trainer.callback_metrics["test/demo/num_videos"] == 8
     # Every forgery type reported on its own, the one training never saw marked; which subspace responds to which.
@@ -51,7 +54,11 @@ def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
     assert (folder / "subspace_types.png").is_file()
     responses = json.loads((folder / "subspace_types.json").read_text())["demo"]
     assert responses["types"]["demo_grid"]["held_out"] and not responses["types"]["demo_blend"]["held_out"]
-    assert responses["types"]["demo_upsample"]["assigned_subspace"] == 0
+    assert [responses["types"][k]["assigned_subspace"] for k in ("demo_blend", "demo_upsample", "demo_colour")] == [
+        0,
+        1,
+        2,
+    ]
 
 
 def test_demo_is_the_whole_method_at_the_recipe_strength():

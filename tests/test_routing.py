@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import iter_adapters, merge_adapters
-from masm_lightning.data.forgery_types import FORGERY_TYPES, assigned_subspace, forgery_type_id, routing_mask
+from masm_lightning.data.forgery_types import FORGERY_TYPES, forgery_type_id, routing_mask, subspace_assignment
 from masm_lightning.model import MASMDetector
 
 TINY = dict(
@@ -87,8 +87,12 @@ def test_vocabulary_maps_manifest_methods_and_routes_fakes_round_robin():
     assert forgery_type_id("fake", 1, "celebdf_v2") == FORGERY_TYPES.index("celebdf")
     assert forgery_type_id("fake", 1, "mine") == 1  # unknown
     ffpp = [FORGERY_TYPES.index(m) for m in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")]
-    assert sorted(assigned_subspace(t, 4) for t in ffpp) == [0, 1, 2, 3]
-    mask = routing_mask(torch.tensor([0, 1, ffpp[2]]), 4)
+    everything = subspace_assignment(4)
+    assert everything[:2] == (-1, -1) and [everything[t] for t in ffpp] == [0, 1, 2, 3]
+    # Round-robin over the types training holds: three types far apart in the vocabulary get three subspaces.
+    trained = subspace_assignment(4, ["dfdc", "sbi", "stylegan"])
+    assert [trained[FORGERY_TYPES.index(n)] for n in ("dfdc", "sbi", "stylegan")] == [0, 1, 2]
+    mask = routing_mask(torch.tensor([0, 1, ffpp[2]]), torch.tensor(everything), 4)
     assert mask.tolist() == [[True] * 4, [True] * 4, [False, False, True, False]]
 
 

@@ -12,12 +12,14 @@ fixed order, which is part of the checkpoint format (a checkpoint stores the voc
 - the generated demo's types (:mod:`masm_lightning.data.synthetic`): ``demo_blend``, ``demo_upsample``,
   ``demo_colour``, ``demo_grid``.
 
-Related types sit next to each other, so the round-robin assignment of types to artifact subspaces
-(:func:`assigned_subspace`) gives the members of one group distinct subspaces whenever the group has at most K
-members. Inference never reads a type: only training (subspace routing) and the reports (AUC per type) do.
+Under ``adapters.routing: type`` each fake type trains one artifact subspace (:func:`subspace_assignment`):
+round-robin over the fake types the training split holds, in this order, so up to K trained types get distinct
+subspaces. Inference never reads a type: only training (subspace routing) and the reports (AUC per type) do.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -26,10 +28,10 @@ __all__ = [
     "FORGERY_TYPES",
     "REAL",
     "UNKNOWN",
-    "assigned_subspace",
     "forgery_type_id",
     "forgery_type_name",
     "routing_mask",
+    "subspace_assignment",
 ]
 
 REAL, UNKNOWN = 0, 1
@@ -94,16 +96,27 @@ def forgery_type_name(index: int, vocabulary: tuple[str, ...] = FORGERY_TYPES) -
     return vocabulary[index] if 0 <= index < len(vocabulary) else f"type_{index}"
 
 
-def assigned_subspace(index: int, num_subspaces: int) -> int | None:
-    """The artifact subspace a fake type trains under type routing: round-robin over the fake types in
-    vocabulary order, ``(index − 2) mod K``; None (all subspaces) for ``real`` and ``unknown``."""
-    return None if index in (REAL, UNKNOWN) else (index - 2) % num_subspaces
+def subspace_assignment(
+    num_subspaces: int, trained: Sequence[str] | None = None, vocabulary: Sequence[str] = FORGERY_TYPES
+) -> tuple[int, ...]:
+    """Per vocabulary index, the artifact subspace that type trains under routing; −1 (all K) for ``real`` and
+    ``unknown``.
+
+    The fake types the training split holds (``trained``; None: every type) take subspaces 0, 1, …, K−1, 0, …
+    in vocabulary order; the remaining fake types (never trained on, so never routed) continue the round robin.
+    """
+    fakes = range(UNKNOWN + 1, len(vocabulary))
+    seen = set(vocabulary[2:] if trained is None else trained)
+    order = [i for i in fakes if vocabulary[i] in seen] + [i for i in fakes if vocabulary[i] not in seen]
+    out = [-1] * len(vocabulary)
+    for position, index in enumerate(order):
+        out[index] = position % num_subspaces
+    return tuple(out)
 
 
-def routing_mask(forgery_type: Tensor, num_subspaces: int) -> Tensor:
-    """(B, K) bool: which subspaces each sample may train (:func:`assigned_subspace`; all K for reals and
-    unknown fakes). Same device as ``forgery_type``; no host synchronisation."""
-    types = forgery_type.long()
-    routed = types > UNKNOWN
-    own = torch.nn.functional.one_hot((types - 2).remainder(num_subspaces), num_subspaces).bool()
-    return own | ~routed[:, None]
+def routing_mask(forgery_type: Tensor, assignment: Tensor, num_subspaces: int) -> Tensor:
+    """(B, K) bool: which subspaces each sample may train: its type's subspace in ``assignment``
+    (:func:`subspace_assignment`, as a tensor on the batch's device), all K where that is −1. No host
+    synchronisation."""
+    own = assignment[forgery_type.long()]
+    return torch.nn.functional.one_hot(own.clamp_min(0), num_subspaces).bool() | (own < 0)[:, None]
