@@ -80,30 +80,33 @@ def _subspaces(adapter: MASMAdapter) -> list[ArtifactSubspace]:
     return [sub for b in range(adapter.num_blocks) for sub in adapter.block_subspaces(b)]
 
 
-def _energies(adapter: MASMAdapter, x: Tensor) -> Tensor:
-    """(B, subspaces): per image, the mean over tokens/pixels of ``‖(x V_k) ⊙ s_k‖²`` for every subspace."""
+def _energies(adapter: MASMAdapter, x: Tensor, initial: bool = False) -> Tensor:
+    """(B, subspaces): per image, the mean over tokens/pixels of ``‖(x V_k) ⊙ s_k‖²`` for every subspace (with
+    ``initial``: of ``(x V0_k) ⊙ s0_k``, the factors as injected)."""
     x = x.detach()
     if isinstance(adapter, MASMConv2d):
         x = x.movedim(1, -1)  # (B, H, W, C): the matrix acts on channels at every pixel
     x = x.reshape(x.shape[0], -1, x.shape[-1]).float()  # (B, tokens, n)
     out = []
     for sub in _subspaces(adapter):
-        z = (x @ sub.V.detach().float()) * sub.s.detach().float()  # (B, tokens, d)
+        v, s = (sub.V0, sub.s0) if initial else (sub.V, sub.s)
+        z = (x @ v.detach().float()) * s.detach().float()  # (B, tokens, d)
         out.append(z.pow(2).sum(-1).mean(-1))
     return torch.stack(out, dim=1)
 
 
 @contextlib.contextmanager
-def subspace_energies(model: nn.Module) -> Iterator[dict[str, Tensor]]:
+def subspace_energies(model: nn.Module, initial: bool = False) -> Iterator[dict[str, Tensor]]:
     """Within the block, every forward of ``model`` fills the yielded dict: adapter name → (B, subspaces) energies
-    of the last batch (:func:`_energies`). Hooks only: the adapters compute exactly as without it."""
+    of the last batch (:func:`_energies`; ``initial``: of the factors as injected, on the same layer inputs). Hooks
+    only: the adapters compute exactly as without it."""
     found: dict[str, Tensor] = {}
     handles = []
     for name, adapter in iter_adapters(model):
 
         def hook(module: nn.Module, args: tuple[Any, ...], _out: Any, name: str = name) -> None:
             with torch.no_grad():
-                found[name] = _energies(module, args[0])  # type: ignore[arg-type]
+                found[name] = _energies(module, args[0], initial)  # type: ignore[arg-type]
 
         handles.append(adapter.register_forward_hook(hook))
     try:
@@ -187,18 +190,24 @@ class SubspaceEnergyMeans(Callback):
             checkpoint[ENERGY_KEY] = _means_record(self._sums, self._count, pl_module, "training batches")
 
 
-def relative_responses(
-    energies: Mapping[str, Tensor], reference: Mapping[str, Tensor], model: nn.Module
-) -> tuple[Tensor, Tensor]:
-    """Which of the K artifact subspaces a face drives hardest, layer by layer and overall.
+def _log_ratio(e: Tensor, reference: Tensor) -> Tensor:
+    return (e.double().clamp_min(1e-30) / reference.double().clamp_min(1e-30)).log()
 
-    For every adapter ``a`` of ``model`` with recorded ``energies[a]`` (B, subspaces) (:func:`subspace_energies`)
-    and ``reference[a]`` (subspaces,) — the mean energy over real faces —, ``log(e_{a,k} / ē_{a,k})`` is averaged over
-    the fused blocks of the same subspace index k.
+
+def relative_responses(
+    energies: Mapping[str, Tensor], reals: Tensor, model: nn.Module, initial: Mapping[str, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """How hard each face drives each of the K artifact subspaces, relative to real faces, layer by layer and
+    overall.
+
+    For every adapter ``a`` of ``model`` with recorded ``energies[a]`` (B, subspaces) (:func:`subspace_energies`),
+    the response is ``log(e_{a,k} / ē_{a,k})`` with ``ē`` the mean over the faces flagged in ``reals`` (B,) bool,
+    averaged over the fused blocks of the same subspace index k. With ``initial`` (the same faces' energies of the
+    factors as injected, ``subspace_energies(model, initial=True)``), the response at injection is subtracted:
+    what training put into subspace k, not how the SVD tail it started from happened to respond.
 
     Returns:
-        ``per_layer`` (B, layers, K) and ``overall`` (B, K), the mean over layers: the response of subspace k
-        relative to real faces, in nats (0: as on real faces).
+        ``per_layer`` (B, layers, K) and ``overall`` (B, K), the mean over layers, in nats (0: as on real faces).
     """
     adapters = dict(iter_adapters(model))
     layers = []
@@ -206,7 +215,9 @@ def relative_responses(
         adapter = adapters[name]
         index = torch.tensor([sub.index for sub in _subspaces(adapter)])
         k = len(adapter.ranks)
-        ratio = (e.double().clamp_min(1e-30) / reference[name].double().clamp_min(1e-30)).log()  # (B, subspaces)
+        ratio = _log_ratio(e, e[reals].mean(0))  # (B, subspaces)
+        if initial is not None:
+            ratio = ratio - _log_ratio(initial[name], initial[name][reals].mean(0))
         summed = torch.zeros(e.shape[0], k, dtype=torch.float64).index_add_(1, index, ratio)
         layers.append(summed / torch.bincount(index, minlength=k).double())
     per_layer = torch.stack(layers, dim=1)
@@ -217,11 +228,13 @@ class SubspaceTypeResponses(Callback):
     """After ``test``: which artifact subspace responds to which forgery type, as ``subspace_types.png`` and
     ``subspace_types.json`` in the run folder (one figure per test set holding reals and fakes).
 
-    For every test face the energies of all subspaces are recorded (:func:`subspace_energies`, forward hooks: the
-    scores do not change); each face's response of subspace k is ``mean over layers of log(e_k / ē_k)`` with
-    ``ē_k`` the mean over the set's real faces (:func:`relative_responses`). The figure shows its mean per
-    forgery type, the subspace each type trained under ``adapters.routing: type`` outlined; the JSON adds, per
-    type, ``top1_match``: the share of its faces whose strongest subspace is that assigned one (chance 1/K).
+    For every test face the energies of all subspaces are recorded, with the trained factors and with the factors
+    as injected (:func:`subspace_energies`, forward hooks: the scores do not change); each face's response of
+    subspace k is ``mean over layers of [log(e_k / ē_k) − log(e⁰_k / ē⁰_k)]`` with ``ē`` the mean over the set's
+    real faces (:func:`relative_responses`): how much more than a real face it drives what training put into
+    subspace k. The figure shows its mean per forgery type, the subspace each type trained under
+    ``adapters.routing: type`` outlined; the JSON adds, per type, ``top1_match``: the share of its faces whose
+    strongest subspace is that assigned one (chance 1/K).
     Types the training split did not hold (from the data module's ``trained_forgery_types``) are marked held out.
     Recorded on each process for its own share of the faces; written by global rank zero from its share.
     """
@@ -229,14 +242,17 @@ class SubspaceTypeResponses(Callback):
     def __init__(self) -> None:
         self._hooks: contextlib.ExitStack | None = None
         self._found: dict[str, Tensor] = {}
+        self._found_initial: dict[str, Tensor] = {}
         self._energies: dict[int, dict[str, list[Tensor]]] = {}
+        self._initial: dict[int, dict[str, list[Tensor]]] = {}
         self._types: dict[int, list[Tensor]] = {}
 
     @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._energies, self._types = {}, {}
+        self._energies, self._initial, self._types = {}, {}, {}
         self._hooks = contextlib.ExitStack()
         self._found = self._hooks.enter_context(subspace_energies(pl_module))
+        self._found_initial = self._hooks.enter_context(subspace_energies(pl_module, initial=True))
 
     @override
     def on_test_batch_end(
@@ -251,8 +267,11 @@ class SubspaceTypeResponses(Callback):
         if isinstance(batch, Mapping) and "forgery_type" in batch and self._found:
             for name, e in self._found.items():
                 self._energies.setdefault(dataloader_idx, {}).setdefault(name, []).append(e.cpu())
+                initial = self._found_initial[name].cpu()
+                self._initial.setdefault(dataloader_idx, {}).setdefault(name, []).append(initial)
             self._types.setdefault(dataloader_idx, []).append(batch["forgery_type"].cpu())
         self._found.clear()
+        self._found_initial.clear()
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -275,18 +294,20 @@ class SubspaceTypeResponses(Callback):
         for loader, per_adapter in sorted(self._energies.items()):
             types = torch.cat(self._types[loader])
             energies = {name: torch.cat(parts) for name, parts in per_adapter.items()}
+            initial = {name: torch.cat(parts) for name, parts in self._initial[loader].items()}
             reals = types == REAL
             fakes = sorted(int(t) for t in types[~reals].unique())
             if not reals.any() or not fakes:
                 continue
-            _, overall = relative_responses(energies, {n: e[reals].mean(0) for n, e in energies.items()}, pl_module)
+            _, overall = relative_responses(energies, reals, pl_module, initial)
             k = overall.shape[1]
             rows, labels, assigned, entry = [], [], [], {}
             for t in fakes:
                 mine = overall[types == t]
                 name = forgery_type_name(t, vocabulary) if vocabulary else str(t)
                 held = trained is not None and name not in trained
-                own = assignment[t] if t < len(assignment) and assignment[t] >= 0 else None
+                # A type training never saw was never routed: it has no subspace of its own.
+                own = assignment[t] if t < len(assignment) and assignment[t] >= 0 and not held else None
                 rows.append(mine.mean(0))
                 labels.append(f"{name} (held out)" if held else name)
                 assigned.append(own)
