@@ -9,14 +9,16 @@ callback so that only the routing differs):
     plain    K=4, d=2, adapters.routing: none
     single   K=1, d=8 (the same total rank; one subspace)
 
-Specialisation, on held-out faces: each face's response of subspace k is
-``mean over layers of [log(e_k / ē_k) − log(e⁰_k / ē⁰_k)]`` with ``e_k`` the energy of ``(x V_k) ⊙ s_k``, ``e⁰_k``
-that of the factors as injected on the same layer input, and ``ē`` their means over the held-out real faces
-(:func:`masm_lightning.explain.relative_responses`): what training put into subspace k, beyond how the SVD tail it
-started from responds. ``top1_match``: the share of held-out fakes whose strongest
-subspace is their type's assigned one (chance 1/K); ``mi_bits``: the mutual information between a fake's type and
-its strongest subspace. ``same_as_single_subspace``: whether the routed arm's merged weights equal the single
-arm's (max relative difference < 1e-4; without routing they do: the old equivalence, printed as ``plain_vs_single``).
+Specialisation, on held-out faces of the trained fake types. Primary: the contribution of subspace k to a face's
+fake log-odds, i.e. how much they fall when subspace k of every layer is reset to its injected factors
+(:func:`masm_lightning.explain.subspace_contributions`), minus its mean over the held-out reals. ``top1_match``: the
+share of held-out fakes whose largest contribution comes from their type's assigned subspace (chance 1/K);
+``mi_bits``: the mutual information between a fake's type and that subspace. Secondary (``energy_…``): the same
+with the energy response ``mean over layers of [log(e_k / ē_k) − log(e⁰_k / ē⁰_k)]``, ``e_k`` the energy of
+``(x V_k) ⊙ s_k``, ``e⁰_k`` that of the injected factors on the same input, ``ē`` their means over the reals
+(:func:`masm_lightning.explain.relative_responses`).
+``same_as_single_subspace``: whether the routed arm's merged weights equal the single arm's (max relative
+difference < 1e-4); without routing they do, the old equivalence (``plain_same_as_single``).
 
 Data:
 
@@ -54,7 +56,7 @@ from masm_lightning.adapters import iter_adapters
 from masm_lightning.data.forgery_types import FORGERY_TYPES, REAL, forgery_type_id
 from masm_lightning.data.synthetic import generate_demo_dataset
 from masm_lightning.data.transforms import crop_face_mask, self_blend
-from masm_lightning.explain import relative_responses, subspace_energies
+from masm_lightning.explain import relative_responses, subspace_contributions, subspace_energies
 from masm_lightning.model import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,39 +153,51 @@ def train_arm(arm: str, model_cfg: dict, train: list[dict], steps: int, trained:
     return model.eval()
 
 
-@torch.no_grad()
-def specialisation(model: MASMDetector, test: list[dict]) -> dict[str, float]:
-    energies: dict[str, list[torch.Tensor]] = {}
-    initial: dict[str, list[torch.Tensor]] = {}
-    types = []
-    with subspace_energies(model) as found, subspace_energies(model, initial=True) as found_initial:
-        for batch in test:
-            model(batch["image"])
-            for name, e in found.items():
-                energies.setdefault(name, []).append(e)
-                initial.setdefault(name, []).append(found_initial[name])
-            types.append(batch["forgery_type"])
-    kinds = torch.cat(types)
-    reals = kinds == REAL
-    _, overall = relative_responses(
-        {n: torch.cat(p) for n, p in energies.items()}, reals, model, {n: torch.cat(p) for n, p in initial.items()}
-    )
-    assignment = torch.tensor(model.subspace_assignment)
-    k = overall.shape[1]
-    fakes = (~reals) & (assignment[kinds] >= 0)
-    strongest, own = overall[fakes].argmax(1), assignment[kinds[fakes]]
-    trained = set(model.routed_types or ())
-    seen = torch.tensor([FORGERY_TYPES[int(t)] in trained for t in kinds[fakes]])
+def _match(scores: torch.Tensor, kinds: torch.Tensor, assignment: torch.Tensor, k: int) -> tuple[float, float]:
+    """(top-1 match, mutual information in bits) between a fake's type and its largest-scoring subspace."""
+    strongest, own = scores.argmax(1), assignment[kinds]
     joint = torch.zeros(len(FORGERY_TYPES), k, dtype=torch.float64)
-    joint.index_put_((kinds[fakes][seen], strongest[seen]), torch.ones(int(seen.sum()), dtype=torch.float64), True)
+    joint.index_put_((kinds, strongest), torch.ones(len(kinds), dtype=torch.float64), accumulate=True)
     p = joint / joint.sum()
     outer = p.sum(1, keepdim=True) * p.sum(0, keepdim=True)
     mi = float((p[p > 0] * (p[p > 0] / outer[p > 0]).log2()).sum())
+    return float((strongest == own).double().mean()), mi
+
+
+@torch.no_grad()
+def specialisation(model: MASMDetector, test: list[dict]) -> dict[str, float]:
+    """Both measures on the held-out batches: contributions (primary) and trained energy responses."""
+    energies: dict[str, list[torch.Tensor]] = {}
+    initial: dict[str, list[torch.Tensor]] = {}
+    contributions, types = [], []
+    for batch in test:
+        with subspace_energies(model) as found, subspace_energies(model, initial=True) as found_initial:
+            model(batch["image"])
+        for name, e in found.items():
+            energies.setdefault(name, []).append(e)
+            initial.setdefault(name, []).append(found_initial[name])
+        contributions.append(subspace_contributions(model, batch["image"]))
+        types.append(batch["forgery_type"])
+    kinds = torch.cat(types)
+    reals = kinds == REAL
+    _, responses = relative_responses(
+        {n: torch.cat(p) for n, p in energies.items()}, reals, model, {n: torch.cat(p) for n, p in initial.items()}
+    )
+    contribution = torch.cat(contributions)
+    contribution = contribution - contribution[reals].mean(0)
+    assignment = torch.tensor(model.subspace_assignment)
+    k = contribution.shape[1]
+    trained = {FORGERY_TYPES.index(name) for name in model.routed_types or ()}
+    fakes = torch.tensor([int(t) in trained for t in kinds])
+    top1, mi = _match(contribution[fakes], kinds[fakes], assignment, k)
+    energy_top1, energy_mi = _match(responses[fakes], kinds[fakes], assignment, k)
     return {
-        "top1_match": float((strongest[seen] == own[seen]).double().mean()),
+        "top1_match": top1,
         "mi_bits": mi,
+        "energy_top1_match": energy_top1,
+        "energy_mi_bits": energy_mi,
         "chance": 1 / k,
-        "fakes": int(seen.sum()),
+        "fakes": int(fakes.sum()),
     }
 
 
@@ -254,6 +268,8 @@ def main() -> None:
                     "unrouted_top1_match": f"{found['plain']['top1_match']:.3f}",
                     "mi_bits": f"{found['routed']['mi_bits']:.3f}",
                     "unrouted_mi_bits": f"{found['plain']['mi_bits']:.3f}",
+                    "energy_top1_match": f"{found['routed']['energy_top1_match']:.3f}",
+                    "unrouted_energy_top1_match": f"{found['plain']['energy_top1_match']:.3f}",
                     "plain_same_as_single": str(plain_vs_single < 1e-4).lower(),
                 },
             )

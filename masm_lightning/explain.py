@@ -54,11 +54,13 @@ __all__ = [
     "energy_means",
     "explain_detected",
     "explain_images",
+    "injected_subspace",
     "overlay",
     "recording_detector",
     "relative_responses",
     "relevance",
     "response_chart",
+    "subspace_contributions",
     "subspace_energies",
     "subspace_labels",
     "write_explanations",
@@ -224,35 +226,72 @@ def relative_responses(
     return per_layer, per_layer.mean(1)
 
 
-class SubspaceTypeResponses(Callback):
-    """After ``test``: which artifact subspace responds to which forgery type, as ``subspace_types.png`` and
-    ``subspace_types.json`` in the run folder (one figure per test set holding reals and fakes).
+@contextlib.contextmanager
+def injected_subspace(model: nn.Module, index: int) -> Iterator[None]:
+    """Within the block, subspace ``index`` of every adapter in ``model`` (every layer and fused block) holds its
+    factors as injected (``U0, s0, V0``): what the model computes without what training put there. The trained
+    factors are restored bit for bit on exit."""
+    saved = []
+    with torch.no_grad():
+        for _, adapter in iter_adapters(model):
+            for sub in _subspaces(adapter):
+                if sub.index == index:
+                    saved.append((sub, sub.U.detach().clone(), sub.s.detach().clone(), sub.V.detach().clone()))
+                    sub.U.copy_(sub.U0)
+                    sub.s.copy_(sub.s0)
+                    sub.V.copy_(sub.V0)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for sub, u, s, v in saved:
+                sub.U.copy_(u)
+                sub.s.copy_(s)
+                sub.V.copy_(v)
 
-    For every test face the energies of all subspaces are recorded, with the trained factors and with the factors
-    as injected (:func:`subspace_energies`, forward hooks: the scores do not change); each face's response of
-    subspace k is ``mean over layers of [log(e_k / ē_k) − log(e⁰_k / ē⁰_k)]`` with ``ē`` the mean over the set's
-    real faces (:func:`relative_responses`): how much more than a real face it drives what training put into
-    subspace k. The figure shows its mean per forgery type, the subspace each type trained under
-    ``adapters.routing: type`` outlined; the JSON adds, per type, ``top1_match``: the share of its faces whose
-    strongest subspace is that assigned one (chance 1/K).
-    Types the training split did not hold (from the data module's ``trained_forgery_types``) are marked held out.
+
+@torch.no_grad()
+def subspace_contributions(model: nn.Module, images: Tensor) -> Tensor:
+    """(B, K): per image, how much the fake log-odds (``logit_fake − logit_real`` of ``model(images)``) fall when
+    subspace k of every layer is reset to its injected factors (:func:`injected_subspace`): what the training of
+    subspace k contributes to calling the image fake. K + 1 forwards; the model is left unchanged."""
+    adapters = [adapter for _, adapter in iter_adapters(model)]
+    if not adapters:
+        raise ValueError("subspace_contributions: the model holds no MASM adapters")
+
+    def log_odds() -> Tensor:
+        logits = model(images)
+        return (logits[:, 1] - logits[:, 0]).double()
+
+    base = log_odds()
+    out = []
+    for k in range(len(adapters[0].ranks)):
+        with injected_subspace(model, k):
+            out.append(base - log_odds())
+    return torch.stack(out, dim=1)
+
+
+class SubspaceTypeResponses(Callback):
+    """After ``test``: which artifact subspace detects which forgery type, as ``subspace_types.png`` and
+    ``subspace_types.json`` in the run folder (per test set holding reals and fakes).
+
+    For every test face, the contribution of each subspace k (:func:`subspace_contributions`: the fall of the
+    fake log-odds when subspace k of every layer is reset to its injected factors; K extra forwards per batch,
+    the scores are unchanged), minus its mean over the set's real faces: how much more subspace k pushes this face
+    toward *fake* than it pushes a real one. The figure shows its mean per forgery type, with the subspace each
+    type trained under ``adapters.routing: type`` outlined; the JSON adds, per type, ``top1_match``: the share of
+    its faces whose largest contribution comes from that assigned subspace (chance 1/K). Types the training split
+    did not hold (the data module's ``trained_forgery_types``) are marked held out, with no subspace of their own.
     Recorded on each process for its own share of the faces; written by global rank zero from its share.
     """
 
     def __init__(self) -> None:
-        self._hooks: contextlib.ExitStack | None = None
-        self._found: dict[str, Tensor] = {}
-        self._found_initial: dict[str, Tensor] = {}
-        self._energies: dict[int, dict[str, list[Tensor]]] = {}
-        self._initial: dict[int, dict[str, list[Tensor]]] = {}
+        self._contributions: dict[int, list[Tensor]] = {}
         self._types: dict[int, list[Tensor]] = {}
 
     @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._energies, self._initial, self._types = {}, {}, {}
-        self._hooks = contextlib.ExitStack()
-        self._found = self._hooks.enter_context(subspace_energies(pl_module))
-        self._found_initial = self._hooks.enter_context(subspace_energies(pl_module, initial=True))
+        self._contributions, self._types = {}, {}
 
     @override
     def on_test_batch_end(
@@ -264,20 +303,16 @@ class SubspaceTypeResponses(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if isinstance(batch, Mapping) and "forgery_type" in batch and self._found:
-            for name, e in self._found.items():
-                self._energies.setdefault(dataloader_idx, {}).setdefault(name, []).append(e.cpu())
-                initial = self._found_initial[name].cpu()
-                self._initial.setdefault(dataloader_idx, {}).setdefault(name, []).append(initial)
-            self._types.setdefault(dataloader_idx, []).append(batch["forgery_type"].cpu())
-        self._found.clear()
-        self._found_initial.clear()
+        if not (isinstance(batch, Mapping) and "forgery_type" in batch and "image" in batch):
+            return
+        if next(iter_adapters(pl_module), None) is None:
+            return
+        found = subspace_contributions(pl_module, batch["image"])
+        self._contributions.setdefault(dataloader_idx, []).append(found.cpu())
+        self._types.setdefault(dataloader_idx, []).append(batch["forgery_type"].cpu())
 
     @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._hooks is not None:
-            self._hooks.close()
-            self._hooks = None
         folder = log_dir(trainer)  # every rank: a collective under DDP
         if trainer.is_global_zero:
             self._write(trainer, pl_module, folder)
@@ -286,24 +321,24 @@ class SubspaceTypeResponses(Callback):
         from .evaluation.loaders import named_loaders
         from .evaluation.plots import subspace_type_figure
 
-        names = [name for name, _ in named_loaders(trainer.test_dataloaders, trainer.datamodule)]  # type: ignore[attr-defined]
-        trained = getattr(trainer.datamodule, "trained_forgery_types", None)  # type: ignore[attr-defined]
+        datamodule = getattr(trainer, "datamodule", None)
+        names = [name for name, _ in named_loaders(trainer.test_dataloaders, datamodule)]
+        trained = getattr(datamodule, "trained_forgery_types", None)
         vocabulary = tuple(getattr(pl_module, "forgery_types", ()))
         assignment = tuple(getattr(pl_module, "subspace_assignment", ()))
         record: dict[str, Any] = {}
-        for loader, per_adapter in sorted(self._energies.items()):
+        for loader, parts in sorted(self._contributions.items()):
             types = torch.cat(self._types[loader])
-            energies = {name: torch.cat(parts) for name, parts in per_adapter.items()}
-            initial = {name: torch.cat(parts) for name, parts in self._initial[loader].items()}
+            found = torch.cat(parts)
             reals = types == REAL
             fakes = sorted(int(t) for t in types[~reals].unique())
             if not reals.any() or not fakes:
                 continue
-            _, overall = relative_responses(energies, reals, pl_module, initial)
-            k = overall.shape[1]
+            relative = found - found[reals].mean(0)
+            k = found.shape[1]
             rows, labels, assigned, entry = [], [], [], {}
             for t in fakes:
-                mine = overall[types == t]
+                mine = relative[types == t]
                 name = forgery_type_name(t, vocabulary) if vocabulary else str(t)
                 held = trained is not None and name not in trained
                 # A type training never saw was never routed: it has no subspace of its own.
@@ -315,16 +350,16 @@ class SubspaceTypeResponses(Callback):
                     "faces": int(mine.shape[0]),
                     "held_out": held,
                     "assigned_subspace": own,
-                    "mean_response": [round(float(v), 5) for v in mine.mean(0)],
+                    "mean_contribution": [round(float(v), 5) for v in mine.mean(0)],
                     "top1_match": None if own is None else float((mine.argmax(1) == own).double().mean()),
                 }
             set_name = names[loader] if loader < len(names) else str(loader)
-            suffix = "" if len(self._energies) == 1 else f"_{set_name.replace('/', '_')}"
+            suffix = "" if len(self._contributions) == 1 else f"_{set_name.replace('/', '_')}"
             subspace_type_figure(
                 torch.stack(rows),
                 labels,
                 assigned,
-                f"{set_name}: subspace response by forgery type (outlined: trained on it)",
+                f"{set_name}: outlined = routed",
                 folder / f"subspace_types{suffix}.png",
             )
             record[set_name] = {"num_subspaces": k, "chance": 1 / k, "types": entry}

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import iter_adapters, merge_adapters
 from masm_lightning.data.forgery_types import FORGERY_TYPES, forgery_type_id, routing_mask, subspace_assignment
+from masm_lightning.explain import injected_subspace, subspace_contributions
 from masm_lightning.model import MASMDetector
 
 TINY = dict(
@@ -106,6 +107,12 @@ def test_k_subspaces_train_differently_from_one_subspace_of_the_same_total_rank_
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = routed(images)
+        # Measuring what each subspace contributes resets one at a time and restores it bit for bit.
+        contributions = subspace_contributions(routed, images)
+        assert contributions.shape == (4, 4) and contributions.abs().max() > 0
+        assert torch.equal(routed(images), before)
+        with injected_subspace(routed, 0):
+            assert not torch.equal(routed(images), before)
         merge_adapters(routed.backbone)
         torch.testing.assert_close(routed(images), before, rtol=1e-4, atol=1e-5)
     assert not list(iter_adapters(routed.backbone))

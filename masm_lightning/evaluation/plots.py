@@ -106,8 +106,9 @@ def robustness_figure(rows: list[dict], names: dict[str, str], path: str | Path)
 def subspace_type_figure(
     matrix: Tensor, types: list[str], assigned: list[int | None], title: str, path: str | Path
 ) -> Path:
-    """Forgery types (rows) × artifact subspaces (columns), coloured by the mean response relative to the reals'
-    (what training added to ``log e / ē_real``); the subspace each type trained under routing is outlined."""
+    """Forgery types (rows) × artifact subspaces (columns), coloured by each subspace's mean contribution to the
+    fake log-odds beyond its contribution on real faces; the subspace each type trained under routing is
+    outlined."""
     grid = matrix.detach().double().cpu().numpy()
     fig, ax = plt.subplots(figsize=(1.8 + 0.5 * grid.shape[1], 1.0 + 0.35 * len(types)), dpi=120)
     bound = max(float(abs(grid).max()) if grid.size else 1.0, 1e-3)
@@ -116,7 +117,7 @@ def subspace_type_figure(
         if k is not None:
             ax.add_patch(plt.Rectangle((k - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
     bar = fig.colorbar(image, ax=ax, fraction=0.05)
-    bar.set_label("trained Δ log(energy / reals' mean)", fontsize=6)
+    bar.set_label("contribution to fake log-odds − reals'", fontsize=6)
     bar.ax.tick_params(labelsize=6)
     ax.set_xticks(range(grid.shape[1]), [f"k{k}" for k in range(grid.shape[1])], fontsize=7)
     ax.set_yticks(range(len(types)), types, fontsize=7)
