@@ -29,7 +29,7 @@ def test_predict_writes_one_record_per_video(tmp_path, tiny_checkpoint):
         rows = list(csv.DictReader(f))
     frames = [p for batch in cli.trainer.predict_loop.predictions for p in batch["prob"].tolist()]
     assert len(rows) == 4 and sum(int(r["frames"]) for r in rows) == len(frames) == 12
-    assert {r["video_id"] for r in rows} == {"test_000", "test_001", "test_000_sbi", "test_001_sbi"}
+    assert {r["video_id"] for r in rows} == {"test_000", "test_001", "test_000_demo_blend", "test_001_demo_upsample"}
     assert all(r["decision"] == ("fake" if float(r["score"]) >= 0.5 else "real") for r in rows)
     assert {r["label"] for r in rows} == {"0", "1"}
 
