@@ -355,13 +355,8 @@ class SubspaceTypeResponses(Callback):
                 }
             set_name = names[loader] if loader < len(names) else str(loader)
             suffix = "" if len(self._contributions) == 1 else f"_{set_name.replace('/', '_')}"
-            subspace_type_figure(
-                torch.stack(rows),
-                labels,
-                assigned,
-                f"{set_name}: outlined = routed",
-                folder / f"subspace_types{suffix}.png",
-            )
+            title = f"{set_name}: what each subspace adds to p(fake)\n(outlined: the subspace the type trained)"
+            subspace_type_figure(torch.stack(rows), labels, assigned, title, folder / f"subspace_types{suffix}.png")
             record[set_name] = {"num_subspaces": k, "chance": 1 / k, "types": entry}
         if record:
             write_atomic(folder / "subspace_types.json", json.dumps(record, indent=2) + "\n")

@@ -85,4 +85,6 @@ def test_demo_learns_with_mask_and_constraints_and_shows_both_figures(tmp_path):
     assert metrics["test/demo/video_auc"] >= 0.9, f"demo did not learn: {dict(metrics)}"
     folder = Path(tested.trainer.log_dir)
     assert (folder / "roc_demo.png").is_file() and (folder / "layer_masks.png").is_file()
+    assert (folder / "subspace_types.png").is_file()
+    assert "| demo_grid | " in (folder / "results.md").read_text()  # the held-out type, reported on its own
     assert (Path(best).parents[1] / "layer_masks.png").is_file()
