@@ -15,7 +15,14 @@ import torch
 
 from masm_lightning.commands import preprocess as preprocess_module
 from masm_lightning.data import extract as extract_module
-from masm_lightning.data.datamodule import DemoDataModule, FaceForgeryDataModule, FrameDataset, VideoFrameSampler
+from masm_lightning.data.datamodule import (
+    DemoDataModule,
+    FaceForgeryDataModule,
+    FrameDataset,
+    VideoFrameSampler,
+    collate_frames,
+)
+from masm_lightning.data.forgery_types import FORGERY_TYPES
 from masm_lightning.data.manifest import FrameRecord, read_manifest, write_manifest
 from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.data.sources import DataSource, load_source, prepare_source
@@ -112,6 +119,23 @@ def test_balanced_sampler_sees_both_classes_equally_and_ddp_ranks_split_one_epoc
     ranks = [list(_sampler(dataset, frames_per_video=3, seed=5, num_replicas=3, rank=r)) for r in range(3)]
     whole = _sampler(dataset, frames_per_video=3, seed=5).epoch_indices()
     assert sorted(functools.reduce(operator.iadd, ranks, [])) == sorted(whole) and len({len(r) for r in ranks}) == 1
+
+
+def test_every_item_carries_its_forgery_type_and_batches_collate_it_like_the_label(tmp_path):
+    records = [
+        FrameRecord("ffpp", "train", 1, "Face2Face", "f2f/a", 0, _image(tmp_path / "a.png")),
+        FrameRecord("ffpp", "train", 0, "real", "a", 0, _image(tmp_path / "b.png")),
+        FrameRecord("mine", "train", 1, "fake", "x", 0, _image(tmp_path / "c.png")),
+        FrameRecord("ffpp", "train", 0, "real", "b", 0, _image(tmp_path / "d.png")),
+    ]
+    dataset = FrameDataset(records, lambda image: {"image": image}, self_blended=[False, False, False, True])
+    batch = collate_frames([dataset[i] for i in range(4)])
+    names = [FORGERY_TYPES[t] for t in batch["forgery_type"].tolist()]
+    assert names == ["Face2Face", "real", "unknown", "sbi"]  # a self-blended real is its own type
+    assert batch["forgery_type"].dtype == batch["label"].dtype == torch.int64
+    assert batch["forgery_type"].shape == batch["label"].shape == (4,)
+    # Per video too (the order of dataset.videos), for the per-type report.
+    assert [FORGERY_TYPES[t] for t in dataset.video_types] == ["real", "Face2Face", "sbi", "unknown"]
 
 
 # --- the data module ---
@@ -394,6 +418,19 @@ def test_face_crop_settings_are_known_for_inference_when_they_can_be(tmp_path):
         train=DataSource("deepfakebench", root=str(tmp_path / "dfb"), dataset_json=str(listing))
     )
     assert deepfakebench.face_crop["crop"] == "aligned" and deepfakebench.face_crop["size"] == 256
+
+
+def test_the_demo_holds_one_type_out_of_training_and_refuses_an_unknown_one(tmp_path):
+    manifest = generate_demo_dataset(tmp_path, {"train": 12, "val": 6, "test": 8}, frames_per_video=1, size=32)
+    methods = defaultdict(set)
+    for record in read_manifest(manifest):
+        methods[record.split].add(record.method)
+    assert methods["train"] == methods["val"] == {"real", "demo_blend", "demo_upsample", "demo_colour"}
+    assert methods["test"] == {"real", "demo_blend", "demo_upsample", "demo_colour", "demo_grid"}
+    with pytest.raises(ValueError, match=r"held_out 'demo_gird' must be one of the forgery types"):
+        DemoDataModule(root=str(tmp_path), held_out="demo_gird")
+    with pytest.raises(ValueError, match=r"forgery_types \['deepfake'\] are not a choice of"):
+        DemoDataModule(root=str(tmp_path), forgery_types=["deepfake"])
 
 
 def test_the_demo_draws_frames_from_the_run_seed_and_generates_from_its_own(tmp_path, monkeypatch):
