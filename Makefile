@@ -42,7 +42,7 @@ demo: install
 	run=$$(ls -d outputs/demo/demo/version_* | sort -t_ -k2 -n | tail -n 1) && \
 	$(OFFLINE) $(PY) -m masm_lightning test --config configs/demo.yaml --ckpt_path $$run/checkpoints/best.ckpt && \
 	echo "checkpoint: $$run/checkpoints/best.ckpt" && \
-	echo "test results, ROC plot, mask heatmap: the newest outputs/demo/demo/version_*/ (results.md, roc_demo.png, layer_masks.png)"
+	echo "test results (per forgery type), ROC plot, subspace figure, mask heatmap: the newest outputs/demo/demo/version_*/ (results.md, roc_demo.png, subspace_types.png, layer_masks.png)"
 
 # The web app over the newest demo checkpoint (run `make demo` first); Ctrl-C stops it.
 serve: install
