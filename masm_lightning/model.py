@@ -436,6 +436,10 @@ class MASMDetector(LightningModule):
             return (F.cross_entropy(logits, batch["label"], reduction="none") * weight).sum() / weight.sum()
         return F.cross_entropy(logits, batch["label"])
 
+    def sample_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-sample cross-entropy (B,), unweighted: what ``SelectiveLayerMask`` splits by forgery type."""
+        return F.cross_entropy(self(batch["image"]), batch["label"], reduction="none")
+
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         if "image" not in batch:  # every frame of the batch was unreadable (data.collate_frames): skip the step
