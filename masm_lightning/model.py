@@ -30,6 +30,7 @@ from .adapters import (
     select_targets,
     unload_adapters,
 )
+from .adapters.svd import fused_parts
 from .errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
 from .evaluation.loaders import named_loaders
 from .evaluation.metrics import DetectionMetrics
@@ -368,8 +369,18 @@ class MASMDetector(LightningModule):
                 return None
             backbone, config = self._require_backbone(), self._require_adapter_config()
             candidates = self._fit_adapters(lambda: select_targets(backbone, config))
+            tail = sum(config.ranks)  # what injection will train: the trailing triplets of each (row block of a) layer
+            tails = {name: (tail, fused_parts(name) if config.split_fused else 1) for name in candidates}
             layers, self.selection_scores = select_layers(
-                self.trainer, self, candidates, selection, self.task_loss, prefix="backbone."
+                self.trainer,
+                self,
+                candidates,
+                selection,
+                self.task_loss,
+                prefix="backbone.",
+                head=self._require_head(),
+                features=lambda batch: backbone(batch["image"]),
+                tails=tails,
             )
             selection = self.selection = dataclasses.replace(selection, layers=tuple(layers))
             self._record_selection()
