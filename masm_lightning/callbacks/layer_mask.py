@@ -199,6 +199,7 @@ class SelectiveLayerMask(Callback):
         self._batch: dict[str, Any] | None = None  # the current batch, when it carries forgery types
         self._batch_samples = 0  # samples of this rank since the last optimizer step
         self._warned_untyped = False
+        self._vocabulary = False  # type names come from the model (fixed), not from the ids seen
 
     @property
     def rule_masked(self) -> Tensor:
@@ -239,6 +240,7 @@ class SelectiveLayerMask(Callback):
         self.gsnr_masked = torch.zeros(len(subspaces), dtype=torch.bool, device=device)
         self.type_masked = torch.zeros(len(subspaces), dtype=torch.bool, device=device)
         vocabulary = getattr(pl_module, "forgery_types", None)
+        self._vocabulary = bool(vocabulary)
         self._set_types(list(vocabulary) if vocabulary else [], device)
         if self._pending_state is not None:
             self._restore(self._pending_state, device)
@@ -376,12 +378,19 @@ class SelectiveLayerMask(Callback):
     def _probe(self, trainer: Trainer, pl_module: LightningModule, batch: dict[str, Any]) -> None:
         """Type t's contribution to this step's gradient of every subspace, and each type's loss (module doc)."""
         types = batch["forgery_type"].reshape(-1).long()
-        if len(self.type_names) < int(types.max()) + 1 or not self.type_names:
-            # No vocabulary from the model: name the types by id; every rank must agree on how many there are.
+        if not self._vocabulary:
+            # No vocabulary from the model: name the types by id. Every rank asks at every probe (a collective on
+            # all ranks or none), so all agree on how many there are.
             needed = torch.tensor([int(types.max()) + 1], device=self.layer_of.device)
             count = int(trainer.strategy.all_gather(needed).max()) if trainer.world_size > 1 else int(needed)
-            names = self.type_names + [f"type{i}" for i in range(len(self.type_names), max(count, 2))]
-            self._set_types(names, self.layer_of.device)
+            if count > len(self.type_names):
+                names = self.type_names + [f"type{i}" for i in range(len(self.type_names), max(count, 2))]
+                self._set_types(names, self.layer_of.device)
+        elif int(types.max()) >= len(self.type_names):
+            raise ValueError(
+                f"SelectiveLayerMask: a batch has forgery_type {int(types.max())}, but the model's forgery_types "
+                f"name {len(self.type_names)} types ({', '.join(self.type_names)})"
+            )
         params = [p for sub in self._subspaces for p in sub.factors()]
         root = trainer.strategy.root_device
         devices = [root.index if root.index is not None else torch.cuda.current_device()] if root.type == "cuda" else []

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from torch.utils.data import DataLoader
 from masm_lightning.adapters import MASMConfig, inject_adapters, iter_adapters
 from masm_lightning.callbacks import SelectiveLayerMask
 from tests.callbacks.typed import TypedModel
+from tests.helpers import ROOT
 
 
 def _fit(callback, tmp_path, steps, model=None, **kwargs):
@@ -147,3 +151,18 @@ def test_resume_keeps_the_per_type_statistics_and_decisions_exact(tmp_path):
         assert torch.equal(resumed.state_dict()[key], straight.state_dict()[key]), key
     for a, b in zip(model.parameters(), straight_model.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_two_ranks_keep_equal_per_type_statistics_and_decisions(tmp_path):
+    # Each rank draws its own typed batches; the per-type gradients are averaged across ranks, so the statistics
+    # and the decisions are the global batch's on both.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "tests.callbacks.typed", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert first["history"] and first["fired"]["type"] > 0
+    assert first["history"] == second["history"] and first["fired"] == second["fired"]
+    for key in ("type_energy", "type_loss", "type_count", "layer_kept", "gsnr_masked", "type_masked", "mean_grad"):
+        assert torch.equal(first[key], second[key]), key

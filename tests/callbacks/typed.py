@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch.utils.data import DataLoader, Dataset
 
 from masm_lightning.adapters import MASMConfig, inject_adapters
@@ -63,6 +63,42 @@ class TypedModel(LightningModule):
         return DataLoader(TypedFeatures(self.batches, self.scale), batch_size=None)
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
-        # A plain DataLoader restarts its epoch on resume: draw by optimizer step, so a resumed run sees the batches
-        # an uninterrupted one would.
-        return TypedFeatures(scale=self.scale)[self.global_step] if self.trainer.training else batch
+        # A plain DataLoader restarts its epoch on resume: draw by optimizer step (and rank), so a resumed run sees
+        # the batches an uninterrupted one would.
+        if not self.trainer.training:
+            return batch
+        return TypedFeatures(scale=self.scale)[self.global_step * self.trainer.world_size + self.trainer.global_rank]
+
+
+class SaveMaskState(Callback):
+    """Each rank writes its SelectiveLayerMask state at the end of fit (for the DDP test)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from masm_lightning.callbacks import SelectiveLayerMask
+
+        (mask,) = [c for c in trainer.callbacks if isinstance(c, SelectiveLayerMask)]
+        torch.save(mask.state_dict(), f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":  # python -m tests.callbacks.typed <folder>: two CPU ranks (gloo), 60 steps
+    import sys
+
+    from lightning.pytorch import Trainer
+
+    from masm_lightning.callbacks import SelectiveLayerMask
+
+    Trainer(
+        max_steps=60,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        default_root_dir=sys.argv[1],
+        callbacks=[SelectiveLayerMask(warmup_steps=20, interval=10, momentum=0.9), SaveMaskState(sys.argv[1])],
+    ).fit(TypedModel())
