@@ -127,6 +127,8 @@ def test_the_gsnr_is_per_sample_so_a_threshold_means_the_same_at_batch_8_and_64(
     assert small == pytest.approx(1 / 400, rel=0.3)
 
 
+# A mid-epoch checkpoint of a plain DataLoader, on purpose: the batches follow the optimizer step, not the loader.
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 def test_resume_keeps_the_per_type_statistics_and_decisions_exact(tmp_path):
     straight = _mask()
     straight_model, _ = _fit(straight, tmp_path / "a", steps=45)
