@@ -16,7 +16,10 @@ estimator's mean reading (the energy ratio ‖EMA(g)‖² / EW-variance without 
 floor α/(2 − α) at momentum 1 − α. A second table sweeps the momentum on the two smaller sizes; the default was
 chosen from it (see ``SelectiveLayerMask``'s docstring). Ends with one summary line for the defaults:
 ``mask calibration: max_abs_err_below_0.1=… max_rel_err_above_0.1=… noise_p99=…`` (``noise_p99``: the 99th
-percentile of single readings of pure noise on the smallest size, which ``min_gsnr`` must clear).
+percentile of single readings of pure noise on the smallest size, which ``min_gsnr`` must clear;
+``noise_p99_rank1``: the same for noise of which half the variance is one factor shared by all coordinates, the
+largest over the sizes). A third table gives pure-noise p99 for shared low-rank noise (rank 1, 4, 16). The
+readings are of one optimizer step's gradient (a batch mean); the mask's rule divides them by the batch size B.
 """
 
 from __future__ import annotations
@@ -33,20 +36,39 @@ SIZES = (64, 1024, 16384)  # coordinates per subspace: Effort's d=1 on a 32-wide
 
 
 def stream(
-    truth: float, sizes: tuple[int, ...], momentum: float, steps: int, readings: list[int], seed: int, eps: float = 1e-8
+    truth: float,
+    sizes: tuple[int, ...],
+    momentum: float,
+    steps: int,
+    readings: list[int],
+    seed: int,
+    eps: float = 1e-8,
+    rank: int = 0,
+    shared: float = 0.0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The new and the old estimator's per-subspace readings at the given steps."""
+    """The new and the old estimator's per-subspace readings at the given steps.
+
+    ``rank`` > 0: a share ``shared`` of every coordinate's noise variance comes from ``rank`` factors common to all
+    coordinates (ε = √(1 − shared)·ε_own + √shared·(A z_t)_j, each row of A of unit norm): each coordinate's GSNR is
+    still the truth, but the noise no longer averages out over a subspace's coordinates.
+    """
     gen = torch.Generator().manual_seed(seed)
     n = sum(sizes)
     lengths = torch.tensor(sizes)
     scale = 10 ** (torch.rand(n, generator=gen) * 3 - 9)
     sign = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
     mu = sign * math.sqrt(truth)
+    mixing = torch.randn(n, max(rank, 1), generator=gen)
+    mixing = mixing / mixing.norm(dim=1, keepdim=True)
     moments = GradientMoments.zeros(n, momentum)
     old_mean, old_var, alpha = torch.zeros(n), torch.zeros(len(sizes)), 1 - momentum
     new, old = [], []
     for t in range(1, steps + 1):
-        g = scale * (mu + torch.randn(n, generator=gen))
+        noise = torch.randn(n, generator=gen)
+        if rank:
+            common = mixing @ torch.randn(rank, generator=gen)
+            noise = math.sqrt(1 - shared) * noise + math.sqrt(shared) * common
+        g = scale * (mu + noise)
         moments.update(g)
         delta = g - old_mean  # the previous callback's statistic, for comparison
         old_mean += alpha * delta
@@ -105,8 +127,25 @@ def main() -> None:
         print(f"| {momentum} | {(1 + momentum) / (1 - momentum):.0f} | {a:.4f} | {r:.1%} | {p:.4f} |")
 
     print(
+        f"\ncorrelated pure noise (GSNR 0; shared low-rank noise), momentum {args.momentum}: p99 of single readings "
+        f"({10 * args.seeds} seeds)"
+    )
+    print("| rank | shared variance | " + " | ".join(f"size {n}" for n in SIZES) + " |")
+    print("|---|---|" + "---|" * len(SIZES))
+    rank1 = 0.0
+    for rank, shared in ((1, 0.1), (1, 0.5), (1, 1.0), (4, 0.5), (16, 0.5)):
+        runs = [
+            stream(0.0, SIZES, args.momentum, args.steps, readings, 7000 + s, rank=rank, shared=shared)[0]
+            for s in range(10 * args.seeds)  # a p99 needs more readings than the tables above
+        ]
+        p99 = torch.quantile(torch.stack([r for run in runs for r in run]), 0.99, dim=0)
+        if rank == 1 and shared == 0.5:
+            rank1 = p99.max().item()
+        print(f"| {rank} | {shared:g} | " + " | ".join(f"{v:.4f}" for v in p99.tolist()) + " |")
+
+    print(
         f"\nmask calibration: max_abs_err_below_0.1={worst_abs:.4f} max_rel_err_above_0.1={worst_rel:.3f} "
-        f"noise_p99={noise:.4f}"
+        f"noise_p99={noise:.4f} noise_p99_rank1={rank1:.4f}"
     )
 
 

@@ -9,7 +9,10 @@ check follows whatever the configs say today (constraints, mask, optimizer):
     full_ft       configs/ffpp.yaml + backbone + configs/full_ft.yaml
     effort        configs/ffpp.yaml + backbone + configs/effort.yaml (targets: the backbone's; a CNN has no attn)
     masm          configs/ffpp.yaml + backbone (the recipe: both constraints + SelectiveLayerMask)
-    masm_plain    configs/ffpp.yaml + backbone + configs/masm_no_mask.yaml, lambda_orth = lambda_spec = 0
+    masm_plain    configs/ffpp.yaml + backbone + configs/masm_no_mask.yaml, no constraint (λ's 0, no cap)
+
+Every arm runs with its own constraint settings (``lambda_orth``, ``lambda_spec``, ``lambda_semantic``,
+``spectral_cap``: ``constraint_kwargs``).
 
 Data (read from ../shared/data, never copied): the DFDC face crops split by video id, plus FFHQ photos vs StyleGAN2
 faces both re-encoded identically (256 px, JPEG quality 90) so compression is no cue, each image its own "video",
@@ -55,7 +58,10 @@ METHODS = {
     "full_ft": (["configs/full_ft.yaml"], {}),
     "effort": (["configs/effort.yaml"], {}),
     "masm": ([], {}),
-    "masm_plain": (["configs/masm_no_mask.yaml"], {"lambda_orth": 0.0, "lambda_spec": 0.0}),
+    "masm_plain": (
+        ["configs/masm_no_mask.yaml"],
+        {"lambda_orth": 0.0, "lambda_spec": 0.0, "lambda_semantic": 0.0, "spectral_cap": None},
+    ),
 }
 
 
@@ -75,6 +81,14 @@ def _instance(spec: dict, **extra: object) -> object:
     return getattr(importlib.import_module(module), name)(**{**spec.get("init_args", {}), **extra})
 
 
+CONSTRAINTS = ("lambda_orth", "lambda_spec", "lambda_semantic", "spectral_cap")
+
+
+def constraint_kwargs(model_cfg: dict) -> dict:
+    """The arm's own constraint settings (every one of them: an arm never runs with another's cap or λ)."""
+    return {key: model_cfg[key] for key in CONSTRAINTS}
+
+
 def build(config: dict, backbone_targets: list[str], overrides: dict, steps: int) -> tuple[MASMDetector, list]:
     model_cfg = {**config["model"], **overrides}
     adapters = model_cfg["adapters"]
@@ -92,9 +106,8 @@ def build(config: dict, backbone_targets: list[str], overrides: dict, steps: int
         checkpoint_path=model_cfg["checkpoint_path"],
         adapters=adapters,
         freeze_backbone=model_cfg["freeze_backbone"],
-        lambda_orth=model_cfg["lambda_orth"],
-        lambda_spec=model_cfg["lambda_spec"],
         optimizer=lambda p: opt_cls(p, **opt_args),
+        **constraint_kwargs(model_cfg),
         **{k: model_cfg[k] for k in ("freeze_norm_stats",) if k in model_cfg},
     )
     callbacks = []

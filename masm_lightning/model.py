@@ -31,6 +31,7 @@ from .adapters import (
     select_targets,
     unload_adapters,
 )
+from .adapters.svd import fused_parts
 from .data.forgery_types import FORGERY_TYPES, routing_mask, subspace_assignment
 from .errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
 from .evaluation.loaders import named_loaders
@@ -382,8 +383,18 @@ class MASMDetector(LightningModule):
                 return None
             backbone, config = self._require_backbone(), self._require_adapter_config()
             candidates = self._fit_adapters(lambda: select_targets(backbone, config))
+            tail = sum(config.ranks)  # what injection will train: the trailing triplets of each (row block of a) layer
+            tails = {name: (tail, fused_parts(name) if config.split_fused else 1) for name in candidates}
             layers, self.selection_scores = select_layers(
-                self.trainer, self, candidates, selection, self.task_loss, prefix="backbone."
+                self.trainer,
+                self,
+                candidates,
+                selection,
+                self.task_loss,
+                prefix="backbone.",
+                head=self._require_head(),
+                features=lambda batch: backbone(batch["image"]),
+                tails=tails,
             )
             selection = self.selection = dataclasses.replace(selection, layers=tuple(layers))
             self._record_selection()
@@ -470,6 +481,12 @@ class MASMDetector(LightningModule):
         if self._assignment is None or self._assignment.device != types.device:
             self._assignment = torch.tensor(self.subspace_assignment, device=types.device)
         return routing_mask(types, self._assignment, config.num_subspaces)
+
+    def sample_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-sample cross-entropy (B,), unweighted, routed as :meth:`training_step` routes: what
+        ``SelectiveLayerMask`` splits by forgery type (so each type's gradient is what it really trains)."""
+        with route_subspaces(self._require_backbone(), self.subspace_routing(batch)):
+            return F.cross_entropy(self(batch["image"]), batch["label"], reduction="none")
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:

@@ -40,9 +40,11 @@ from .callbacks.mask_policy import MIN_SAMPLES, GradientMoments, layer_rule
 from .callbacks.run_folder import log_dir
 from .io import write_atomic
 
-__all__ = ["LayerSelection", "choose_layers", "gradient_gsnr", "select_layers"]
+__all__ = ["LayerSelection", "choose_layers", "fit_head", "gradient_gsnr", "select_layers", "tail_gradient"]
 
 Rule = Literal["top", "threshold"]
+Head = Literal["fit", "random"]
+Score = Literal["tail", "weight"]
 
 
 @dataclass
@@ -58,6 +60,13 @@ class LayerSelection:
         threshold: GSNR bar of ``rule: threshold``, >= 0.
         layers: the selected layers (names inside the backbone, e.g. ``blocks.3.attn.qkv``). Filled in by the
             selection; give them to reuse a selection without running it.
+        head: ``fit``: before scoring, the head is fitted on the frozen features of the selection batches (L2-
+            regularised logistic regression, a strictly convex problem: the same head from any initialisation), so
+            the scores do not depend on the random head; it is restored afterwards, training starts as without the
+            phase. ``random``: score with the freshly initialised head.
+        score: ``tail``: the GSNR of the gradient of what will be trained — the artifact factors (U, s, V of the
+            trailing singular triplets that the adapters will hold) at injection; ``weight``: of the full weight.
+        head_l2: L2 strength of the fitted head's weights (> 0: it makes the fit unique).
     """
 
     batches: int = 32
@@ -65,6 +74,9 @@ class LayerSelection:
     keep_ratio: float = 0.5
     threshold: float = 0.05
     layers: tuple[str, ...] | None = None
+    head: Head = "fit"
+    score: Score = "tail"
+    head_l2: float = 1e-2
 
     def __post_init__(self) -> None:
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < MIN_SAMPLES:
@@ -78,6 +90,12 @@ class LayerSelection:
             raise ValueError(f"LayerSelection.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
         if not self.threshold >= 0:
             raise ValueError(f"LayerSelection.threshold must be >= 0, got {self.threshold!r}")
+        if self.head not in ("fit", "random"):
+            raise ValueError(f"LayerSelection.head must be 'fit' or 'random', got {self.head!r}")
+        if self.score not in ("tail", "weight"):
+            raise ValueError(f"LayerSelection.score must be 'tail' or 'weight', got {self.score!r}")
+        if not self.head_l2 > 0:
+            raise ValueError(f"LayerSelection.head_l2 must be > 0, got {self.head_l2!r}")
         if self.layers is not None:
             if isinstance(self.layers, str):
                 self.layers = (self.layers,)
@@ -94,8 +112,9 @@ def gradient_gsnr(
     batches: Iterable[Any],
     loss_fn: Callable[[Any], Tensor],
     reduce: Callable[[Tensor], Tensor] | None = None,
+    transforms: dict[str, Callable[[Tensor], Tensor]] | None = None,
 ) -> dict[str, float]:
-    """GSNR of each named Linear's full weight gradient over ``batches``; nothing is updated.
+    """GSNR of each named Linear's weight gradient (or of ``transforms[name]`` of it) over ``batches``; no update.
 
     Pure torch. Every parameter's ``requires_grad`` and ``.grad`` is as before on return; only the named weights
     take gradients meanwhile.
@@ -106,6 +125,8 @@ def gradient_gsnr(
         batches: each goes through ``loss_fn`` once (already on the model's device).
         loss_fn: batch → scalar loss.
         reduce: applied to each gradient before it is recorded (e.g. an all-reduce mean across ranks).
+        transforms: per name, a linear map of the weight gradient whose coordinates are scored instead (e.g.
+            :func:`tail_gradient`: the gradient of the artifact factors); applied before ``reduce``.
 
     Returns:
         Score per name, in the order of ``names``.
@@ -113,7 +134,8 @@ def gradient_gsnr(
     modules = dict(model.named_modules())
     weights = {name: modules[name].weight for name in names}
     flags = {p: (p.requires_grad, p.grad) for p in model.parameters()}
-    moments = {name: GradientMoments.zeros(w.numel(), momentum=1.0, device=w.device) for name, w in weights.items()}
+    transforms = transforms or {}
+    moments: dict[str, GradientMoments] = {}
     try:
         model.requires_grad_(False)
         for w in weights.values():
@@ -123,16 +145,88 @@ def gradient_gsnr(
             loss_fn(batch).backward()
             for name, w in weights.items():
                 g = w.grad.detach().float()
+                if name in transforms:
+                    g = transforms[name](g).reshape(-1)
+                if name not in moments:
+                    moments[name] = GradientMoments.zeros(g.numel(), momentum=1.0, device=g.device)
                 moments[name].update(g if reduce is None else reduce(g))
                 w.grad = None
     finally:
         for p, (requires_grad, grad) in flags.items():
             p.requires_grad_(requires_grad)
             p.grad = grad
-    counts = {m.count for m in moments.values()}
-    if not all(m.ready for m in moments.values()):
+    counts = {m.count for m in moments.values()} or {0}
+    if len(moments) < len(weights) or not all(m.ready for m in moments.values()):
         raise ValueError(f"gradient_gsnr got {min(counts)} usable batches; the estimate needs at least {MIN_SAMPLES}")
     return {name: moments[name].gsnr().item() for name in names}
+
+
+def tail_gradient(weight: Tensor, tail: int, parts: int = 1) -> Callable[[Tensor], Tensor]:
+    """The map from a weight gradient G to the gradient of the artifact factors that injection would create.
+
+    Per row block of ``weight`` (``parts`` stacked projections, e.g. 3 for a split fused ``qkv``), the trailing
+    ``tail`` singular triplets (U_t, s_t, V_t) are what the adapters train; at injection ``W_eff = W``, so
+    ``∂L/∂U_k = G V_k diag(s_k)``, ``∂L/∂V_k = Gᵀ U_k diag(s_k)``, ``∂L/∂s_k = diag(U_kᵀ G V_k)``. The map returns
+    ``[G V_t, Gᵀ U_t, diag(U_tᵀ G V_t)]`` flattened: the same coordinates up to a fixed positive scale s per column,
+    which a per-coordinate GSNR does not see. A conv weight (out, in, 1, 1) is read as its (out, in) matrix.
+    """
+    matrix = weight.detach().reshape(weight.shape[0], -1).float()
+    rows = matrix.shape[0] // parts
+    bases = []
+    for i in range(parts):
+        u, _, vh = torch.linalg.svd(matrix[i * rows : (i + 1) * rows], full_matrices=False)
+        rank = vh.shape[0]
+        bases.append((u[:, rank - tail :].contiguous(), vh[rank - tail :].mT.contiguous()))
+
+    def apply(grad: Tensor) -> Tensor:
+        g = grad.reshape(grad.shape[0], -1).float()
+        pieces = []
+        for i, (u, v) in enumerate(bases):
+            block = g[i * rows : (i + 1) * rows]
+            gv = block @ v  # (m, T)
+            pieces += [gv.reshape(-1), (block.mT @ u).reshape(-1), (u * gv).sum(0)]
+        return torch.cat(pieces)
+
+    return apply
+
+
+@torch.no_grad()
+def fit_head(head: nn.Linear, features: Tensor, labels: Tensor, l2: float = 1e-3, iterations: int = 500) -> float:
+    """Fit ``head`` in place to ``features`` → ``labels``: L2-regularised multinomial logistic regression.
+
+    The objective ``CE + l2/2·‖W‖²`` is strictly convex in W (the biases only shift every logit alike), so L-BFGS
+    reaches the same logit differences from any initialisation: a selection scored with the fitted head does not
+    depend on the head's seed. Deterministic (no randomness). Returns the final objective.
+    """
+    x = features.detach().float()
+    y = labels.detach().long()
+    weight = head.weight.detach().float().clone().requires_grad_(True)
+    bias = None if head.bias is None else head.bias.detach().float().clone().requires_grad_(True)
+    params = [weight] if bias is None else [weight, bias]
+    optimizer = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=iterations,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def objective() -> Tensor:
+        optimizer.zero_grad()
+        logits = x @ weight.mT + (0.0 if bias is None else bias)
+        loss = nn.functional.cross_entropy(logits, y) + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+        final = float(objective().detach())
+    head.weight.copy_(weight.to(head.weight.dtype))
+    if bias is not None and head.bias is not None:
+        head.bias.copy_(bias.to(head.bias.dtype))
+    return final
 
 
 def choose_layers(
@@ -190,10 +284,17 @@ def select_layers(
     selection: LayerSelection,
     loss_fn: Callable[[Any], Tensor],
     prefix: str = "",
+    head: nn.Linear | None = None,
+    features: Callable[[Any], Tensor] | None = None,
+    tails: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[list[str], dict[str, float]]:
     """Run the selection phase in a fit (see module doc): score ``candidates``, choose, report.
 
     ``candidates`` are named relative to ``module.<prefix>`` (e.g. ``prefix="backbone."``); so are the results.
+    With ``selection.head == "fit"``, ``head`` is fitted (:func:`fit_head`) on ``features(batch)`` and
+    ``batch["label"]`` of the selection batches (gathered from every rank) before scoring, and restored afterwards.
+    With ``selection.score == "tail"``, ``tails[name] = (T, parts)`` gives each candidate's artifact tail
+    (:func:`tail_gradient`).
 
     Global RNG states (torch, CUDA, numpy, random) are restored afterwards, so training draws what it would have
     drawn without the phase.
@@ -211,7 +312,29 @@ def select_layers(
             with trainer.precision_plugin.forward_context():
                 return loss_fn(batch)
 
-        full = gradient_gsnr(module, [prefix + name for name in candidates], batches, loss, reduce)
+        saved_head = None
+        if selection.head == "fit" and head is not None and features is not None:
+            saved_head = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                x = torch.cat([features(b).float() for b in batches])
+            y = torch.cat([b["label"] for b in batches])
+            if trainer.world_size > 1:  # every rank fits the same head on every rank's features
+                x = trainer.strategy.all_gather(x).reshape(-1, x.shape[-1])
+                y = trainer.strategy.all_gather(y).reshape(-1)
+            fit_head(head, x, y, selection.head_l2)
+        modules = dict(module.named_modules())
+        transforms = None
+        if selection.score == "tail" and tails:
+            transforms = {
+                prefix + name: tail_gradient(modules[prefix + name].weight, *tails[name])
+                for name in candidates
+                if name in tails
+            }
+        try:
+            full = gradient_gsnr(module, [prefix + name for name in candidates], batches, loss, reduce, transforms)
+        finally:
+            if saved_head is not None and head is not None:
+                head.load_state_dict(saved_head)
         scores = {name: full[prefix + name] for name in candidates}
         del batches
     random.setstate(py_state)
@@ -233,6 +356,8 @@ def _report(trainer: Trainer, selection: LayerSelection, layers: list[str], scor
         logger.log_metrics({f"selection/gsnr/{n}": s for n, s in scores.items()}, step=0)
     if trainer.is_global_zero:
         record = {
+            "head": selection.head,
+            "score": selection.score,
             "rule": selection.rule,
             "keep_ratio": selection.keep_ratio,
             "threshold": selection.threshold,

@@ -68,7 +68,7 @@ def test_demo_is_the_whole_method_at_the_recipe_strength():
     assert demo["model"]["checkpoint_path"].startswith("package://")  # offline ImageNet weights, not random
     (mask,) = [c for c in demo["trainer"]["callbacks"] if c["class_path"].endswith("SelectiveLayerMask")]
     (recipe_mask,) = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith("SelectiveLayerMask")]
-    for key in ("granularity", "keep_ratio", "min_gsnr", "max_strength", "hysteresis"):
+    for key in ("granularity", "keep_ratio", "min_gsnr", "min_share", "fit_ratio", "hysteresis"):
         assert mask["init_args"][key] == recipe_mask["init_args"][key], key
 
 

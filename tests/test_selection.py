@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 
@@ -12,9 +14,9 @@ from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from masm_lightning import MASMConfig
-from masm_lightning.adapters import iter_adapters, select_targets
+from masm_lightning.adapters import inject_adapters, iter_adapters, select_targets
 from masm_lightning.model import MASMDetector
-from masm_lightning.selection import LayerSelection, choose_layers, gradient_gsnr
+from masm_lightning.selection import LayerSelection, choose_layers, fit_head, gradient_gsnr, tail_gradient
 from tests.conftest import TINY_VIT, TINY_VIT_KWARGS
 
 NOISY = ("blocks.0.mlp.fc2", "blocks.1.attn.proj")
@@ -75,6 +77,9 @@ ERRORS = {
     "keep_ratio": ({"keep_ratio": 0.0}, r"LayerSelection.keep_ratio must be in \(0, 1\], got 0.0"),
     "threshold": ({"threshold": -1.0}, r"LayerSelection.threshold must be >= 0, got -1.0"),
     "layers": ({"layers": []}, r"LayerSelection.layers must be null or a non-empty list"),
+    "head": ({"head": "linear"}, r"LayerSelection.head must be 'fit' or 'random', got 'linear'"),
+    "score": ({"score": "full"}, r"LayerSelection.score must be 'tail' or 'weight', got 'full'"),
+    "head_l2": ({"head_l2": 0.0}, r"LayerSelection.head_l2 must be > 0, got 0.0"),
 }
 
 
@@ -214,3 +219,48 @@ def test_given_layers_skip_the_selection_and_the_phase_leaves_training_rng_untou
     torch.testing.assert_close(torch.rand(3), after_selection)  # the same draws, with or without the phase
     for (name, a), (_, b) in zip(selected.named_parameters(), reference.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_the_tail_score_reads_exactly_the_gradient_of_the_factors_injection_creates():
+    torch.manual_seed(0)
+    net = torch.nn.ModuleDict({"qkv": torch.nn.Linear(12, 9)})  # 9 rows: three stacked 3-row projections
+    x, target = torch.randn(5, 12), torch.randn(5, 9)
+    config = MASMConfig(num_subspaces=2, subspace_rank=1, targets=("qkv",))
+    for parts in (1, 3):
+        dense = copy.deepcopy(net)
+        F.mse_loss(dense["qkv"](x), target).backward()
+        transform = tail_gradient(dense["qkv"].weight, tail=2, parts=parts)
+        mapped = transform(dense["qkv"].weight.grad)
+
+        adapted = copy.deepcopy(net)
+        inject_adapters(adapted, dataclasses.replace(config, split_fused=parts > 1))
+        F.mse_loss(adapted["qkv"](x), target).backward()
+        subspaces = [sub for _, adapter in iter_adapters(adapted) for sub in adapter.subspaces]
+        expected = []
+        for block in range(parts):  # per block: [G V_t, Gᵀ U_t, diag(U_tᵀ G V_t)], the factors' gradients ÷ s
+            subs = subspaces[2 * block : 2 * block + 2]
+            s = torch.cat([sub.s.detach() for sub in subs])
+            expected += [
+                (torch.cat([sub.U.grad for sub in subs], 1) / s).reshape(-1),
+                (torch.cat([sub.V.grad for sub in subs], 1) / s).reshape(-1),
+                torch.cat([sub.s.grad for sub in subs]),
+            ]
+        torch.testing.assert_close(mapped.abs(), torch.cat(expected).abs(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_fitted_head_does_not_depend_on_its_seed():
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(64, 16, generator=gen)
+    labels = (features[:, 0] + 0.5 * torch.randn(64, generator=gen) > 0).long()
+    logits = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(16, 2)
+        fit_head(head, features, labels, l2=1e-3)
+        with torch.no_grad():
+            out = head(features)
+        logits.append(out[:, 1] - out[:, 0])  # the softmax only sees the difference
+    for other in logits[1:]:
+        torch.testing.assert_close(other, logits[0], rtol=1e-3, atol=1e-3)
+    torch.manual_seed(1)
+    assert (torch.nn.Linear(16, 2)(features).diff(dim=1).squeeze() - logits[0]).abs().max() > 1  # unlike random

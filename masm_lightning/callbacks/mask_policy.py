@@ -35,12 +35,14 @@ from torch import Tensor
 __all__ = [
     "GradientMoments",
     "combine_masks",
+    "dominance_rule",
     "estimate_ready",
+    "floor_rule",
     "layer_rule",
     "layer_scores",
     "released",
     "segment_gsnr",
-    "subspace_rule",
+    "type_shares",
     "weight_sums",
 ]
 
@@ -209,22 +211,73 @@ def layer_rule(scores: Tensor, keep_ratio: float, kept: Tensor | None = None, hy
     return out
 
 
-def subspace_rule(
-    gsnr: Tensor, strength: Tensor, masked: Tensor, min_gsnr: float, max_strength: float, hysteresis: float
-) -> Tensor:
-    """Which subspaces the subspace rule (v1) blocks, given the previous decision ``masked``.
+def floor_rule(value: Tensor, masked: Tensor, floor: float, hysteresis: float) -> Tensor:
+    """The noise rule: block where ``value < floor``; release a blocked entry only above ``floor·(1 + hysteresis)``.
 
-    Trip: ``gsnr < min_gsnr`` or ``strength > max_strength``. A blocked subspace is released only when
-    ``gsnr > min_gsnr·(1 + hysteresis)`` and ``strength < max_strength·(1 − hysteresis)``; between the two
-    thresholds it keeps its previous state (no flapping). A NaN GSNR (no estimate yet) never trips nor releases.
+    Between the two thresholds an entry keeps its previous state ``masked`` (no flapping). NaN (no estimate yet)
+    never trips nor releases.
 
     Returns:
-        Bool per subspace, True = blocked.
+        Bool per entry, True = blocked.
     """
-    known = ~gsnr.isnan()
-    trip = (known & (gsnr < min_gsnr)) | (strength > max_strength)
-    release = known & (gsnr > min_gsnr * (1 + hysteresis)) & (strength < max_strength * (1 - hysteresis))
+    known = ~value.isnan()
+    trip = known & (value < floor)
+    release = known & (value > floor * (1 + hysteresis))
     return trip | (masked.to(trip.device) & ~release)
+
+
+def type_shares(energy: Tensor, fake: Tensor) -> Tensor:
+    """Each group's gradient-energy share per forgery type, among the fake types.
+
+    Args:
+        energy: (groups, types), the energy ``Σ_j g_{t,j}²`` of type t's contribution to the group's gradient.
+        fake: (types,) bool, the types that count (real samples train every subspace alike).
+
+    Returns:
+        (groups, types): ``p_{k,t} = E_{k,t} / Σ_{t' fake} E_{k,t'}``; 0 for non-fake types and energy-less groups.
+    """
+    kept = energy.double() * fake.to(energy.device)
+    total = kept.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, kept / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0).float()
+
+
+def dominance_rule(
+    shares: Tensor,
+    type_loss: Tensor,
+    present: Tensor,
+    masked: Tensor,
+    min_share: float,
+    fit_ratio: float,
+    hysteresis: float,
+) -> tuple[Tensor, Tensor]:
+    """The type rule: which groups are dominated by one forgery type that is already fit.
+
+    A group (subspace or layer) with shares ``p_{k,t}`` (:func:`type_shares`) is dominated by
+    ``t* = argmax_t p_{k,t}`` when ``p_{k,t*} ≥ min_share`` and ``ℓ_{t*} ≤ fit_ratio · median_t ℓ_t`` (the median
+    over the ``present`` fake types): most of what the group still learns comes from one type that the model
+    already fits better than the others. A blocked group is released when ``p_{k,t*} < min_share·(1 − hysteresis)``
+    or ``ℓ_{t*} > fit_ratio·(1 + hysteresis)·median``; in between it keeps its state. With fewer than two present
+    fake types nothing can dominate "among types": every group keeps its state.
+
+    Args:
+        shares: (groups, types).
+        type_loss: (types,), mean training loss of each type (NaN where absent).
+        present: (types,) bool, the fake types seen since the previous decision.
+        masked: (groups,) bool, the previous decision.
+
+    Returns:
+        ``(masked, dominant)``: bool per group (True = blocked) and the dominant type per group (−1: none).
+    """
+    masked = masked.to(shares.device)
+    present = present.to(shares.device)
+    if int(present.sum()) < 2:
+        return masked.clone(), torch.full_like(masked, -1, dtype=torch.long)
+    top, dominant = shares.masked_fill(~present, -1.0).max(dim=1)
+    median = type_loss.to(shares.device)[present].float().quantile(0.5)
+    loss = type_loss.to(shares.device).float()[dominant]
+    trip = (top >= min_share) & (loss <= fit_ratio * median)
+    release = (top < min_share * (1 - hysteresis)) | (loss > fit_ratio * (1 + hysteresis) * median)
+    return trip | (masked & ~release), torch.where(top > 0, dominant, -1)
 
 
 def combine_masks(layer_kept: Tensor, rule_masked: Tensor, layer_of: Tensor, enabled: bool = True) -> Tensor:

@@ -82,7 +82,7 @@ def test_consistent_gradients_have_high_gsnr_and_the_layer_rule_keeps_them(tmp_p
     noisy = [v for k, v in gsnr.items() if k in NOISY_LAYERS]
     assert min(consistent) > 100 * max(noisy)
     assert max(noisy) < 0.2  # zero-mean noise: the moving mean is small next to the spread
-    assert max(noisy) < SelectiveLayerMask().min_gsnr  # the unbiased estimate reads noise below the default threshold
+    assert max(noisy) < 0.01  # the unbiased estimate reads pure noise near 0 (30 steps, n_eff ≈ 26)
     kept = [layer for layer, keep in zip(callback.layers, callback.layer_kept.tolist()) if keep]
     assert sorted(kept) == sorted(set(callback.layers) - set(NOISY_LAYERS))
 
@@ -170,7 +170,9 @@ def test_jsonl_and_heatmap_are_written(tmp_path):
     entries = [json.loads(line) for line in lines]
     assert [e["step"] for e in entries] == [4, 6, 8, 10]
     first = entries[0]["subspaces"][0]
-    assert {"layer", "subspace", "gsnr", "variance", "strength", "masked"} <= first.keys()
+    assert {"layer", "subspace", "gsnr", "batch_gsnr", "variance", "strength", "masked", "rule"} <= first.keys()
+    for entry in entries:  # every masked subspace names the rule that blocked it, an updating one none
+        assert all((s["rule"] is not None) == s["masked"] for s in entry["subspaces"])
     assert len(entries[0]["subspaces"]) == 8  # 4 layers x 2 subspaces
     assert (tmp_path / "layer_masks.png").stat().st_size > 1000
 
@@ -179,7 +181,7 @@ ARGUMENT_ERRORS = {
     "granularity": (dict(granularity="block"), r"granularity must be 'layer', 'subspace' or 'both', got 'block'"),
     "interval": (dict(interval=0), r"interval must be an int >= 1, got 0"),
     "warmup_steps": (dict(warmup_steps=2), r"warmup_steps must be an int >= 4, got 2"),
-    "keep_ratio": (dict(keep_ratio=0.0), r"keep_ratio must be in \(0, 1\], got 0.0"),
+    "keep_ratio": (dict(keep_ratio=0.0), r"keep_ratio must be null or in \(0, 1\], got 0.0"),
     "hysteresis": (dict(hysteresis=1.0), r"hysteresis must be in \[0, 1\), got 1.0"),
     "momentum": (dict(momentum=1.0), r"momentum must be in \[0.5, 1\), got 1.0"),
     "momentum_low": (dict(momentum=0.2), r"momentum must be in \[0.5, 1\), got 0.2"),
@@ -289,7 +291,6 @@ def _first_step_after_release(tmp_path, reset: bool) -> tuple[list[torch.Tensor]
         interval=1,
         momentum=0.9,
         min_gsnr=0.05,
-        max_strength=100.0,
         reset_released=reset,
     )
     snapshot = FactorSnapshot()

@@ -10,12 +10,14 @@ import torch
 from masm_lightning.callbacks.mask_policy import (
     GradientMoments,
     combine_masks,
+    dominance_rule,
     estimate_ready,
+    floor_rule,
     layer_rule,
     layer_scores,
     released,
     segment_gsnr,
-    subspace_rule,
+    type_shares,
     weight_sums,
 )
 
@@ -98,46 +100,62 @@ def test_weight_sums_of_uniform_and_geometric_weights():
     assert 1 / w2 == pytest.approx(19.0)  # n_eff = (1 + β)/(1 − β)
 
 
-SUBSPACE_RULE = {  # gsnr, strength, previously masked → masked   (min_gsnr 0.05, max_strength 1.0, hysteresis 0.2)
-    "noisy_trips": ([0.01], [0.1], [False], [True]),
-    "dead_band_keeps_unmasked": ([0.055], [0.1], [False], [False]),
-    "dead_band_keeps_masked": ([0.055], [0.1], [True], [True]),
-    "clears_margin_released": ([0.061], [0.1], [True], [False]),
-    "overfitted_trips": ([0.5], [1.5], [False], [True]),
-    "strength_dead_band_keeps_masked": ([0.5], [0.9], [True], [True]),
-    "strength_back_under_margin_released": ([0.5], [0.7], [True], [False]),
-    "healthy_stays": ([0.5], [0.1], [False], [False]),
-    "nan_gsnr_keeps_state": ([math.nan, math.nan], [0.1, 0.1], [True, False], [True, False]),
-    "nan_gsnr_strength_still_trips": ([math.nan], [1.5], [False], [True]),
+FLOOR_RULE = {  # per-sample gsnr, previously masked → masked   (floor 0.05, hysteresis 0.2)
+    "noisy_trips": ([0.01], [False], [True]),
+    "dead_band_keeps_unmasked": ([0.055], [False], [False]),
+    "dead_band_keeps_masked": ([0.055], [True], [True]),
+    "clears_margin_released": ([0.061], [True], [False]),
+    "healthy_stays": ([0.5], [False], [False]),
+    "nan_keeps_state": ([math.nan, math.nan], [True, False], [True, False]),
 }
 
 
-@pytest.mark.parametrize(("gsnr", "strength", "before", "after"), SUBSPACE_RULE.values(), ids=SUBSPACE_RULE.keys())
-def test_subspace_rule(gsnr, strength, before, after):
-    out = subspace_rule(
-        torch.tensor(gsnr),
-        torch.tensor(strength),
-        torch.tensor(before),
-        min_gsnr=0.05,
-        max_strength=1.0,
-        hysteresis=0.2,
+@pytest.mark.parametrize(("gsnr", "before", "after"), FLOOR_RULE.values(), ids=FLOOR_RULE.keys())
+def test_floor_rule(gsnr, before, after):
+    assert floor_rule(torch.tensor(gsnr), torch.tensor(before), floor=0.05, hysteresis=0.2).tolist() == after
+
+
+def test_type_shares_count_fake_types_only():
+    energy = torch.tensor([[9.0, 3.0, 1.0], [5.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # types: real, a, b
+    shares = type_shares(energy, torch.tensor([False, True, True]))
+    torch.testing.assert_close(shares, torch.tensor([[0.0, 0.75, 0.25], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+
+
+# shares over (real, a, b, c), losses (real, a, b, c), previously masked → masked, dominant type
+# (min_share 0.5, fit_ratio 0.5, hysteresis 0.2; median of the fake losses 1.0 unless said)
+LOSS = [0.7, 0.2, 1.0, 1.2]
+DOMINANCE = {
+    "dominated_by_a_fit_type_trips": ([0, 0.6, 0.2, 0.2], LOSS, False, True, 1),
+    "dominant_but_not_fit_stays": ([0, 0.2, 0.6, 0.2], LOSS, False, False, 2),
+    "fit_but_not_dominant_stays": ([0, 0.4, 0.3, 0.3], LOSS, False, False, 1),
+    "share_in_dead_band_keeps_masked": ([0, 0.45, 0.3, 0.25], LOSS, True, True, 1),
+    "share_below_margin_released": ([0, 0.39, 0.31, 0.3], LOSS, True, False, 1),
+    "loss_in_dead_band_keeps_masked": ([0, 0.6, 0.2, 0.2], [0.7, 0.55, 1.0, 1.2], True, True, 1),
+    "loss_above_margin_released": ([0, 0.6, 0.2, 0.2], [0.7, 0.65, 1.0, 1.2], True, False, 1),
+    "no_energy_no_dominant": ([0, 0, 0, 0], LOSS, False, False, -1),
+}
+
+
+@pytest.mark.parametrize(("shares", "loss", "before", "after", "dominant"), DOMINANCE.values(), ids=DOMINANCE.keys())
+def test_dominance_rule(shares, loss, before, after, dominant):
+    present = torch.tensor([False, True, True, True])
+    masked, top = dominance_rule(
+        torch.tensor([shares]), torch.tensor(loss), present, torch.tensor([before]), 0.5, 0.5, 0.2
     )
-    assert out.tolist() == after
+    assert masked.tolist() == [after] and top.tolist() == [dominant]
 
 
-def test_subspace_rule_sequence_does_not_flap():
-    rule = {"min_gsnr": 0.01, "max_strength": 1.0, "hysteresis": 0.2}
-    masked = torch.zeros(4, dtype=torch.bool)
-    strength = torch.tensor([0.1, 0.1, 0.1, 1.5])
-    # noisy, in the dead band, healthy, over-fitted
-    masked = subspace_rule(torch.tensor([0.005, 0.011, 0.5, 0.5]), strength, masked, **rule)
-    assert masked.tolist() == [True, False, False, True]
-    # Subspace 0 recovers into the dead band (0.01 < 0.011 < 0.012): it stays masked, no flapping.
-    masked = subspace_rule(torch.tensor([0.011, 0.011, 0.5, 0.5]), strength, masked, **rule)
-    assert masked.tolist() == [True, False, False, True]
-    # Past min_gsnr·(1 + hysteresis): released. Strength back under max_strength·(1 − hysteresis): released.
-    masked = subspace_rule(torch.tensor([0.013, 0.011, 0.5, 0.5]), torch.tensor([0.1, 0.1, 0.1, 0.7]), masked, **rule)
-    assert masked.tolist() == [False, False, False, False]
+def test_one_fake_type_cannot_dominate_among_types():
+    masked, top = dominance_rule(
+        torch.tensor([[0.0, 1.0, 0.0]]),
+        torch.tensor([0.5, 0.01, math.nan]),
+        torch.tensor([False, True, False]),
+        torch.tensor([False]),
+        0.5,
+        0.5,
+        0.2,
+    )
+    assert masked.tolist() == [False] and top.tolist() == [-1]
 
 
 LAYER_RULE = {  # scores, keep_ratio, previously kept (None: first decision), hysteresis → kept
@@ -166,10 +184,10 @@ def test_layer_scores_average_each_layers_subspaces():
 
 
 def test_granularity_both_masks_whole_layers_and_noisy_subspaces_in_kept_layers():
-    gsnr, strength, layer_of = torch.tensor([2.0, 0.001, 0.3, 0.2]), torch.full((4,), 0.1), torch.tensor([0, 0, 1, 1])
+    gsnr, layer_of = torch.tensor([2.0, 0.001, 0.3, 0.2]), torch.tensor([0, 0, 1, 1])
     # layer a scores higher (mean GSNR), but its second subspace is noise; layer b is dropped as a whole.
     kept = layer_rule(layer_scores(gsnr, layer_of, 2), keep_ratio=0.5)
-    ruled = subspace_rule(gsnr, strength, torch.zeros(4, dtype=torch.bool), 0.01, 2.0, 0.2)
+    ruled = floor_rule(gsnr, torch.zeros(4, dtype=torch.bool), 0.01, 0.2)
     assert combine_masks(kept, ruled, layer_of).tolist() == [False, True, True, True]
     # the ablation: same statistics and decisions, nothing masked
     assert combine_masks(kept, ruled, layer_of, enabled=False).tolist() == [False] * 4
