@@ -77,7 +77,7 @@ Status = Literal["ok", "truncated", "damaged", "no_face", "unreadable", "empty",
 Kind = Literal["video", "image", "folder", ""]
 SCORED: tuple[Status, ...] = ("ok", "truncated", "damaged")  # statuses that carry a score and a decision
 FaceDetector = Callable[[list[np.ndarray]], list[Detection]]
-CHUNK_BYTES = 32 * 2**20  # decoded frames per chunk are capped at this size too (5 frames of 1080p, 1 of 4K)
+CHUNK_BYTES = 12 * 2**20  # decoded frames per chunk are capped at this size too (2 frames of 1080p, 8 of 480p)
 
 
 @dataclass(frozen=True)
