@@ -116,6 +116,10 @@ def _one_line(message: str) -> str:
     """
     keys = re.findall(r'Parser key "([^"]+)"', message)
     expected = re.findall(r"Expected a <class '(\w+)'>", message)
+    expected += [
+        "one of " + ", ".join(re.findall(r"'([^']*)'", choices))
+        for choices in re.findall(r"Expected a (?:typing\.)?Literal\[([^\]]*)\]", message)
+    ]
     given = re.search(r"^\s*Given value: (.*)$", message, re.MULTILINE) or re.search(
         r"Got value: (.*?)(?:\. Got value: |$)", message, re.MULTILINE
     )

@@ -223,9 +223,16 @@ def test_a_wrong_type_is_one_line_naming_the_option_the_value_and_the_type(tmp_p
     assert _only_line(_fails(capsys, ["fit", *tiny_args(tmp_path, *extra)])) == f"error: {message}"
 
 
-def test_a_quoted_frame_count_for_detect_is_one_line(tmp_path, capsys):
-    err = _fails(capsys, ["detect", "--ckpt", str(tmp_path / "x.ckpt"), "--frames", '"2"', str(tmp_path)])
-    assert _only_line(err) == "error: --frames '\"2\"': expected an integer (or null)"
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--frames", '"2"', "--frames '\"2\"': expected an integer (or null)"),
+        ("--aggregation", "median", "--aggregation 'median': expected one of mean, confident"),
+    ],
+)
+def test_a_wrong_detect_value_is_one_line(tmp_path, capsys, option, value, message):
+    err = _fails(capsys, ["detect", "--ckpt", str(tmp_path / "x.ckpt"), option, value, str(tmp_path)])
+    assert _only_line(err) == f"error: {message}"
 
 
 def test_a_yaml_syntax_error_names_the_config_file_and_line(tmp_path, capsys):
