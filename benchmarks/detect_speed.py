@@ -6,7 +6,9 @@ MTCNN (its defaults) on each sampled frame at full resolution, crop the largest 
 geometry), classify frame by frame, average. Ours: ``Detector.score_many`` (chunked decoding on a thread, MTCNN
 on downscaled frames with the checkpoint's settings, batched crops, ``--workers`` videos in flight). Both run in
 this process on the same clips and sample the same frame indices, naive and ours alternating for ``--rounds``.
-Peak RSS is measured on the real command line in a child process (``getrusage(RUSAGE_CHILDREN).ru_maxrss``).
+Peak RSS is measured on the real command line in a child process (``getrusage(RUSAGE_CHILDREN).ru_maxrss``): at
+``--frames 32`` with detect's default ``--workers 1`` (the headline figure), with ``--workers`` if it differs, and
+at a huge ``--frames``. This process sets the heap as ``detect`` does (``return_freed_memory``), for both loops.
 
     python benchmarks/detect_speed.py [--ckpt best.ckpt] [--frames 32] [--workers 2] [--rounds 1]
         [--huge-frames 100000] [--huge-clips brtujopkby.mp4]
@@ -114,6 +116,9 @@ def main() -> None:
     from facenet_pytorch import MTCNN
 
     from masm_lightning.detector import Detector
+    from masm_lightning.performance import return_freed_memory
+
+    return_freed_memory()  # as the detect command does
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt or tiny_checkpoint(Path(tmp))
@@ -146,14 +151,17 @@ def main() -> None:
             f"speed-up {ours_vps / naive_vps:.2f}x; identical decisions {same}/{len(ours_scores)}; "
             f"max |score difference| {max(differences, default=float('nan')):.2e}"
         )
-        rss32 = peak_rss_mb(ckpt, found, 32, args.workers)
-        print(f"peak RSS of detect --frames 32 --workers {args.workers} on the {len(found)} clips: {rss32:.0f} MB")
+        rss32 = peak_rss_mb(ckpt, found, 32, 1)
+        print(f"peak RSS of detect --frames 32 (default --workers 1) on the {len(found)} clips: {rss32:.0f} MB")
+        rss32_workers = peak_rss_mb(ckpt, found, 32, args.workers) if args.workers != 1 else rss32
+        print(f"peak RSS of detect --frames 32 --workers {args.workers}: {rss32_workers:.0f} MB")
         huge = [c for c in found if c.name in args.huge_clips] or found[:1]
         rss_huge = peak_rss_mb(ckpt, huge, args.huge_frames, 1)
         print(f"peak RSS of detect --frames {args.huge_frames} on {[c.name for c in huge]}: {rss_huge:.0f} MB")
     print(
         f"detect speed: ratio={ours_vps / naive_vps:.2f} ours_vps={ours_vps:.4f} naive_vps={naive_vps:.4f} "
-        f"peak_rss_mb={max(rss32, rss_huge):.0f} rss32_mb={rss32:.0f} rss_huge_mb={rss_huge:.0f} "
+        f"peak_rss_mb={max(rss32, rss_huge):.0f} rss32_mb={rss32:.0f} "
+        f"rss32_workers{args.workers}_mb={rss32_workers:.0f} rss_huge_mb={rss_huge:.0f} "
         f"decisions_same={same}/{len(ours_scores)} max_score_diff={max(differences, default=float('nan')):.2e}"
     )
 

@@ -84,6 +84,25 @@ def _unreadable_reason(error: BaseException) -> str:
     return f"torch cannot read it ({first})"
 
 
+def _check_torch_file(path: Path) -> None:
+    """A file that is neither a zip archive (``torch.save``) nor a pickle (its legacy format) is named for what it
+    is (an image, a video, text), rather than described by what torch's unpickler makes of it."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {error.strerror or error}") from None
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return
+    from .data.video import sniff  # only here: it loads the video library
+
+    kind = sniff(path)
+    what = {"image": "an image", "video": "a video", "text": "a text file"}.get(kind, "not a torch file")
+    raise CheckpointError(
+        f"{str(path)!r} is not a checkpoint: it is {what}; pass a .ckpt written by `fit` or an `export` folder"
+    )
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict of a ``fit`` checkpoint, read safely (``weights_only=True``).
 
@@ -95,6 +114,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a file (expected a .ckpt written by `fit`, or an `export` folder)"
         )
+    _check_torch_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors alike: the file is not a checkpoint

@@ -17,6 +17,7 @@ errors too.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
@@ -103,8 +104,80 @@ def _quoted_scalars(node: yaml.Node | None, key: str = "") -> Iterator[tuple[str
         yield key, node.value
 
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's error message as one line naming the option, the value given and what it takes.
+
+    A wrong type is reported as a block (the Union's subtypes, each one's failure, a dump of the namespace); the
+    user needs ``--trainer.max_epochs 'two': expected an integer (or null)``. Other messages keep their words,
+    joined on one line, without ``Namespace(...)`` dumps.
+    """
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    expected = re.findall(r"Expected a <class '(\w+)'>", message)
+    expected += [
+        "one of " + ", ".join(re.findall(r"'([^']*)'", choices))
+        for choices in re.findall(r"Expected a (?:typing\.)?Literal\[([^\]]*)\]", message)
+    ]
+    given = re.search(r"^\s*Given value: (.*)$", message, re.MULTILINE) or re.search(
+        r"Got value: (.*?)(?:\. Got value: |$)", message, re.MULTILINE
+    )
+    if keys and expected and given:
+        key = keys[0] if len(keys) == 1 else f"{keys[0]}.init_args.{'.'.join(keys[1:])}"
+        names = list(dict.fromkeys(_TYPE_NAMES.get(t, t) for t in expected if t != "NoneType"))
+        takes = " or ".join(names) + (" (or null)" if "NoneType" in expected else "") if names else "null"
+        return f"--{key} {given.group(1).strip()!r}: expected {takes}"
+    text = re.sub(r"\s*(?:Got value: )?Namespace\(.*", "", message, flags=re.DOTALL).strip() or message.strip()
+    return re.sub(r"\s*\n\s*", " ", text)
+
+
+class _Parser(LightningArgumentParser):
+    """The parser of every command: an error is one ``error:`` line and exit status 2 (no 65-line usage, no
+    multi-line block): ``--help`` shows the options."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # a parser jsonargparse tries inside another (Union members): it raises
+            super().error(message, ex)
+        sys.stderr.write(f"error: {_one_line(message)}\n")
+        self.exit(2)
+
+
+def _check_config_files(parser: LightningArgumentParser, argv: list[str]) -> None:
+    """A ``--config`` file that is not valid YAML is one error naming the file and line (jsonargparse reports
+    ``"<unicode string>", line 3``, without the file)."""
+    for flag, value in itertools.pairwise(argv):
+        if flag not in ("--config", "-c") or not os.path.isfile(value):
+            continue
+        try:
+            yaml.safe_load(Path(value).read_text())
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            where = f"{value}, line {mark.line + 1}, column {mark.column + 1}" if mark else value
+            context, start = error.context, error.context_mark
+            opened = f" ({context} opened at line {start.line + 1})" if context and start and start != mark else ""
+            parser.error(f"{where}: not valid YAML: {error.problem or context}{opened}")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            parser.error(f"{value}: not a readable YAML file ({str(error).splitlines()[0]})")
+
+
 def _summary(fn: Callable[..., Any]) -> str:
     return (inspect.getdoc(fn) or "").split("\n", 1)[0]
+
+
+def _description(fn: Callable[..., Any]) -> str:
+    """A command's ``--help`` text: its docstring before ``Args:`` (each option's text is listed with it)."""
+    return (inspect.getdoc(fn) or "").split("\nArgs:", 1)[0].strip()
+
+
+# `masm --help`'s line for Lightning's commands (theirs is the first line of Trainer's docstrings, cut short).
+_LIGHTNING_SUMMARIES = {
+    "fit": "Train a detector; writes best.ckpt and last.ckpt in a versioned run folder.",
+    "validate": "Score the validation set with a checkpoint (--ckpt_path).",
+    "test": "Score the test sets with a checkpoint (--ckpt_path): results.md and ROC curves.",
+    "predict": "Write each video's fake probability for the predict set (--ckpt_path).",
+}
 
 
 def _accept_dashes(parser: LightningArgumentParser) -> None:
@@ -138,7 +211,7 @@ class MASMCLI(LightningCLI):
         if subcommands is None:
             raise RuntimeError("LightningCLI added no subcommands to the parser")
         for name, fn in _commands().items():
-            command = LightningArgumentParser(description=inspect.getdoc(fn) or "", allow_abbrev=False)
+            command = _Parser(description=_description(fn), allow_abbrev=False)
             command.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
             skip: set[str | int] = set()
             if "paths" in inspect.signature(fn).parameters:  # the inputs of `detect`, positional
@@ -147,6 +220,8 @@ class MASMCLI(LightningCLI):
             command.add_function_arguments(fn, as_positional=False, skip=skip)
             _accept_dashes(command)
             subcommands.add_subcommand(name, command, help=_summary(fn))
+        for choice in subcommands._choices_actions:  # Lightning's take their docstring's first line, cut mid-sentence
+            choice.help = _LIGHTNING_SUMMARIES.get(choice.dest, choice.help)
 
     @override
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -159,10 +234,13 @@ class MASMCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else None
         printing = argv is not None and any(a == _PRINT_CONFIG or a.startswith(_PRINT_CONFIG + "=") for a in argv)
+        if argv is not None:
+            _check_config_files(parser, argv)
         if printing and argv is not None:
             # jsonargparse prints before it validates; parse (types checked) and build the classes (our __init__
-            # checks) without printing first, so a value a run would refuse is refused here too.
-            super().parse_arguments(parser, [a for a in argv if a.split("=", 1)[0] != _PRINT_CONFIG])
+            # checks) without printing first, so a value a run would refuse is refused here too. (Not through
+            # LightningCLI.parse_arguments: it warns when given args while sys.argv holds the command line.)
+            self.config = parser.parse_args([a for a in argv if a.split("=", 1)[0] != _PRINT_CONFIG])
             self._refuse_quoted_numbers()
             if self.config.get("subcommand") in self.subcommands():  # Lightning's: build its classes
                 self._check_values()
@@ -427,6 +505,7 @@ def main(args: list[str] | None = None) -> MASMCLI:
             subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule
             args=args,
             save_config_kwargs={"overwrite": True},
+            parser_class=_Parser,
             auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable
             parser_kwargs={
                 "prog": "masm",

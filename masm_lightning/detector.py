@@ -21,11 +21,14 @@ Inputs are recognised by their content, not their name (:func:`~masm_lightning.d
 gets a :class:`Result` whose ``status`` says what happened:
 
 ``ok``          scored
-``truncated``   scored from the frames that decode, fewer than the header promises (``detail`` says how many)
+``truncated``   scored from what decodes of a file cut short: a video with fewer frames than its header
+                promises, an image whose file ends inside its data (``detail`` says how much)
+``damaged``     scored from the sampled frames that decode, some did not (``detail``: how many of how many)
 ``no_face``     no frame had a face of at least the checkpoint's ``min_prob`` confidence
-``unreadable``  not a video or image that decodes (``detail`` says what it is); ``empty``: a video with no frame
+``unreadable``  not a video or image that can be used (``detail`` says why, in one line: not media, empty, an
+                image too large or truncated before any face); ``empty``: a video with no frame
 ``missing``     the path does not exist; ``no_media``: a folder with no video or image inside
-``error``       anything else went wrong on this input (the message is in ``detail``)
+``error``       anything else went wrong on this input (one line in ``detail``: a bug of ours, please report it)
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from .data.faces import Detection, MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
-from .data.video import Frame, chunks_ahead, open_video, read_image, sniff
+from .data.video import Frame, chunks_ahead, open_image, open_video, sample_indices, sniff
 from .export import is_adapter_folder, load_adapter, load_exported
 from .hub import HUB_PREFIX
 from .io import settings_digest, walk_files
@@ -70,11 +73,11 @@ __all__ = [
 ]
 
 Aggregation = Literal["mean", "confident"]
-Status = Literal["ok", "truncated", "no_face", "unreadable", "empty", "missing", "no_media", "error"]
+Status = Literal["ok", "truncated", "damaged", "no_face", "unreadable", "empty", "missing", "no_media", "error"]
 Kind = Literal["video", "image", "folder", ""]
-SCORED: tuple[Status, ...] = ("ok", "truncated")  # statuses that carry a score and a decision
+SCORED: tuple[Status, ...] = ("ok", "truncated", "damaged")  # statuses that carry a score and a decision
 FaceDetector = Callable[[list[np.ndarray]], list[Detection]]
-CHUNK_BYTES = 32 * 2**20  # decoded frames per chunk are capped at this size too (5 frames of 1080p, 1 of 4K)
+CHUNK_BYTES = 12 * 2**20  # decoded frames per chunk are capped at this size too (2 frames of 1080p, 8 of 480p)
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ class Result:
 
     @property
     def scored(self) -> bool:
-        """True when the input has a score and a decision (``ok`` or ``truncated``)."""
+        """True when the input has a score and a decision (``ok``, ``truncated`` or ``damaged``)."""
         return self.status in SCORED
 
     def to_record(self, per_frame: bool = False) -> dict[str, Any]:
@@ -556,22 +559,33 @@ class Detector:
 
     def _score_file(self, path: Path) -> Result:
         try:
+            if path.stat().st_size == 0:
+                return Result(str(path), "", "unreadable", detail="an empty file (0 bytes)")
             kind = sniff(path)
             if kind == "image":
                 return self._score_image(path)
             if kind == "text":
                 return Result(str(path), "", "unreadable", detail="a text file, not a video or an image")
             return self._score_video(path, recognised=kind == "video")
-        except Exception as error:  # one bad input must not stop the batch; its result says why
-            return Result(str(path), "", "error", detail=f"{type(error).__name__}: {error}")
+        except Exception as error:  # one bad input must not stop the batch; its result says why, in one line
+            text = " ".join(str(error).split())[:300]
+            return Result(str(path), "", "error", detail=f"{type(error).__name__}: {text}")
 
     def _score_image(self, path: Path) -> Result:
-        image = read_image(path)
-        if image is None:
-            return Result(str(path), "image", "unreadable", detail="an image file that does not decode")
+        try:
+            image = open_image(path)
+        except OSError as error:
+            return Result(str(path), "image", "unreadable", detail=str(error))
         state = _VideoScores(self)
-        state.add([Frame(0, None, image)])
-        return self._result(path, "image", state.finish())
+        state.add([Frame(0, None, image.image)])
+        result = self._result(path, "image", state.finish())
+        if image.truncated:
+            cut = "a truncated image (the file ends inside its image data)"
+            if result.scored:
+                result.status, result.detail = "truncated", f"{cut}: scored from the part that decodes"
+            else:  # the face may be in the part that is missing: not "no face"
+                result.status, result.detail = "unreadable", f"{cut}: no face in the part that decodes"
+        return result
 
     def _score_video(self, path: Path, recognised: bool) -> Result:
         try:
@@ -599,11 +613,17 @@ class Detector:
             return Result(str(path), "video", "empty", detail="no frame could be decoded", video_frames=video.frames)
         result = self._result(path, "video", state.finish(), seen=len(state.frames))
         result.video_frames, result.promised_frames = video.frames, video.promised
-        if video.truncated and result.status == "ok":
-            result.status = "truncated"
-            result.detail = f"truncated ({video.frames} of {video.promised} frames)"
-        elif video.truncated:
-            result.detail += f"; truncated ({video.frames} of {video.promised} frames)"
+        sampled = len(sample_indices(video.frames, self.frames))
+        notes = []
+        if len(state.frames) < sampled:  # packets that would not decode: the frames are lost, the rest scored
+            notes.append(f"damaged ({len(state.frames)} of {sampled} sampled frames decode)")
+        if video.truncated:
+            notes.append(f"truncated ({video.frames} of {video.promised} frames)")
+        if notes and result.status == "ok":
+            result.status = "damaged" if len(state.frames) < sampled else "truncated"
+            result.detail = "; ".join(notes)
+        elif notes:
+            result.detail = "; ".join([result.detail, *notes])
         return result
 
     def _result(self, path: Path, kind: Kind, frames: list[FrameScore], seen: int = 1) -> Result:

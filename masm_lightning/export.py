@@ -206,6 +206,66 @@ def is_adapter_folder(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG_NAME).is_file()
 
 
+def _check_hparams(folder: Path, hparams: dict[str, Any]) -> None:
+    """Each of ``hparams``' scalar settings has the type the detector takes (a hand edit such as
+    ``"threshold": "high"`` is refused naming the field, not met as a ``TypeError`` deep inside)."""
+    parameters = inspect.signature(MASMDetector.__init__).parameters
+    unknown = sorted(set(hparams) - set(parameters) - {"self"})
+    if unknown:
+        raise CheckpointError(
+            f"adapter folder {str(folder)!r}: {ADAPTER_CONFIG_NAME} hparams has unknown field(s) {unknown}"
+        )
+    for name, value in hparams.items():
+        default, annotation = parameters[name].default, str(parameters[name].annotation)
+        if value is None and "None" in annotation:
+            continue
+        if isinstance(default, bool):
+            ok, takes = isinstance(value, bool), "true or false"
+        elif isinstance(default, int | float):
+            ok, takes = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise CheckpointError(
+                f"adapter folder {str(folder)!r}: {ADAPTER_CONFIG_NAME} hparams.{name} is {value!r}, but it takes "
+                f"{takes}{' (or null)' if 'None' in annotation else ''}"
+            )
+
+
+# Entries of adapter_config.json that repeat a setting of `hparams` for readers (the hub's convention of a
+# `base_model` block): the model is built from `hparams` alone, so a copy that says otherwise is refused.
+_MIRRORS = (
+    ("base_model.name", "backbone"),
+    ("base_model.kwargs", "backbone_kwargs"),
+    ("base_model.pretrained", "pretrained"),
+    ("base_model.checkpoint_path", "checkpoint_path"),
+    ("base_model.backbone_seed", "backbone_seed"),
+    ("adapters", "adapters"),
+    ("threshold", "threshold"),
+)
+
+
+def _check_mirror(folder: Path, field: str, value: Any, source: str, truth: Any) -> None:
+    value, truth = json.loads(json.dumps(value)), json.loads(json.dumps(truth))
+    if isinstance(value, dict) and isinstance(truth, dict):  # name the entry that differs
+        for key in sorted(set(value) | set(truth)):
+            _check_mirror(folder, f"{field}.{key}", value.get(key), f"{source}.{key}", truth.get(key))
+    elif value != truth:
+        raise CheckpointError(
+            f"adapter folder {str(folder)!r}: {ADAPTER_CONFIG_NAME} says {field} = {json.dumps(value)}, but "
+            f"{source} = {json.dumps(truth)}: the model is built from hparams; make {field} agree with it (or "
+            "export the checkpoint again)"
+        )
+
+
+def _check_mirrors(folder: Path, config: dict[str, Any], hparams: dict[str, Any]) -> None:
+    for field, name in _MIRRORS:
+        section, _, key = field.rpartition(".")
+        where = config.get(section) if section else config
+        if isinstance(where, dict) and key in where:
+            _check_mirror(folder, field, where[key], f"hparams.{name}", hparams.get(name))
+
+
 def load_adapter(
     folder: str | Path, device: str | torch.device = "cpu", base_checkpoint: str | None = None
 ) -> tuple[MASMDetector, dict[str, Any]]:
@@ -238,23 +298,25 @@ def load_adapter(
         raise CheckpointError(
             f"adapter folder {str(folder)!r} has format {config.get('format')!r}; this version reads {ADAPTER_FORMAT!r}"
         )
+    _check_hparams(folder, hparams)
+    _check_mirrors(folder, config, hparams)
     if base_checkpoint is not None:
         hparams["checkpoint_path"] = base_checkpoint
-    where = (
-        base_checkpoint
-        or hparams.get("checkpoint_path")
-        or (
-            f"timm pretrained {base['name']!r}"
-            if hparams.get("pretrained")
-            else f"random init, seed {base.get('backbone_seed')}"
-        )
+    where = hparams.get("checkpoint_path") or (
+        f"timm pretrained {hparams.get('backbone')!r}"
+        if hparams.get("pretrained")
+        else f"random init, seed {hparams.get('backbone_seed')}"
     )
     try:
         model = MASMDetector(**hparams)
         model.configure_model()
-    except (OSError, RuntimeError, ValueError) as error:  # no file, no hub access, weights that do not fit
+    except (OSError, RuntimeError, ValueError, TypeError) as error:  # no file, no hub, weights that do not fit
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"adapter folder {str(folder)!r}: cannot build its base from {where}: {first}") from None
+    _check_mirror(folder, "input", config.get("input"), "the built model's input", model.data_config)
+    if "selection" in config:  # the FMSD layers, a copy of hparams.selection.layers
+        layers = list(model.selection.layers or ()) if model.selection is not None else []
+        _check_mirror(folder, "selection", config["selection"], "hparams.selection.layers", layers or None)
     if model.fingerprint != base["fingerprint"]:
         raise CheckpointError(
             f"adapter folder {str(folder)!r} was trained on base {base['name']!r} with weight fingerprint "

@@ -38,17 +38,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` in one rename.
 
     The temporary name keeps the target's suffix (``.png``, ``.csv``), so writers that pick a format from the
-    extension (matplotlib, OpenCV) still do. On an exception the temporary file is removed and ``path`` is left
-    as it was.
+    extension (matplotlib, OpenCV) still do. The file gets the permissions of any new file (``0666`` less the
+    umask: ``0644`` usually), whatever the writer chose (safetensors creates its files ``0600``). On an exception
+    the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux's /proc), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Speed switches that do not change what is computed: the fused Adam kernel and ``torch.compile``.
+"""Speed and memory switches that do not change what is computed: the fused Adam kernel, ``torch.compile``, and
+the heap setting of long scoring runs.
 
 * :func:`fast_adam_options`: MASM trains ~860 small factor tensors per ViT-B (K=4 subspaces × U, s, V per decomposed
   matrix). torch's default Adam on a CPU runs its update as a Python loop of ~10 kernels per tensor, which measured
@@ -7,17 +8,27 @@
 * :func:`compile_module`: ``nn.Module.compile`` compiles a module's forward in place, so parameter names (and
   therefore checkpoints) stay as they are, unlike the ``_orig_mod.`` wrapper ``torch.compile(module)`` returns.
   The adapter forward has no graph break (``tests/test_performance.py`` compiles one with ``fullgraph=True``).
+* :func:`return_freed_memory`: glibc's ``malloc`` serves a large block with ``mmap`` (returned to the system when
+  freed) until a freed one makes it raise that threshold, up to 32 MB; from then on frame-sized buffers (decoded
+  frames, MTCNN pyramids, batches) come from the heap, whose fragments stay resident. ``detect`` over the shared
+  clips peaked 125 MB higher that way, and its resident size kept growing from video to video
+  (docs/inference.md). Fixing the threshold at glibc's initial 128 KiB returns every large buffer when freed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["compile_module", "fast_adam_options"]
+__all__ = ["compile_module", "fast_adam_options", "return_freed_memory"]
+
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 _FUSED_DEVICES = ("cpu", "cuda")
 
@@ -51,3 +62,17 @@ def compile_module(module: nn.Module, enabled: bool = True, **options: Any) -> n
     if enabled:
         module.compile(**options)
     return module
+
+
+def return_freed_memory(threshold: int = 128 * 2**10) -> bool:
+    """Make the C heap hand every block of at least ``threshold`` bytes back to the system when it is freed
+    (glibc's ``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc from raising it). For processes that score many
+    inputs (``detect``, ``serve``); process-wide, so the commands call it, not the library. Returns False where
+    the C library is not glibc (nothing changed)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False

@@ -36,8 +36,9 @@ import numpy as np
 from fastapi import File, Form, UploadFile
 
 from .detector import SCORED, Detector, Result
+from .errors import InvalidInputError
 
-__all__ = ["App", "build_app", "score_file", "serve_app", "timeline_figure"]
+__all__ = ["App", "build_api", "build_app", "form_values", "score_file", "serve_app", "timeline_figure"]
 
 MESSAGES = {
     "no_face": "no face found",
@@ -90,10 +91,10 @@ class App:
         base = self.detector
         return Detector(
             base.classifier,
-            frames=frames or base.frames,
+            frames=base.frames if frames is None else frames,
             aggregation=aggregation or base.aggregation,  # type: ignore[arg-type]
             confident=base.confident,
-            threshold=threshold or base.threshold,
+            threshold=base.threshold if threshold is None else threshold,
             batch_size=base.batch_size,
             face_crop=base.face_crop,
             face_detector=base.face_detector if base.face_crop else None,
@@ -301,24 +302,58 @@ def build_app(app: App, csv_dir: str | Path) -> Any:
     return page.queue(max_size=32, default_concurrency_limit=app.concurrency)
 
 
-def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Run the page and ``POST /api/score`` on ``host:port`` until interrupted; temporary files are removed."""
-    temp = Path(tempfile.mkdtemp(prefix="masm_serve_"))
-    os.environ["GRADIO_TEMP_DIR"] = str(temp)  # uploads land here (and are deleted once scored)
-    import gradio as gr
-    import uvicorn
+def form_values(
+    frames: str | None, aggregation: str | None, threshold: str | None
+) -> tuple[int | None, str | None, float | None]:
+    """The HTTP route's form values, checked: (frames, aggregation, threshold), None where not given.
+
+    Raises:
+        InvalidInputError: a value the detector would not take (one line naming it and what is valid).
+    """
+    count = number = None
+    if frames not in (None, ""):
+        try:
+            count = int(frames)
+        except ValueError:
+            raise InvalidInputError(f"frames must be a whole number >= 1, got {frames!r}") from None
+        if count < 1:
+            raise InvalidInputError(f"frames must be >= 1, got {count}")
+    if aggregation not in (None, "", "mean", "confident"):
+        raise InvalidInputError(f"aggregation must be 'mean' or 'confident', got {aggregation!r}")
+    if threshold not in (None, ""):
+        try:
+            number = float(threshold)
+        except ValueError:
+            number = float("nan")
+        if not 0 < number < 1:  # NaN too
+            raise InvalidInputError(f"threshold must be a number in (0, 1), got {threshold!r}")
+    return count, aggregation or None, number
+
+
+def build_api(app: App, temp: str | Path) -> Any:
+    """The FastAPI app holding ``POST /api/score`` (uploads are written in ``temp`` and deleted once scored).
+
+    Answers: 200 with the result (whatever the file holds: its ``status`` says what happened); 413 for an upload
+    over the size cap; 422 with ``{"error": <one line>}`` for an invalid form value or an empty upload.
+    """
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     api = FastAPI(title="MASM deepfake detector")
+    temp = Path(temp)
 
     @api.post("/api/score")
     def score_route(
         file: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
-        frames: int | None = Form(None),
+        frames: str | None = Form(None),
         aggregation: str | None = Form(None),
-        threshold: float | None = Form(None),
+        threshold: str | None = Form(None),
     ) -> JSONResponse:
+        # Strings, checked here: FastAPI's own validation answers with a nested list, ours with one line.
+        try:
+            settings = form_values(frames, aggregation, threshold)
+        except InvalidInputError as error:
+            return JSONResponse({"error": str(error)}, 422)
         name = Path(file.filename or "upload").name
         fd, target = tempfile.mkstemp(dir=temp, suffix="_" + name)
         written = 0
@@ -328,17 +363,28 @@ def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
                 if written > app.max_bytes:  # stop reading: the cap holds on bytes received
                     break
                 out.write(block)
-        if written > app.max_bytes:
+        if written == 0 or written > app.max_bytes:
             Path(target).unlink(missing_ok=True)
+        if written == 0:
+            return JSONResponse({"error": f"the upload {name!r} is empty (0 bytes): send the file's content"}, 422)
+        if written > app.max_bytes:
             record: dict[str, Any] = {"path": name, "status": "too_large", "score": None, "frames": [], "detail": ""}
             record["detail"] = f"more than {_size(app.max_bytes)}"
             return JSONResponse(record | {"name": name, "message": message(name, record)}, status_code=413)
-        if aggregation not in (None, "mean", "confident") or (threshold is not None and not 0 < threshold < 1):
-            Path(target).unlink(missing_ok=True)
-            return JSONResponse({"error": "aggregation must be mean or confident, threshold in (0, 1)"}, 422)
-        record, _, _ = score_file(app, target, name, frames, aggregation, threshold)
+        record, _, _ = score_file(app, target, name, *settings)
         return JSONResponse(record)
 
+    return api
+
+
+def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Run the page and ``POST /api/score`` on ``host:port`` until interrupted; temporary files are removed."""
+    temp = Path(tempfile.mkdtemp(prefix="masm_serve_"))
+    os.environ["GRADIO_TEMP_DIR"] = str(temp)  # uploads land here (and are deleted once scored)
+    import gradio as gr
+    import uvicorn
+
+    api = build_api(app, temp)
     page = build_app(app, temp)
     mounted = gr.mount_gradio_app(api, page, path="/", max_file_size=app.max_bytes)
     print(f"MASM web app: open http://{host}:{port}/ (HTTP API: POST http://{host}:{port}/api/score)", flush=True)

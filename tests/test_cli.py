@@ -186,3 +186,18 @@ def test_the_installed_masm_command_exits_0_silently_on_success(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MASMCLI object" not in result.stdout + result.stderr
+
+
+def test_the_installed_masm_command_exits_2_with_one_line_for_a_wrong_type(tmp_path):
+    """A user's mistake through the console script: status 2 and one `error:` line (no usage block); the rest of
+    the mistakes are tested in-process (tests/test_errors.py)."""
+    masm = Path(sys.executable).with_name("masm")
+    result = subprocess.run(
+        [str(masm), "fit", *tiny_args(tmp_path, "--trainer.max_epochs", "two")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == ["error: --trainer.max_epochs 'two': expected an integer (or null)"]

@@ -190,3 +190,63 @@ def test_several_workers_give_the_same_results_in_input_order(tmp_path, tiny_che
 def test_a_bad_option_is_one_message_naming_it(tiny_checkpoint, option, value, message):
     with pytest.raises(ValueError, match=message):
         Detector.load(tiny_checkpoint, "cpu", **{option: value})
+
+
+def _huge_png(path: Path, side: int = 50_000) -> Path:
+    """A PNG whose header says side × side pixels (a few hundred bytes: a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 999)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _no_faces(frames: list[np.ndarray]) -> list:
+    return [(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))) for _ in frames]
+
+
+def test_a_clip_with_damaged_middle_bytes_is_scored_from_what_decodes_and_flagged(tmp_path, tiny_checkpoint):
+    data = bytearray(_encode(tmp_path / "clip.mp4", frames=40).read_bytes())
+    start, end = len(data) * 3 // 10, len(data) * 7 // 10  # 40% of the middle bytes randomised
+    data[start:end] = np.random.default_rng(0).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    result = Detector.load(tiny_checkpoint, "cpu", face_crop=False, frames=8).score(tmp_path / "damaged.mp4")
+    assert result.status == "damaged" and result.scored and result.score is not None
+    assert result.detail == f"damaged ({len(result.frames)} of 8 sampled frames decode)" and len(result.frames) < 8
+
+
+def test_damaged_images_are_reported_in_one_line_never_as_no_face(tmp_path, tiny_checkpoint, capfd):
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "whole.jpg"), rng.integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "whole.png"), rng.integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    for name in ("whole.jpg", "whole.png"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name.replace("whole", "cut")).write_bytes(data[: len(data) // 2])
+    _huge_png(tmp_path / "huge.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    whole_frames = Detector.load(tiny_checkpoint, "cpu", face_crop=False)
+    no_face = Detector(whole_frames.classifier, face_detector=_no_faces)
+    cut_jpeg = whole_frames.score(tmp_path / "cut.jpg")
+    assert cut_jpeg.status == "truncated" and cut_jpeg.scored
+    assert "truncated image" in cut_jpeg.detail and "scored from the part that decodes" in cut_jpeg.detail
+    faceless = no_face.score(tmp_path / "cut.jpg")
+    assert faceless.status == "unreadable" and "no face in the part that decodes" in faceless.detail
+    assert whole_frames.score(tmp_path / "cut.png").detail.startswith("a truncated PNG")
+    huge = whole_frames.score(tmp_path / "huge.png")
+    assert (huge.status, huge.detail) == (
+        "unreadable",
+        "an image of 50000×50000 pixels, larger than the limit of 134 megapixels",
+    )
+    assert whole_frames.score(tmp_path / "empty.jpg").detail == "an empty file (0 bytes)"
+    assert whole_frames.score(tmp_path / "whole.jpg").status == "ok"
+    records = detect(sorted(tmp_path.iterdir()), tiny_checkpoint, face_crop=False, device="cpu", out=tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records) == 6 and all("\n" not in row["detail"] for row in rows)
+    assert "JPEG" not in capfd.readouterr().err, "libjpeg's own warning stays off stderr"

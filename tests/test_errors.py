@@ -17,7 +17,7 @@ from masm_lightning.checkpoint import CheckpointError, load_checkpoint
 from masm_lightning.cli import main
 from masm_lightning.errors import InvalidInputError, UserError
 from masm_lightning.model import MASMDetector
-from tests.helpers import tiny_args
+from tests.helpers import TINY_CONFIG, tiny_args
 
 
 def _fails(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -200,3 +200,77 @@ def test_a_quoted_number_in_a_yaml_file_is_refused_like_on_the_command_line(tmp_
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *tiny_args(tmp_path, "--config", str(config), "--print_config")])
     assert exit_info.value.code == 0 and "lambda_orth: 0.5" in capsys.readouterr().out
+
+
+def _only_line(err: str) -> str:
+    """The one line a user mistake prints (no usage block, no multi-line error)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+WRONG_TYPES = {
+    "max_epochs": (["--trainer.max_epochs", "two"], "--trainer.max_epochs 'two': expected an integer (or null)"),
+    "optimizer_lr": (
+        ["--model.optimizer.init_args.lr", "abc"],
+        "--model.optimizer.init_args.lr 'abc': expected a number",
+    ),
+}
+
+
+@pytest.mark.parametrize(("extra", "message"), WRONG_TYPES.values(), ids=WRONG_TYPES.keys())
+def test_a_wrong_type_is_one_line_naming_the_option_the_value_and_the_type(tmp_path, capsys, extra, message):
+    assert _only_line(_fails(capsys, ["fit", *tiny_args(tmp_path, *extra)])) == f"error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--frames", '"2"', "--frames '\"2\"': expected an integer (or null)"),
+        ("--aggregation", "median", "--aggregation 'median': expected one of mean, confident"),
+    ],
+)
+def test_a_wrong_detect_value_is_one_line(tmp_path, capsys, option, value, message):
+    err = _fails(capsys, ["detect", "--ckpt", str(tmp_path / "x.ckpt"), option, value, str(tmp_path)])
+    assert _only_line(err) == f"error: {message}"
+
+
+def test_a_yaml_syntax_error_names_the_config_file_and_line(tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("trainer:\n  max_epochs: 1\n  devices: [1, 2\nmodel: {}\n")
+    line = _only_line(_fails(capsys, ["fit", *tiny_args(tmp_path, "--config", str(config))]))
+    assert f"{config}, line 4" in line and "opened at line 3" in line and "<unicode string>" not in line
+
+
+def test_print_config_with_two_configs_prints_no_lightning_warning(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    monkeypatch.setattr("sys.argv", ["masm", "fit", *tiny_args(tmp_path, "--config", TINY_CONFIG), "--print_config"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    assert exit_info.value.code == 0 and "max_epochs" in capsys.readouterr().out
+    assert not [w for w in caught if "sys.argv" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_help_shows_whole_summaries_and_no_raw_markup(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    summary = " ".join(capsys.readouterr().out.split())
+    assert "test Score the test sets with a checkpoint (--ckpt_path): results.md and ROC curves." in summary
+    assert "never run on your" not in summary
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--help"])
+    text = capsys.readouterr().out
+    assert "<out>/manifest.csv" in text and "``" not in text and "Args:" not in text
+
+
+def test_an_image_given_as_a_checkpoint_is_named_as_an_image(tmp_path, capsys):
+    image = tmp_path / "face.jpg"
+    cv2.imwrite(str(image), np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["detect", "--ckpt", str(image), str(image)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"'{image}' is not a checkpoint: it is an image" in err and "run code" not in err

@@ -43,3 +43,21 @@ def test_export_of_a_file_that_is_not_a_checkpoint_exits_2_naming_it(tmp_path, c
     assert exit_info.value.code == 2
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_exported_files_are_readable_like_any_new_file_respecting_the_umask(tmp_path, tiny_checkpoint):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        main(["export", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "plain")])
+        main(["export", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "adapter"), "--adapter", "true"])
+        os.umask(0o027)
+        main(["export", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "private")])
+    finally:
+        os.umask(previous)
+    modes = {f"{p.parent.name}/{p.name}": stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("*/*")}
+    assert modes["plain/model.safetensors"] == modes["plain/config.json"] == 0o644, modes
+    assert modes["adapter/adapter_model.safetensors"] == modes["adapter/adapter_config.json"] == 0o644, modes
+    assert modes["private/model.safetensors"] == 0o640, modes

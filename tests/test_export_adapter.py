@@ -62,11 +62,13 @@ def test_a_base_with_another_fingerprint_is_refused_naming_both(tmp_path, tiny_c
     main(["export", "--ckpt", str(tiny_checkpoint), "--out", str(out), "--adapter", "true"])
     config = json.loads((out / ADAPTER_CONFIG_NAME).read_text())
     config["hparams"]["backbone_seed"] += 1  # another random base: same shapes, other weights
+    config["base_model"]["backbone_seed"] += 1  # (its copy for readers agrees)
     (out / ADAPTER_CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(CheckpointError) as error:
         load_adapter(out)
     message = str(error.value)
     assert config["base_model"]["fingerprint"] in message and "fingerprint" in message
+    assert f"random init, seed {config['hparams']['backbone_seed']}" in message  # the seed it was built with
     other = MASMDetector(**config["hparams"])
     other.configure_model()
     assert other.fingerprint in message
@@ -109,3 +111,40 @@ def test_results_md_metrics_are_parsed_per_test_set():
     parsed = parse_results(results_markdown({"celebdf": values}, 0.5))
     assert parsed["celebdf"]["video_auc"] == 0.9375 and "frame_ap" not in parsed["celebdf"]
     assert parsed["celebdf"]["frame_eer"] == 0.5
+
+
+CONTRADICTIONS = {  # an edit of adapter_config.json: (section, key, value), the field the refusal names
+    "base_seed": (("base_model", "backbone_seed", 1), "base_model.backbone_seed = 1, but hparams.backbone_seed = 0"),
+    "hparams_seed": (("hparams", "backbone_seed", 1), "base_model.backbone_seed = 0, but hparams.backbone_seed = 1"),
+    "base_kwargs": (("base_model", "kwargs", {}), "base_model.kwargs.depth = null, but hparams.backbone_kwargs.depth"),
+    "subspaces": (("adapters", "num_subspaces", "banana"), 'adapters.num_subspaces = "banana", but hparams.adapters'),
+    "threshold": (("", "threshold", 0.7), "threshold = 0.7, but hparams.threshold = 0.5"),
+}
+
+
+@pytest.mark.parametrize(("edit", "message"), CONTRADICTIONS.values(), ids=CONTRADICTIONS.keys())
+def test_an_edit_that_contradicts_hparams_is_refused_naming_the_field_and_both_values(
+    tmp_path, tiny_checkpoint, edit, message
+):
+    out = tmp_path / "adapter"
+    main(["export", "--ckpt", str(tiny_checkpoint), "--out", str(out), "--adapter", "true"])
+    config = json.loads((out / ADAPTER_CONFIG_NAME).read_text())
+    section, key, value = edit
+    (config[section] if section else config)[key] = value
+    (out / ADAPTER_CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="the model is built from hparams") as error:
+        load_adapter(out)
+    assert message in str(error.value)
+
+
+def test_a_threshold_of_the_wrong_type_is_one_line_through_detect(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "adapter"
+    main(["export", "--ckpt", str(tiny_checkpoint), "--out", str(out), "--adapter", "true"])
+    config = json.loads((out / ADAPTER_CONFIG_NAME).read_text())
+    config["hparams"]["threshold"] = "high"
+    (out / ADAPTER_CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["detect", "--ckpt", str(out), str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "hparams.threshold is 'high', but it takes a number" in err

@@ -148,3 +148,61 @@ def test_the_timeline_draws_every_scored_input_not_only_the_first():
     assert [list(c.get_ydata()) for c in curves] == [[0.1, 0.2, 0.3], [0.9, 0.8]]
     assert ax.get_xlabel() == "time (s)"
     assert any(list(line.get_ydata()) == [0.6, 0.6] for line in ax.get_lines())  # the threshold
+
+
+@pytest.fixture(scope="module")
+def api(tiny_checkpoint, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from masm_lightning.serve import build_api
+
+    app = App(Detector.load(tiny_checkpoint, device="cpu", face_crop=False), max_bytes=2**20)
+    return TestClient(build_api(app, tmp_path_factory.mktemp("uploads")))
+
+
+def _png() -> bytes:
+    import cv2
+    import numpy as np
+
+    _, data = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    return data.tobytes()
+
+
+FORM_MISTAKES = {
+    "negative_frames": ({"frames": "-5"}, "frames must be >= 1, got -5"),
+    "zero_frames": ({"frames": "0"}, "frames must be >= 1, got 0"),
+    "text_frames": ({"frames": "two"}, "frames must be a whole number >= 1, got 'two'"),
+    "aggregation": ({"aggregation": "median"}, "aggregation must be 'mean' or 'confident', got 'median'"),
+    "threshold": ({"threshold": "2"}, "threshold must be a number in (0, 1), got '2'"),
+    "nan_threshold": ({"threshold": "nan"}, "threshold must be a number in (0, 1), got 'nan'"),
+}
+
+
+@pytest.mark.parametrize(("form", "reason"), FORM_MISTAKES.values(), ids=FORM_MISTAKES.keys())
+def test_an_invalid_form_value_is_a_422_with_one_line_naming_it(api, form, reason):
+    answer = api.post("/api/score", files={"file": ("a.png", _png())}, data=form)
+    assert (answer.status_code, answer.json()) == (422, {"error": reason})
+
+
+def test_the_api_scores_with_its_settings_and_never_shows_a_server_path(api):
+    answer = api.post("/api/score", files={"file": ("a.png", _png())}, data={"frames": "3", "threshold": "0.3"})
+    assert answer.status_code == 200 and answer.json()["status"] == "ok" and answer.json()["threshold"] == 0.3
+    empty = api.post("/api/score", files={"file": ("clip.mp4", b"")})
+    assert empty.status_code == 422 and empty.json() == {
+        "error": "the upload 'clip.mp4' is empty (0 bytes): send the file's content"
+    }
+    garbage = api.post("/api/score", files={"file": ("clip.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(512))})
+    assert garbage.status_code == 200 and garbage.json()["status"] == "unreadable"
+    assert "/" not in garbage.json()["detail"] and "/" not in garbage.json()["message"], garbage.json()
+
+
+def test_a_huge_image_is_refused_in_one_line_by_the_api(api, tmp_path):
+    from tests.test_detector import _huge_png
+
+    answer = api.post("/api/score", files={"file": ("huge.png", _huge_png(tmp_path / "huge.png").read_bytes())})
+    record = answer.json()
+    assert answer.status_code == 200 and record["status"] == "unreadable" and record["score"] is None
+    assert record["message"] == (
+        "huge.png: not scored: not a video or image that can be read "
+        "(an image of 50000×50000 pixels, larger than the limit of 134 megapixels)"
+    )

@@ -13,6 +13,7 @@ from typing import Any
 from ..detector import SCORED, Aggregation, ConfidentRule
 from ..inference import detect as detect_paths
 from ..inference import shard_output
+from ..performance import return_freed_memory
 from . import NoResult
 
 __all__ = ["detect"]
@@ -91,6 +92,7 @@ def detect(
         compile: compile the model with torch.compile (pays off over many inputs; docs/benchmarks.md).
     """
     confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
+    return_freed_memory()  # resident memory stays at the peak of one chunk, not growing video after video
     recorder = None
     if explain is not None:  # the same detector as below, keeping its results for the explanations
         from ..explain import recording_detector

@@ -38,7 +38,7 @@ def preprocess(
     num_shards: int = 1,
     reuse_original_boxes: bool = False,
 ) -> Path:
-    """Extract faces from a dataset as downloaded and write ``<out>/manifest.csv``.
+    """Extract faces from a dataset as downloaded and write <out>/manifest.csv.
 
     As a command, its exit status is 0 when some video gave a face crop, 1 when none did, 2 for a bad option.
 
@@ -46,21 +46,21 @@ def preprocess(
         dataset: ffpp, dfd, celebdf-v1, celebdf-v2, dfdc, dfdcp or folder.
         root: the dataset's root folder.
         out: output folder (crops, per-video records, settings, manifest).
-        splits: FF++ only: folder with the official train/val/test.json (default ``<root>/splits``).
+        splits: FF++ only: folder with the official train/val/test.json (default <root>/splits).
         compression: FF++/DFD only: raw, c23 or c40.
         methods: FF++ only: manipulations to include (default the four of the paper).
         frames: frames per video, spread uniformly over the whole video.
-        crop: ``box`` (square around the detection) or ``aligned`` (5-point similarity to the template).
-        faces: ``largest`` (one face per frame, followed across the video) or ``all`` confident faces.
+        crop: box (square around the detection) or aligned (5-point similarity to the template).
+        faces: largest (one face per frame, followed across the video) or all confident faces.
         size: crop side in pixels.
         image_format: png or jpg.
-        jpeg_quality: JPEG quality when ``image_format`` is jpg.
+        jpeg_quality: JPEG quality when image_format is jpg.
         detect_short_side: frames are downscaled to this shorter side for detection (the last MTCNN stage still
             crops from the full frame); at least the videos' short side: full-resolution detection, boxes closest
             to full-resolution MTCNN, about 40% slower (docs/benchmarks.md).
         min_face: smallest face searched, as a share of the frame's short side.
-        stage_thresholds: MTCNN's three stage thresholds; ``[0.6,0.7,0.7]`` (facenet-pytorch's) with a
-            ``detect_short_side`` of at least the videos' short side reproduces full-resolution MTCNN's boxes.
+        stage_thresholds: MTCNN's three stage thresholds; [0.6,0.7,0.7] (facenet-pytorch's) with a
+            detect_short_side of at least the videos' short side reproduces full-resolution MTCNN's boxes.
         workers: videos extracted at once (threads; about the number of cores; for many more, run shards).
         device: cpu or cuda (default: cuda when available).
         shard: this process's shard, in [0, num_shards).

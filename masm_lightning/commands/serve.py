@@ -28,12 +28,14 @@ def serve(
         explain: compute relevance heatmaps and subspace responses for the most suspicious faces.
     """
     from ..detector import Detector
+    from ..performance import return_freed_memory
     from ..serve import App, serve_app
 
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     if max_upload_mb <= 0:
         raise ValueError(f"--max_upload_mb must be > 0, got {max_upload_mb}")
+    return_freed_memory()  # a long-running server: freed upload buffers go back to the system
     detector = Detector.load(ckpt, device, frames=frames)
     explainer = None
     if explain:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import InvalidInputError
 from ..io import Stamp, write_atomic
 from .crops import crop_face
 from .faces import Detection, Detector, MTCNNDetector, select_faces
@@ -322,9 +323,14 @@ def extract_dataset(
     """
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
-    records = index_dataset(dataset, root, **(index_options or {}))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {str(out)!r} is a file: name a folder (created if it does not exist)")
+    records = index_dataset(dataset, root, **(index_options or {}))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInputError(f"--out {str(out)!r} cannot be created: {error.strerror or error}") from None
     # What this folder holds, for people reading it; whether a video is done is decided by its own record.
     write_atomic(
         out / "settings.json",

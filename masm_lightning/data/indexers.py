@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+FFPP_OTHER_METHODS = ("FaceShifter",)  # released later than the paper's four; not in its protocol
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 Compression = Literal["raw", "c23", "c40"]
@@ -132,6 +133,7 @@ def index_ffpp(
         )
     if compression not in ("raw", "c23", "c40"):
         raise InvalidInputError(f"FF++ compression must be 'raw', 'c23' or 'c40', got {compression!r}")
+    _check_ffpp_methods(root, methods)
     records: list[VideoRecord] = []
     for split, path in files.items():
         pairs = read_json(path, "FF++ split list")
@@ -152,6 +154,21 @@ def index_ffpp(
                     )
                     records.append(_record("ffpp", split, 1, method, f"{method}/{name}", target, video))
     return records
+
+
+def _check_ffpp_methods(root: Path, methods: Sequence[str]) -> None:
+    """A method that is neither an FF++ manipulation nor a folder of ``manipulated_sequences`` is a typo (every
+    one of its videos would be "missing"): refused, naming the valid names."""
+    present = root / "manipulated_sequences"
+    folders = sorted(p.name for p in present.iterdir() if p.is_dir()) if present.is_dir() else []
+    valid = sorted({*FFPP_METHODS, *FFPP_OTHER_METHODS, *folders} - {"DeepFakeDetection"})
+    for method in methods:
+        if method not in valid:
+            close = [v for v in valid if v.lower() == str(method).lower()]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InvalidInputError(
+                f"FF++ method {method!r} is not one of {', '.join(valid)}{hint}: --methods takes those names"
+            )
 
 
 def index_dfd(root: str | Path, compression: Compression = "c23") -> list[VideoRecord]:

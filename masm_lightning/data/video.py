@@ -7,9 +7,13 @@ number of frames with a bounded number in memory). Both are the same code: the s
 
 from __future__ import annotations
 
+import os
 import queue
+import re
+import sys
 import threading
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +22,19 @@ import av
 import cv2
 import numpy as np
 
-__all__ = ["Frame", "VideoStream", "chunks_ahead", "open_video", "read_frames", "read_image", "sample_indices", "sniff"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "Frame",
+    "ImageFile",
+    "VideoStream",
+    "chunks_ahead",
+    "open_image",
+    "open_video",
+    "read_frames",
+    "read_image",
+    "sample_indices",
+    "sniff",
+]
 
 MediaKind = Literal["image", "video", "text", "unknown"]
 
@@ -54,6 +70,11 @@ def sniff(path: str | Path) -> MediaKind:
     return "unknown"
 
 
+def _reason(error: av.FFmpegError) -> str:
+    """FFmpeg's reason, without the file name it appends (a server's temporary path, in the web app)."""
+    return str(error.strerror or type(error).__name__)
+
+
 def _utf8_prefix(data: bytes) -> bool:
     try:
         data.decode("utf-8")
@@ -62,10 +83,125 @@ def _utf8_prefix(data: bytes) -> bool:
     return True
 
 
+# Images larger than this are refused before decoding (a 50000×50000 PNG of a few MB would need 7.5 GB as RGB).
+MAX_IMAGE_PIXELS = 2**27  # 134 megapixels: 400 MB as RGB; a 100-megapixel camera's photos pass
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker in entropy-coded data (not stuffing, RSTn)
+_STDERR = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file's RGB array and whether the file ends before its image data does (``truncated``: the array
+    holds what decodes, the rest grey)."""
+
+    image: np.ndarray
+    truncated: bool = False
+
+
+def _jpeg_layout(data: bytes) -> tuple[tuple[int, int] | None, bool]:
+    """((width, height) or None, complete) of a JPEG, from its markers: complete when an end-of-image marker is
+    reached (data appended after it, as some cameras do, is ignored)."""
+    size, pos = None, 2
+    while pos + 2 <= len(data):
+        if data[pos] != 0xFF:
+            return size, False  # not a marker where one must be: damaged
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return size, True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        if pos + 4 > len(data):
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_SOF and pos + 9 <= len(data):
+            size = (int.from_bytes(data[pos + 7 : pos + 9], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big"))
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                return size, False
+            pos = found.start()
+    return size, False
+
+
+def _png_layout(data: bytes) -> tuple[tuple[int, int] | None, bool]:
+    """((width, height) or None, complete) of a PNG: complete when its chunks reach ``IEND``."""
+    size = (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) if len(data) >= 24 else None
+    pos = 8
+    while pos + 12 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        pos += 12 + length
+        if kind == b"IEND":
+            return size, pos <= len(data)
+    return size, False
+
+
+def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageFile:
+    """An image file (PNG, JPEG, BMP, TIFF, WebP) as an upright RGB array, checked before decoding: its size
+    against ``max_pixels`` and, for JPEG and PNG, whether the file holds all of its image data.
+
+    A truncated JPEG decodes partially (``truncated``; the decoder's own warning is kept off stderr); a truncated
+    PNG does not decode at all.
+
+    Raises:
+        OSError: one line saying why it cannot be used (too large, truncated PNG, does not decode).
+    """
+    data = Path(path).read_bytes()
+    size, complete, kind = None, True, ""
+    if data.startswith(b"\xff\xd8"):
+        size, complete = _jpeg_layout(data)
+        kind = "JPEG"
+    elif data.startswith(b"\x89PNG"):
+        size, complete = _png_layout(data)
+        kind = "PNG"
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise OSError(
+            f"an image of {size[0]}×{size[1]} pixels, larger than the limit of {max_pixels / 1e6:.0f} megapixels"
+        )
+    if not complete and kind == "PNG":
+        raise OSError(f"a truncated PNG (the file ends inside its image data, after {len(data)} bytes)")
+    buffer = np.frombuffer(data, np.uint8)
+    try:
+        if complete:
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        else:  # an end-of-image marker appended, as libjpeg's file reader does at a premature end
+            buffer = np.frombuffer(data + b"\xff\xd9", np.uint8)
+            with _quiet_stderr():  # libjpeg's "Premature end of JPEG file": we report it ourselves
+                image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own limits (formats whose size is not checked above)
+        raise OSError("an image that cannot be decoded (too large or damaged)") from None
+    if image is None:
+        raise OSError("an image file that does not decode")
+    return ImageFile(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), truncated=not complete)
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (the C libraries' messages), one thread at a time."""
+    with _STDERR:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def read_image(path: str | Path) -> np.ndarray | None:
-    """An image file as an RGB array, or None when it does not decode."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """An image file as an RGB array (what decodes of a truncated one), or None when it cannot be used
+    (:func:`open_image` says why)."""
+    try:
+        return open_image(path).image
+    except OSError:
+        return None
 
 
 def sample_indices(total: int, count: int) -> list[int]:
@@ -146,7 +282,7 @@ class VideoStream:
                         container, stream, self.layout, count, by_timestamp, self._timer(by_timestamp, first)
                     )
             except av.FFmpegError as error:
-                raise OSError(f"{self.path}: {error}") from error
+                raise OSError(f"{self.path}: {_reason(error)}") from error
             if complete:
                 return
             yield None
@@ -181,7 +317,7 @@ def open_video(path: str | Path, decode_threads: int = 0) -> VideoStream:
             promised = int(stream.frames or 0)
             size = (int(stream.width or 0), int(stream.height or 0))
     except av.FFmpegError as error:
-        raise OSError(f"{path}: {error}") from error
+        raise OSError(f"{path}: {_reason(error)}") from error
     video = VideoStream(path, layout, promised, display_order, fps, time_base, decode_threads)
     video.width, video.height = size
     return video

@@ -369,3 +369,38 @@ def test_rotated_phone_videos_are_read_upright(tmp_path):
 def test_invalid_extraction_settings_name_the_value_and_the_valid_range(field, value):
     with pytest.raises(ValueError, match=rf"{field}={value!r} is invalid: must be"):
         ExtractionSettings(**{field: value})
+
+
+def _ffpp_tree(root: Path) -> Path:
+    (root / "splits").mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (root / "splits" / f"{split}.json").write_text('[["000", "001"]]')
+    return root
+
+
+def test_an_unknown_ffpp_method_is_one_line_naming_the_valid_ones(tmp_path, capsys):
+    from masm_lightning.cli import main
+
+    root = _ffpp_tree(tmp_path / "ffpp")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", "--dataset", "ffpp", "--root", str(root), "--out", str(tmp_path / "out"),
+              "--methods", "[DeepFakes]"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "FF++ method 'DeepFakes' is not one of Deepfakes, Face2Face, FaceShifter, FaceSwap" in err
+    assert "did you mean 'Deepfakes'" in err and not (tmp_path / "out" / "manifest.csv").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "inside_a_file"])
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys, where):
+    from masm_lightning.cli import main
+
+    root = _ffpp_tree(tmp_path / "ffpp")
+    taken = tmp_path / "taken.csv"
+    taken.write_text("not a folder")
+    out = taken if where == "file" else taken / "sub"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["preprocess", "--dataset", "ffpp", "--root", str(root), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"--out '{out}'" in err and taken.read_text() == "not a folder"
