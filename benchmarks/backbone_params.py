@@ -24,6 +24,7 @@ from masm_lightning.adapters.svd import fused_parts
 BACKBONES = [
     ("vit", "vit_large_patch14_clip_quickgelu_224", 4),
     ("vit", "vit_base_patch16_clip_quickgelu_224", 4),
+    ("vit", "vit_small_patch14_dinov2", 4),
     ("convnext", "convnext_tiny", 4),
     ("efficientnet", "tf_efficientnet_b4", 4),
     ("legacy_xception", "legacy_xception", 4),

