@@ -62,6 +62,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib
+import inspect
 import io
 import json
 import logging
@@ -570,10 +571,16 @@ def _run_in_worker(spec: RunSpec, data: str, out: str) -> dict[str, Any]:
 
 
 def code_digest() -> str:
-    """What the results depend on besides the protocol: the package's code and the shipped configs."""
+    """What the results depend on besides the protocol: the package's code, the shipped configs and this script's
+    functions that make a run's numbers (not those that only report them)."""
     digest = hashlib.sha256()
     for path in sorted([*(ROOT / "masm_lightning").rglob("*.py"), *(ROOT / "configs").rglob("*.yaml")]):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    for function in (mask_schedule, compose, arm_config, _reencode, ffhq_faces, extract_clips, dfdc_crops):
+        digest.update(inspect.getsource(function).encode())
+    for function in (study_data, build_model, _eval_tensors, train_loader, _auc_rows, calibration, evaluate):
+        digest.update(inspect.getsource(function).encode())
+    digest.update(inspect.getsource(adapter_diagnostics).encode() + inspect.getsource(run_one).encode())
     return digest.hexdigest()
 
 
