@@ -68,6 +68,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -906,13 +907,46 @@ def write_docs(
     )
 
 
+# --- backbones ---
+
+
+def input_size(config: dict[str, Any], size: int) -> int:
+    """The study's input size for a backbone: as given for a CNN; for a ViT with a fixed ``img_size``, rounded to a
+    multiple of its patch size (read from the timm name, e.g. ``patch14``: 96 → 98)."""
+    kwargs = config["model"].get("backbone_kwargs") or {}
+    patch = re.search(r"patch(\d+)", config["model"]["backbone"])
+    if "img_size" not in kwargs or patch is None:
+        return size
+    step = int(patch.group(1))
+    return max(step, round(size / step) * step)
+
+
+def loads_offline(name: str) -> bool:
+    """Whether a backbone config's pretrained weights load here without the network (``--backbones all``)."""
+    config = compose(name, ["linear_probe"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model({"model": config["model"]}, input_size(config, 96))
+            model.configure_model()
+    except Exception as error:  # any failure to build means: not usable offline
+        print(f"backbone {name}: skipped, its weights do not load offline ({type(error).__name__}: {error})")
+        return False
+    return model.hparams["pretrained"] or model.hparams["checkpoint_path"] is not None
+
+
 # --- entry point ---
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, three arms, fewer steps (the structure check)")
-    parser.add_argument("--backbones", nargs="+", default=["mobilenetv2"], help="configs/backbones/<name>.yaml names")
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["mobilenetv2"],
+        help="configs/backbones/<name>.yaml names, or all (those whose weights load offline)",
+    )
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="a subset of the arms (default: the scale's)")
     parser.add_argument("--seeds", nargs="+", type=int, help="a subset of the seeds (default: the scale's)")
     parser.add_argument("--settings", nargs="+", choices=["sbi", "lofo"], help="a subset of the settings")
@@ -938,10 +972,16 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
     if missing:
         print(f"ablation: skipped: {', '.join(missing)} not found under {args.data} (the study's real data)")
         return {}
+    known = sorted(p.stem for p in (ROOT / "configs" / "backbones").glob("*.yaml"))
+    if args.backbones == ["all"]:
+        args.backbones = [name for name in ["mobilenetv2", *known] if name in known and loads_offline(name)]
+        args.backbones = list(dict.fromkeys(args.backbones))
     for name in args.backbones:
-        if not backbone_config(name).is_file():
-            known = sorted(p.stem for p in (ROOT / "configs" / "backbones").glob("*.yaml"))
-            raise SystemExit(f"error: --backbones: no configs/backbones/{name}.yaml; known: {', '.join(known)}")
+        if name not in known:
+            print(
+                f"error: --backbones: no configs/backbones/{name}.yaml; known: {', '.join(known)}, all", file=sys.stderr
+            )
+            raise SystemExit(2)
     import torch
 
     torch.set_num_threads(1)
@@ -969,19 +1009,23 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
     specs = []
     for backbone in args.backbones:
         configs = {arm: arm_config(backbone, arm) for arm in scale.arms}
+        size = input_size(compose(backbone, []), scale.image_size)
+        if size != scale.image_size:
+            print(f"{backbone}: {size} px, the study's {scale.image_size} px rounded to its patch size", flush=True)
         for seed in scale.seeds:
             for setting in scale.settings:
                 for arm in scale.arms:
                     folder = args.out / "runs" / backbone / setting / arm / f"seed{seed}"
                     masm_trace = args.out / "runs" / backbone / setting / "masm" / f"seed{seed}" / "layer_masks.jsonl"
-                    key = run_key(scale, configs[arm], sets[setting], code)
+                    sized = dataclasses.replace(scale, image_size=size)
+                    key = run_key(sized, configs[arm], sets[setting], code)
                     specs.append(
                         RunSpec(
                             backbone,
                             setting,
                             arm,
                             seed,
-                            scale,
+                            sized,
                             configs[arm],
                             str(folder),
                             key,
