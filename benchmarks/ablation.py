@@ -483,12 +483,7 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)  # the mask trace appends: start clean
     folder.mkdir(parents=True)
     started = time.perf_counter()
-    seed_everything(spec.seed, verbose=False)
-    model = build_model(spec.config, spec.scale.image_size)
-    model.configure_model()
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)  # the head: the same initial weights in every arm of this seed
-        model.head.reset_parameters()
+    model = build_model(spec.config, spec.scale.image_size)  # built by fit (FMSD selects layers in it)
     callbacks: list[Any] = []
     mask = None
     if spec.config["mask"] is not None:
@@ -503,8 +498,13 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
         callbacks.append(mask)
 
     losses: list[float] = []
+    head: list[str] = []
 
     class Losses(Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            weights = torch.cat([p.detach().flatten() for p in pl_module.head.parameters()]).double().numpy()
+            head.append(hashlib.sha256(weights.tobytes()).hexdigest()[:16])  # the same in every arm of a seed
+
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             losses.append(float(outputs["loss"]))
 
@@ -529,6 +529,9 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
         deterministic=True,
         use_distributed_sampler=False,
     )
+    # The head is drawn when fit builds the model, right after the backbone (which draws the same in every arm):
+    # seeding here gives every arm of a seed the same initial head.
+    seed_everything(spec.seed, verbose=False)
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.fit(model, datamodule=Batches())
     trained = time.perf_counter() - started
@@ -540,6 +543,7 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
         "seed": spec.seed,
         "steps": len(losses),
         "trainable": model.num_trainable_parameters(),
+        "head_init": head[0],
         "loss_first": float(np.mean(losses[: max(1, len(losses) // 10)])),
         "loss_last": float(np.mean(losses[-max(1, len(losses) // 10) :])),
         "losses": losses,
@@ -636,11 +640,25 @@ def run_study(
             flush=True,
         )
 
-    if jobs <= 1:
+    def failed(spec: RunSpec, error: BaseException) -> None:
+        # One arm's failure (a bug, a config that does not fit the backbone) is reported; the study goes on.
+        print(f"  {spec.backbone} {spec.setting} {spec.arm} seed {spec.seed}: FAILED ({type(error).__name__}: {error})")
+
+    def unrunnable() -> None:
         for spec in pending:
-            if not ready(spec):
-                raise RuntimeError(f"{spec.arm} seed {spec.seed}: full MASM of that seed is not in this study's arms")
-            done(spec, run_one(spec, sets[spec.setting]))
+            print(
+                f"  {spec.backbone} {spec.setting} {spec.arm} seed {spec.seed}: not run (no full MASM run of its seed)"
+            )
+
+    if jobs <= 1:
+        for spec in list(pending):
+            if ready(spec):
+                pending.remove(spec)
+                try:
+                    done(spec, run_one(spec, sets[spec.setting]))
+                except Exception as error:  # reported, and the study continues
+                    failed(spec, error)
+        unrunnable()
         return results
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
         running: dict[Future, RunSpec] = {}
@@ -649,10 +667,15 @@ def run_study(
                 pending.remove(spec)
                 running[pool.submit(_run_in_worker, spec, str(data), str(out))] = spec
             if not running:
-                raise RuntimeError("random_mask runs wait for full MASM runs that are not in this study's arms")
+                break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                done(running.pop(future), future.result())
+                spec = running.pop(future)
+                try:
+                    done(spec, future.result())
+                except Exception as error:  # reported, and the study continues
+                    failed(spec, error)
+    unrunnable()
     return results
 
 
