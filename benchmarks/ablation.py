@@ -880,7 +880,7 @@ def _replace_between(text: str, start: str, end: str, body: str) -> str:
     return head + start + "\n" + body.strip() + "\n" + end + rest.split(end, 1)[1]
 
 
-def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], scale: Scale) -> str:
+def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], scale: Scale, mde: float) -> str:
     parts = []
     for (backbone, setting), rows in summaries.items():
         masm = rows.get("masm", {})
@@ -890,6 +890,10 @@ def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], s
             f"{backbone}/{setting}: Δ {masm['diff']:+.3f} [{masm['ci'][0]:+.3f}, {masm['ci'][1]:+.3f}], same sign in "
             f"{masm['same_sign']}/{masm['paired']} seeds"
         )
+    if not parts:
+        return (
+            "Not measured yet: full MASM and plain MASM have no paired run. See [docs/evidence.md](docs/evidence.md)."
+        )
     claimed = [rows["masm"]["diff"] for rows in summaries.values() if rows.get("masm", {}).get("claim")]
     if not claimed:
         verdict = "**Not shown.**"
@@ -897,16 +901,22 @@ def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], s
         verdict = f"**Yes, in {len(claimed)} of {len(parts)} settings.**"
     else:
         verdict = f"**Full MASM differs from plain in {len(claimed)} of {len(parts)} settings, not always upwards.**"
+    paired = min((rows["masm"]["paired"] for rows in summaries.values() if "diff" in rows.get("masm", {})), default=0)
+    if paired < len(scale.seeds):
+        verdict = f"{verdict} *Preliminary: {paired} of {len(scale.seeds)} seeds so far.*"
     return (
-        f"{verdict} In the paired ablation ({len(scale.seeds)} seeds, {scale.steps} steps, DFDC video AUC as the "
-        f"primary endpoint), full MASM minus MASM without mask and constraints: " + "; ".join(parts) + ". "
-        "A claim needs the interval to exclude 0 and the sign to hold in 4 of 5 seeds. Protocol, all arms, "
+        f"{verdict} In the paired ablation ({scale.steps} steps of {scale.batch_size} faces at {scale.image_size} px "
+        f"on {', '.join(sorted({b for b, _ in summaries}))}; primary endpoint: video AUC on the DFDC crops, never "
+        "trained on), full MASM "
+        "minus MASM without mask and constraints: " + "; ".join(parts) + ". A claim needs the 95% interval "
+        "(hierarchical bootstrap over seeds and test videos) to exclude 0 and the sign to hold in 4 of 5 seeds; "
+        f"differences below about {mde:.2f} AUC are beyond what the test videos can resolve. Protocol, all arms, "
         "diagnostics and the forest plot: [docs/evidence.md](docs/evidence.md)."
     )
 
 
 def write_docs(
-    summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], scale: Scale, header: str, command: str
+    summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], scale: Scale, header: str, command: str, mde: float
 ) -> None:
     figure = forest_plot(summaries, ROOT / "docs" / "images" / "evidence_forest.png")
     body = [header, "", f"![paired differences](images/{figure.name})", ""]
@@ -925,7 +935,7 @@ def write_docs(
     readme = ROOT / "README.md"
     readme.write_text(
         _replace_between(
-            readme.read_text(), "<!-- evidence:start -->", "<!-- evidence:end -->", readme_answer(summaries, scale)
+            readme.read_text(), "<!-- evidence:start -->", "<!-- evidence:end -->", readme_answer(summaries, scale, mde)
         )
     )
 
@@ -1088,7 +1098,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
             f"{', '.join(map(str, scale.seeds))}; {len(results)} runs; smallest detectable paired difference of "
             f"one seed on the primary endpoint ≈ {mde:.2f} AUC."
         )
-        write_docs(summaries, scale, header, command.strip())
+        write_docs(summaries, scale, header, command.strip(), mde)
     lines = [summary_line(b, s, rows) for (b, s), rows in summaries.items()]
     for line in lines:
         print(line)

@@ -56,6 +56,7 @@ def test_quick_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     for (_, setting), rows in summaries.items():
         assert list(rows) == ["plain", "masm", "random_mask"]
         runs = {arm: row["runs"][0] for arm, row in rows.items()}
+        assert len({run["head_init"] for run in runs.values()}) == 1  # paired: the same initial head in every arm
         # The arms really differ: each changes what the model scores.
         scores = {arm: run["sets"]["dfdc_crops"]["video_scores"] for arm, run in runs.items()}
         assert scores["plain"] != scores["masm"] != scores["random_mask"] != scores["plain"]
