@@ -778,7 +778,7 @@ def tables(rows: dict[str, dict[str, Any]], setting: str) -> str:
         "| arm | seeds | **DFDC video AUC** mean [95% CI] | Δ vs plain [hier. bootstrap 95%] | same sign | claim "
         "| DFDC frame AUC | " + " | ".join(f"{n} frame AUC" for n in others) + " | ECE | Brier |"
     )
-    lines = [head, "|" + "---|" * (8 + len(others))]
+    lines = [head, "|" + "---|" * (9 + len(others))]
     for arm, row in rows.items():
         mean, low, high = row["primary"]
         runs = row["runs"]

@@ -47,6 +47,13 @@ def test_quick_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "smallest detectable paired difference" in out.split("running")[0]  # stated before any run
     for label in ("MASM, no mask, no constraints", "full MASM", "random mask (as many as MASM)"):
         assert out.count(f"| {label} | 1 |") == 2  # generalisation table, both settings
+    table: list[str] = []
+    for row in [*out.splitlines(), ""]:  # every markdown table: the header's number of cells on every row
+        if row.startswith("|"):
+            table.append(row)
+        elif table:
+            assert len(table) >= 3 and len({r.count("|") - r.count("\\|") for r in table}) == 1, table
+            table = []
     lines = [line for line in out.splitlines() if line.startswith("ablation: ")]
     assert len(lines) == 3
     assert all(LINE.match(line) for line in lines[:2]), lines
