@@ -72,6 +72,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from collections.abc import Sequence
@@ -904,14 +905,17 @@ def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], s
     paired = min((rows["masm"]["paired"] for rows in summaries.values() if "diff" in rows.get("masm", {})), default=0)
     if paired < len(scale.seeds):
         verdict = f"{verdict} *Preliminary: {paired} of {len(scale.seeds)} seeds so far.*"
-    return (
+    return textwrap.fill(
         f"{verdict} In the paired ablation ({scale.steps} steps of {scale.batch_size} faces at {scale.image_size} px "
         f"on {', '.join(sorted({b for b, _ in summaries}))}; primary endpoint: video AUC on the DFDC crops, never "
         "trained on), full MASM "
         "minus MASM without mask and constraints: " + "; ".join(parts) + ". A claim needs the 95% interval "
         "(hierarchical bootstrap over seeds and test videos) to exclude 0 and the sign to hold in 4 of 5 seeds; "
         f"differences below about {mde:.2f} AUC are beyond what the test videos can resolve. Protocol, all arms, "
-        "diagnostics and the forest plot: [docs/evidence.md](docs/evidence.md)."
+        "diagnostics and the forest plot: [docs/evidence.md](docs/evidence.md).",
+        118,
+        break_long_words=False,
+        break_on_hyphens=False,
     )
 
 
@@ -1098,6 +1102,9 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
             f"{', '.join(map(str, scale.seeds))}; {len(results)} runs; smallest detectable paired difference of "
             f"one seed on the primary endpoint ≈ {mde:.2f} AUC."
         )
+        ran = {arm for rows in summaries.values() for arm in rows}
+        if [arm for arm in scale.arms if arm not in ran]:
+            header += " Not run yet: " + ", ".join(ARMS[a].label for a in scale.arms if a not in ran) + "."
         write_docs(summaries, scale, header, command.strip(), mde)
     lines = [summary_line(b, s, rows) for (b, s), rows in summaries.items()]
     for line in lines:
