@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["RobustnessSweep", "RunReport", "SelectiveLayerMask", "VideoPredictionWriter"]
+__all__ = ["RandomSubspaceMask", "RobustnessSweep", "RunReport", "SelectiveLayerMask", "VideoPredictionWriter"]
 
 _HOMES = {
+    "RandomSubspaceMask": "random_mask",
     "RobustnessSweep": "robustness",
     "RunReport": "report",
     "SelectiveLayerMask": "layer_mask",
