@@ -196,6 +196,7 @@ class Item:
     label: int
     video: str
     blend: bool = False
+    method: str = ""  # the manifest's method (a fake's forgery type: Deepfakes, FaceSwap, …); blends are `sbi`
 
 
 def _reencode(source: Path, target: Path) -> None:
@@ -265,7 +266,9 @@ def study_data(data: Path, out: Path, clip_frames: int) -> dict[str, dict[str, l
     clips = extract_clips(data, out, clip_frames)
 
     def clip_item(record: Any) -> Item:
-        return Item(str(record.path), record.label, f"{record.dataset}/{record.label}/{record.video_id}")
+        return Item(
+            str(record.path), record.label, f"{record.dataset}/{record.label}/{record.video_id}", method=record.method
+        )
 
     sbi_train = [Item(str(p), 0, f"ffhq/{p.stem}") for p in train_photos]
     sbi_train += [dataclasses.replace(x, label=1, blend=True) for x in sbi_train]
@@ -352,7 +355,7 @@ def _eval_tensors(items: tuple[Item, ...], size: int, mean: tuple, std: tuple, i
     from masm_lightning.data.manifest import FrameRecord
     from masm_lightning.data.transforms import eval_transform
 
-    records = [FrameRecord("study", "test", x.label, "", x.video, i, Path(x.path)) for i, x in enumerate(items)]
+    records = [FrameRecord("study", "test", x.label, x.method, x.video, i, Path(x.path)) for i, x in enumerate(items)]
     dataset = FrameDataset(
         records, eval_transform(size, mean, std, interpolation), [x.blend for x in items], seed=EVAL_SEED
     )
@@ -367,7 +370,7 @@ def train_loader(items: Sequence[Item], scale: Scale, seed: int, data_config: di
     from masm_lightning.data.manifest import FrameRecord
     from masm_lightning.data.transforms import train_transform
 
-    records = [FrameRecord("study", "train", x.label, "", x.video, i, Path(x.path)) for i, x in enumerate(items)]
+    records = [FrameRecord("study", "train", x.label, x.method, x.video, i, Path(x.path)) for i, x in enumerate(items)]
     transform = train_transform(
         scale.image_size, data_config["mean"], data_config["std"], "effort", data_config["interpolation"]
     )
@@ -461,11 +464,20 @@ def adapter_diagnostics(model: Any, mask: Any) -> dict[str, Any]:
         ]
         found["masked_mean"] = float(np.mean(masked_per_decision))
         found["decisions"] = len(history)
-        layer_kept, layer_of = getattr(mask, "layer_kept", None), getattr(mask, "layer_of", None)
-        rule_masked = getattr(mask, "rule_masked", None)
-        if layer_kept is not None and layer_of is not None and rule_masked is not None and len(layer_of):
-            found["masked_by_layer_rule"] = float((~layer_kept[layer_of]).float().mean())
-            found["masked_by_subspace_rule"] = float(rule_masked.float().mean())
+        # The share of subspaces each rule holds masked, mean over decisions (the trace names each mask's rule).
+        rules = sorted(
+            {s["rule"] for e in history for s in e.get("subspaces", []) if s.get("masked") and s.get("rule")}
+        )
+        for rule in rules:
+            found[f"masked_by_{rule}"] = float(
+                np.mean(
+                    [
+                        sum(bool(s["masked"]) and s.get("rule") == rule for s in e["subspaces"]) / len(e["subspaces"])
+                        for e in history
+                        if e.get("subspaces")
+                    ]
+                )
+            )
     return found
 
 
@@ -475,6 +487,7 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
     from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 
     from masm_lightning.callbacks import RandomSubspaceMask
+    from masm_lightning.data.forgery_types import forgery_type_name
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals: not measured here
@@ -512,6 +525,12 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
     loader = train_loader(sets["train"], spec.scale, spec.seed, model.data_config)
 
     class Batches(LightningDataModule):  # FMSD's selection reads its batches from the data module
+        # The training split's forgery types, as FaceForgeryDataModule records them: routing assigns subspaces
+        # round-robin over these (batches carry `forgery_type`: real, sbi for blends, the FF++ method).
+        def __init__(self) -> None:
+            super().__init__()
+            self.trained_forgery_types = [forgery_type_name(t) for t in sorted(set(loader.dataset.types))]
+
         def train_dataloader(self) -> Any:
             return loader
 
@@ -804,7 +823,7 @@ def tables(rows: dict[str, dict[str, Any]], setting: str) -> str:
     lines += [
         "",
         "| arm | trainable | train loss first → last 10% | in-domain AUC | share masked (mean over decisions) "
-        "| by layer rule / subspace rule (end) | spectral drift max \\|s−s0\\|/σ_r | semantic overlap max ‖P_f U‖_F "
+        "| by rule (mean over decisions) | spectral drift max \\|s−s0\\|/σ_r | semantic overlap max ‖P_f U‖_F "
         "| orth. error | s per run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -814,9 +833,8 @@ def tables(rows: dict[str, dict[str, Any]], setting: str) -> str:
         def diag(key: str, runs: list[dict[str, Any]] = runs) -> float:
             return _mean(runs, lambda r: r["diagnostics"].get(key))
 
-        rules = "–"
-        if not math.isnan(diag("masked_by_layer_rule")):
-            rules = f"{_fmt(diag('masked_by_layer_rule'), 2)} / {_fmt(diag('masked_by_subspace_rule'), 2)}"
+        by_rule = sorted({k for run in runs for k in run["diagnostics"] if k.startswith("masked_by_")})
+        rules = " · ".join(f"{k.removeprefix('masked_by_')} {_fmt(diag(k), 2)}" for k in by_rule) or "–"
         cells = [
             ARMS[arm].label,
             f"{runs[0]['trainable']:,}",
