@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from masm_lightning.callbacks.random_mask import mask_counts
 
@@ -23,6 +26,19 @@ LINE = re.compile(
     r"^ablation: backbone=mobilenetv2 setting=(sbi|lofo) primary=video_auc masm=[01]\.\d{3} plain=[01]\.\d{3} "
     r"diff=[+-]\d\.\d{3} ci=\[[+-]\d\.\d{3},[+-]\d\.\d{3}\] seeds_same_sign=[01]/1 claim=(yes|no)$"
 )
+
+
+@pytest.fixture(autouse=True)
+def _process_settings_restored() -> Iterator[None]:
+    """The study quiets Lightning's and the package's loggers and runs on one thread in the process that runs it
+    (``--jobs 1``); the tests after this one read those logs and use every thread."""
+    names = ("lightning.pytorch", "lightning.fabric", "masm_lightning")
+    levels = {name: logging.getLogger(name).level for name in names}
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def load_study():

@@ -63,7 +63,7 @@ def test_demo_is_the_whole_method_at_the_recipe_strength():
     """The demo shows what MASM is: a real pretrained backbone, both constraints as configs/ffpp.yaml sets them, and
     the selective mask with the recipe's rule thresholds (only its warm-up/interval scaled to the short run)."""
     demo, recipe = (yaml.safe_load((ROOT / "configs" / name).read_text()) for name in ("demo.yaml", "ffpp.yaml"))
-    for key in ("lambda_orth", "lambda_spec", "spectral_cap"):
+    for key in ("lambda_orth", "lambda_spec", "spectral_cap", "lambda_semantic"):
         assert demo["model"][key] == recipe["model"][key] > 0, key
     assert demo["model"]["checkpoint_path"].startswith("package://")  # offline ImageNet weights, not random
     (mask,) = [c for c in demo["trainer"]["callbacks"] if c["class_path"].endswith("SelectiveLayerMask")]

@@ -34,7 +34,7 @@ def test_each_arm_gets_its_own_cap_and_semantic_strength(check, method, monkeypa
         return object()
 
     monkeypatch.setattr(check, "MASMDetector", record)
-    check.build(config, ["conv_pw", "conv_pwl"], overrides, steps=40)
+    check.build(config, ["conv_pw", "conv_pwl"], overrides, steps=40, image_size=96)
     for key in ("lambda_orth", "lambda_spec", "lambda_semantic", "spectral_cap"):
         assert seen[key] == expected[key], key
     if method in ("effort", "masm_plain"):  # as released / no constraint: no cap at all (the default is 2)

