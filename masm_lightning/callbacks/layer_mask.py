@@ -30,9 +30,12 @@ masked subspace in ``layer_masks.jsonl`` names the rule that blocked it (``rule`
 
 - ``type`` (subspace): dominated by one fake type that is already fit — ``max_t p_{k,t} ≥ min_share`` and that type's
   ``ℓ_t ≤ fit_ratio · median`` of the present fake types' losses (``dominance_rule``, with hysteresis);
-- ``layer`` (layer): the same test on the layer's summed energies (all its subspaces learn mostly from one fit
-  type); with ``keep_ratio`` set instead, ``keep_ratio``: the top share of layers by mean per-sample GSNR keep
-  updating (a fixed share, an incumbent competes with its score × (1 + hysteresis));
+- ``layer`` (layer): the same test on the layer's shares (``layer_shares``): per type, the larger of its share of
+  the layer's summed energy (volume) and its *spread* share (its energy in the layer divided by its energy over all
+  layers, then shared among the types: where a fit type concentrates its signal, whatever its overall gradient
+  scale); with
+  ``keep_ratio`` set instead, ``keep_ratio``: the top share of layers by mean per-sample GSNR keep updating (a fixed
+  share, an incumbent competes with its score × (1 + hysteresis));
 - ``gsnr`` (subspace): the per-sample GSNR is below ``min_gsnr`` (noise), released above ``min_gsnr·(1 + h)``.
 
 **What it reads.** ``p.grad`` of the artifact factors in ``on_before_optimizer_step``: accumulated, all-reduced
@@ -74,6 +77,7 @@ from .mask_policy import (
     floor_rule,
     layer_rule,
     layer_scores,
+    layer_shares,
     released,
     type_shares,
 )
@@ -476,7 +480,8 @@ class SelectiveLayerMask(Callback):
 
     def type_statistics(self) -> dict[str, Tensor]:
         """Since the previous decision: per type ``loss`` (mean, NaN if unseen) and ``present`` (a fake type seen),
-        per subspace and type ``shares`` and per layer and type ``layer_shares`` (among the fake types)."""
+        per subspace and type ``shares`` (among the fake types) and per layer and type ``layer_shares`` (volume or
+        spread share, the larger: :func:`~.mask_policy.layer_shares`)."""
         fake = torch.arange(len(self.type_names), device=self.type_count.device) >= 1
         present = fake & (self.type_count > 0)
         loss = torch.where(self.type_count > 0, self.type_loss / self.type_count.clamp_min(1), torch.nan)
@@ -486,7 +491,7 @@ class SelectiveLayerMask(Callback):
             "loss": loss,
             "present": present,
             "shares": type_shares(self.type_energy, fake),
-            "layer_shares": type_shares(layer_energy, fake),
+            "layer_shares": layer_shares(layer_energy, fake),
         }
 
     def layer_scores(self, gsnr: Tensor) -> Tensor:

@@ -40,8 +40,10 @@ __all__ = [
     "floor_rule",
     "layer_rule",
     "layer_scores",
+    "layer_shares",
     "released",
     "segment_gsnr",
+    "spread_shares",
     "type_shares",
     "weight_sums",
 ]
@@ -239,6 +241,36 @@ def type_shares(energy: Tensor, fake: Tensor) -> Tensor:
     kept = energy.double() * fake.to(energy.device)
     total = kept.sum(dim=1, keepdim=True)
     return torch.where(total > 0, kept / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0).float()
+
+
+def spread_shares(energy: Tensor, fake: Tensor) -> Tensor:
+    """Each group's share per forgery type of where the types' learning signals land (the layer rule's shares).
+
+    Every type's energy is first spread over the groups, ``q_{l,t} = E_{l,t} / Σ_{l'} E_{l',t}`` (the fraction of
+    type t's gradient energy that lands in group l), then shared among the fake types as in :func:`type_shares`:
+    ``p̃_{l,t} = q_{l,t} / Σ_{t' fake} q_{l,t'}``. Raw energies make a fit type look small everywhere (its gradients
+    shrink as its loss falls), so raw shares can never single out a layer that specialises on a fit type; after the
+    spread, ``p̃_{l,t}`` is ``1/T`` for every layer when all T types spread alike and grows where one type
+    concentrates its signal, whatever that type's overall gradient scale.
+
+    Args:
+        energy: (groups, types), the energy ``Σ_j g_{t,j}²`` of type t's contribution to the group's gradient.
+        fake: (types,) bool, the types that count.
+
+    Returns:
+        (groups, types): ``p̃_{l,t}``; 0 for non-fake types, types without energy and energy-less groups.
+    """
+    energy = energy.double()
+    total = energy.sum(dim=0, keepdim=True)
+    spread = torch.where(total > 0, energy / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return type_shares(spread, fake)
+
+
+def layer_shares(energy: Tensor, fake: Tensor) -> Tensor:
+    """The layer rule's shares: per layer and type, the larger of the volume share (:func:`type_shares`) and the
+    spread share (:func:`spread_shares`) — a layer is dominated by a type that carries most of its signal, or that
+    concentrates its own signal in it."""
+    return torch.maximum(type_shares(energy, fake), spread_shares(energy, fake))
 
 
 def dominance_rule(

@@ -15,8 +15,10 @@ from masm_lightning.callbacks.mask_policy import (
     floor_rule,
     layer_rule,
     layer_scores,
+    layer_shares,
     released,
     segment_gsnr,
+    spread_shares,
     type_shares,
     weight_sums,
 )
@@ -217,3 +219,25 @@ def test_bad_estimator_arguments_are_refused(kwargs, message):
     args = {"momentum": 0.9, "mean": torch.zeros(3), "var": torch.zeros(3)} | kwargs
     with pytest.raises(ValueError, match=message):
         GradientMoments(**args)
+
+
+def test_layer_shares_single_out_the_layer_a_fit_type_concentrates_on():
+    """A fit type's gradients are small everywhere; raw shares never let it dominate a layer, spread shares do."""
+    # layers x types (real, a, b, c): type a (fit, tiny gradients) lands mostly in layer 0; b and c spread evenly.
+    energy = torch.tensor([[5.0, 0.08, 1.0, 1.0], [5.0, 0.01, 1.0, 1.0], [5.0, 0.01, 1.0, 1.0]])
+    fake = torch.tensor([False, True, True, True])
+    raw, spread = type_shares(energy, fake), spread_shares(energy, fake)
+    assert float(raw[:, 1].max()) < 0.05  # by raw energy, a is nowhere near dominating
+    torch.testing.assert_close(
+        spread[:, 1], torch.tensor([0.8 / (0.8 + 2 / 3), 0.1 / (0.1 + 2 / 3), 0.1 / (0.1 + 2 / 3)])
+    )
+    torch.testing.assert_close(spread.sum(dim=1), torch.ones(3))
+    shares = layer_shares(energy, fake)  # the layer rule reads the larger of volume and spread
+    torch.testing.assert_close(shares, torch.maximum(raw, spread))
+    masked, dominant = dominance_rule(shares, torch.tensor(LOSS), fake, torch.zeros(3, dtype=torch.bool), 0.5, 0.5, 0.2)
+    assert masked.tolist() == [True, False, False] and int(dominant[0]) == 1
+    # Raw shares alone would block no layer for the fit type a.
+    assert not dominance_rule(raw, torch.tensor(LOSS), fake, torch.zeros(3, dtype=torch.bool), 0.5, 0.5, 0.2)[0].any()
+    # Types that spread alike give every layer the same share 1/3, whatever their scale.
+    even = spread_shares(torch.tensor([[0.0, 1.0, 100.0, 7.0]] * 4), fake)
+    torch.testing.assert_close(even[:, 1:], torch.full((4, 3), 1 / 3))
