@@ -5,7 +5,7 @@ Plain export (the default)::
     model.safetensors   the timm model's state dict, our head as timm's ``head`` (num_classes=2: real, fake)
     config.json         timm name and kwargs, input size, mean/std, interpolation, face-crop settings, threshold
 
-Loading needs timm and safetensors only (README: "Using an exported model").
+Loading needs timm and safetensors only (docs/inference.md, "Sharing a model").
 
 Adapter export (``--adapter``), the way fine-tunes are shared on the hub::
 
