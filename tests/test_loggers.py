@@ -107,3 +107,5 @@ def test_a_wandb_fit_resumed_from_last_ckpt_continues_its_run_id_and_folder(tmp_
     assert resumed.trainer.logger.version == run.name, "the same W&B run id"
     assert Path(resumed.trainer.checkpoint_callback.dirpath) == run / "checkpoints"
     assert sorted(p.name for p in run.parent.iterdir()) == [run.name]
+    # The run's own files sit beside its checkpoints, not in the root that every W&B run shares.
+    assert (run / "layer_masks.jsonl").is_file() and not (tmp_path / "layer_masks.jsonl").exists()

@@ -1,23 +1,37 @@
 """The run's folder and its images: where every callback writes, and how figures reach the loggers.
 
 One definition of "the run folder" for everything that writes files during fit/test/predict (results tables, ROC
-plots, the mask trace and heatmap, predictions, the robustness sweep): the first logger's versioned folder
-(``<default_root_dir>/<name>/version_N`` for the CSV logger), else ``default_root_dir``.
+plots, the mask trace and heatmap, predictions, the robustness sweep): the first logger's versioned folder, the one
+its checkpoints go to (``<default_root_dir>/<name>/version_N`` for the CSV logger, ``<save_dir>/<project>/<run id>``
+for W&B), else ``default_root_dir``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 __all__ = ["log_dir", "log_image"]
 
 
 def log_dir(trainer: Trainer) -> Path:
-    """The run folder. Call it on every rank: under DDP ``trainer.log_dir`` is a collective (a broadcast)."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """The run folder. Call it on every rank: under DDP it is a collective (a broadcast from rank 0).
+
+    Lightning's ``trainer.log_dir`` is versioned for the CSV and TensorBoard loggers only; for any other logger
+    (W&B) it is the logger's ``save_dir``, which every run shares. The folder is then built as Lightning's
+    ``ModelCheckpoint`` builds the checkpoints' parent, so a run's files sit beside its checkpoints.
+    """
+    folder = trainer.log_dir  # a collective: every rank calls it
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None or isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        return Path(folder or trainer.default_root_dir)
+    version = logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    path = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
+    return Path(trainer.strategy.broadcast(path))
 
 
 def log_image(trainer: Trainer, key: str, path: str | Path) -> None:
