@@ -36,11 +36,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from .callbacks.predictions import VideoPredictionWriter
-from .callbacks.report import RunReport, training_run_folder
+from .callbacks.report import RunReport
+from .callbacks.run_folder import training_run_folder
 from .checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
-from .errors import UserError, debug_enabled
+from .errors import UserError, debug_enabled, first_line
 from .model import MASMDetector
 
 __all__ = ["MASMCLI", "main"]
@@ -159,7 +160,7 @@ def _check_config_files(parser: LightningArgumentParser, argv: list[str]) -> Non
             opened = f" ({context} opened at line {start.line + 1})" if context and start and start != mark else ""
             parser.error(f"{where}: not valid YAML: {error.problem or context}{opened}")
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            parser.error(f"{value}: not a readable YAML file ({str(error).splitlines()[0]})")
+            parser.error(f"{value}: not a readable YAML file ({first_line(error)})")
 
 
 def _summary(fn: Callable[..., Any]) -> str:

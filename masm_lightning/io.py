@@ -28,7 +28,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Stamp", "atomic_open", "atomic_path", "settings_digest", "walk_files", "write_atomic", "write_csv"]
+from .errors import InvalidInputError
+
+__all__ = [
+    "Stamp",
+    "atomic_open",
+    "atomic_path",
+    "check_shard",
+    "settings_digest",
+    "shard_inputs",
+    "walk_files",
+    "write_atomic",
+    "write_csv",
+]
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +181,20 @@ def walk_files(root: str | Path, suffixes: Iterable[str] | None = None) -> list[
                 continue
         stack.extend(reversed(folders))
     return sorted(found)
+
+
+def check_shard(shard: int, num_shards: int) -> None:
+    """Refuse a shard outside ``[0, num_shards)`` (``preprocess`` and ``detect``), before any work starts.
+
+    Raises:
+        InvalidInputError: one line naming both values.
+    """
+    if not 0 <= shard < num_shards:
+        raise InvalidInputError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
+
+
+def shard_inputs(inputs: Sequence[Any], shard: int, num_shards: int, key: Any = str) -> list[Any]:
+    """The deterministic partition of a job array (``preprocess``'s videos, ``detect``'s inputs): ``inputs``
+    sorted by ``key``, every ``num_shards``-th from ``shard``; the shards together hold every input once."""
+    check_shard(shard, num_shards)
+    return sorted(inputs, key=key)[shard::num_shards]
