@@ -592,19 +592,13 @@ class Explainer:
     def load(cls, source: str | Path, device: str | torch.device = "cpu") -> Explainer:
         """From what :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes: a ``fit`` checkpoint, an
         adapter folder, an export folder (heatmaps only: its layers are merged) or ``hf-hub:ORG/NAME``."""
-        from .checkpoint import load_checkpoint
-        from .export import is_adapter_folder, load_adapter, load_exported
-        from .hub import is_hub_id, resolve
+        from .export import load_model
+        from .model import MASMDetector
 
-        path = resolve(str(source)) if is_hub_id(source) else Path(source)
-        if is_adapter_folder(path):
-            model, config = load_adapter(path, device)
-            return cls(model.backbone, model.head, config.get(ENERGY_KEY))  # type: ignore[arg-type]
-        if path.is_dir():
-            timm_model, _ = load_exported(path, device)
-            return cls(timm_model, nn.Identity())
-        detector, checkpoint = load_checkpoint(path, device)
-        return cls(detector.backbone, detector.head, checkpoint.get(ENERGY_KEY))  # type: ignore[arg-type]
+        loaded = load_model(source, device)
+        if isinstance(loaded.model, MASMDetector):
+            return cls(loaded.model.backbone, loaded.model.head, loaded.energy_means)  # type: ignore[arg-type]
+        return cls(loaded.model, nn.Identity())  # an export folder: heatmaps only, its layers are merged
 
     def explain_crops(self, crops: Sequence[np.ndarray], transform: Any) -> list[Explanation]:
         """Explanations of RGB uint8 face crops, resized and normalised by ``transform`` (the detector's)."""
@@ -615,7 +609,7 @@ class Explainer:
     def explain_result(self, detector: Any, result: Any, faces: int = 4) -> list[ExplainedFace]:
         """The ``faces`` highest-scoring faces of a scored :class:`~masm_lightning.detector.Result`, re-read from
         its file (only those frames are decoded and cropped again, exactly as the detector cropped them)."""
-        from .data.crops import crop_face
+        from .data.crops import as_stored, crop_face
         from .data.video import open_video, read_image
 
         if not result.frames:
@@ -643,7 +637,7 @@ class Explainer:
                 if not len(boxes):
                     continue
                 i = max(range(len(boxes)), key=lambda k: _iou(boxes[k], face.box))
-                crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
+                crops.append(as_stored(crop_face(image, boxes[i], points[i], settings), settings))
             kept.append(face)
             frames.append(image)
         if not crops:
@@ -653,19 +647,6 @@ class Explainer:
             ExplainedFace(f.index, f.time, f.box, f.score, crop, e, image)
             for f, crop, e, image in zip(kept, crops, explanations, frames)
         ]
-
-
-def _as_stored(crop: np.ndarray, settings: Any) -> np.ndarray:
-    """The crop as training read it back (JPEG at the extraction quality when crops were stored as jpg)."""
-    import cv2
-
-    if settings.image_format != "jpg":
-        return crop
-    ok, data = cv2.imencode(
-        ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
-    )
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
-    return crop if decoded is None else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def write_result_explanations(folder: str | Path, result: Any, faces: Sequence[ExplainedFace]) -> list[Path]:
@@ -706,6 +687,7 @@ def explain_detected(detector: Any, folder: str | Path, faces: int = 3) -> int:
     return count
 
 
-def recording_detector(source: str | Path, device: str | None = None, **options: Any) -> Any:
-    """A loaded detector that records its results, for :func:`explain_detected`."""
-    return _recording_detector().load(source, device, **options)
+def recording_detector(source: str | Path, device: str | None = None, options: Any = None, **fields: Any) -> Any:
+    """A loaded detector that records its results, for :func:`explain_detected`; ``options`` and ``fields`` as
+    :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes them (``compile`` included)."""
+    return _recording_detector().load(source, device, options, **fields)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..detector import SCORED, Aggregation, ConfidentRule
+from ..detector import SCORED, Aggregation, ConfidentRule, DetectorOptions
 from ..inference import detect as detect_paths
 from ..inference import shard_output
 from ..performance import return_freed_memory
@@ -91,34 +91,33 @@ def detect(
         explain_faces: faces explained per input with --explain.
         compile: compile the model with torch.compile (pays off over many inputs; docs/benchmarks.md).
     """
-    confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
+    options = DetectorOptions(
+        frames=frames,
+        aggregation=aggregation,
+        confident=ConfidentRule(confident_fake, confident_real, fake_share, real_share),
+        threshold=threshold,
+        batch_size=batch_size,
+        face_crop=face_crop,
+        workers=workers,
+        compile=compile,
+    )
     return_freed_memory()  # resident memory stays at the peak of one chunk, not growing video after video
     recorder = None
     if explain is not None:  # the same detector as below, keeping its results for the explanations
         from ..explain import recording_detector
 
-        recorder = recording_detector(
-            ckpt, device, frames=frames, aggregation=aggregation, confident=confident, threshold=threshold,
-            batch_size=batch_size, face_crop=face_crop, workers=workers,
-        )  # fmt: skip
+        recorder = recording_detector(ckpt, device, options)
     records = detect_paths(
         paths,
         ckpt,
-        frames=frames,
-        threshold=threshold,
+        options,
         out=out,
         device=device,
-        batch_size=batch_size,
         per_frame=per_frame,
-        face_crop=face_crop,
-        aggregation=aggregation,
-        confident=confident,
-        workers=workers,
         shard=shard,
         num_shards=num_shards,
         resume=resume,
         detector=recorder,
-        compile=compile,
     )
     print(_table(records))
     if recorder is not None and explain is not None:
