@@ -56,7 +56,6 @@ __all__ = [
     "explain_images",
     "injected_subspace",
     "overlay",
-    "recording_detector",
     "relative_responses",
     "relevance",
     "response_chart",
@@ -656,38 +655,14 @@ def write_result_explanations(folder: str | Path, result: Any, faces: Sequence[E
     return write_explanations(target, [f.crop for f in faces], [f.explanation for f in faces], names)
 
 
-def _recording_detector() -> Any:
-    from .detector import Detector
-
-    class RecordingDetector(Detector):
-        """A :class:`~masm_lightning.detector.Detector` that keeps the results it yields (boxes and scores only), so
-        ``detect --explain`` explains the faces it scored without scoring twice."""
-
-        results: list[Any]
-
-        def score_many(self, paths: Any) -> Iterator[Any]:
-            self.results = getattr(self, "results", [])
-            for result in super().score_many(paths):
-                self.results.append(result)
-                yield result
-
-    return RecordingDetector
-
-
-def explain_detected(detector: Any, folder: str | Path, faces: int = 3) -> int:
-    """Write the explanations of the ``faces`` most suspicious faces of every input a recording detector scored
-    (:func:`write_result_explanations`); returns how many faces were explained."""
+def explain_detected(detector: Any, results: Sequence[Any], folder: str | Path, faces: int = 3) -> int:
+    """Write the explanations of the ``faces`` most suspicious faces of every scored result of ``detector``
+    (:func:`write_result_explanations`; ``detect --explain``); returns how many faces were explained."""
     explainer = Explainer.load(detector.classifier.source, detector.classifier.device)
     count = 0
-    for result in getattr(detector, "results", []):
+    for result in results:
         if result.scored:
             explained = explainer.explain_result(detector, result, faces)
             write_result_explanations(folder, result, explained)
             count += len(explained)
     return count
-
-
-def recording_detector(source: str | Path, device: str | None = None, options: Any = None, **fields: Any) -> Any:
-    """A loaded detector that records its results, for :func:`explain_detected`; ``options`` and ``fields`` as
-    :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes them (``compile`` included)."""
-    return _recording_detector().load(source, device, options, **fields)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,7 @@ def detect(
     num_shards: int = 1,
     resume: bool = True,
     detector: Detector | None = None,
+    on_result: Callable[[Result], None] | None = None,
     **fields: Any,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders (recursive); return one record per input, in input order.
@@ -164,6 +165,8 @@ def detect(
         num_shards: number of shards (e.g. a job array); each writes its own output file.
         resume: keep the records of a previous run with the same ``out``, model and settings.
         detector: an already loaded detector to use instead of loading ``ckpt`` (its own options apply).
+        on_result: called with every :class:`~masm_lightning.detector.Result` scored in this run, as it comes
+            (``detect --explain`` explains them afterwards).
 
     Raises:
         CheckpointError: ``ckpt`` is neither a checkpoint nor an export folder.
@@ -207,6 +210,8 @@ def detect(
     try:
         results = detector.score_many(todo)
         for result in tqdm(results, total=len(todo), unit="input", desc="detect", disable=None):
+            if on_result is not None:
+                on_result(result)
             record = _record(result, per_frame)
             fresh[result.path] = record
             output.add(record)
