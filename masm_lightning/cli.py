@@ -211,7 +211,8 @@ def _underscored(argv: list[str]) -> list[str]:
     """``--num-shards`` as well as ``--num_shards`` for the project's commands (their options have always taken
     both spellings): the dashed spelling is rewritten before parsing. Lightning's commands keep LightningCLI's
     underscores."""
-    position = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    names = {*LightningCLI.subcommands(), *_commands()}
+    position = next((i for i, arg in enumerate(argv) if arg in names), None)  # the command: the first name
     if position is None or argv[position] not in _commands():
         return argv
 
