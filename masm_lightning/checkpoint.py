@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from .data.settings import ExtractionSettings
-from .errors import InvalidInputError
-from .model import MASMDetector
+from .errors import InvalidInputError, first_line
+from .model import CHECKPOINT_KEY, MASMDetector
 
 __all__ = [
     "WEIGHT_SETTINGS",
@@ -48,13 +48,16 @@ class CheckpointError(InvalidInputError):
     """A path that is not a usable masm_lightning checkpoint (or export folder); the message says which and why."""
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``, refusing one this machine does not have (before any checkpoint is read, so
-    a missing GPU is not reported as a bad checkpoint).
+def check_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device`` (None: ``cuda`` when available, else ``cpu``), refusing one this machine
+    does not have (before any checkpoint is read, so a missing GPU is not reported as a bad checkpoint). The one
+    device check of the package.
 
     Raises:
         InvalidInputError: not a device name, or CUDA/MPS (or that CUDA index) is not available here.
     """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -80,8 +83,7 @@ def _unreadable_reason(error: BaseException) -> str:
         return "it holds Python objects that safe loading refuses (unpickling them could run code); it was not loaded"
     if "central directory" in text or "zip archive" in text or isinstance(error, (EOFError, OSError)):
         return "the file is truncated or is not a torch checkpoint (an interrupted copy or download?)"
-    first = text.splitlines()[0] if text else type(error).__name__
-    return f"torch cannot read it ({first})"
+    return f"torch cannot read it ({first_line(error)})"
 
 
 def _check_torch_file(path: Path) -> None:
@@ -121,9 +123,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{str(path)!r} is not a readable masm_lightning checkpoint: {_unreadable_reason(error)}"
         ) from None
-    if not isinstance(checkpoint, dict) or "masm" not in checkpoint or "hyper_parameters" not in checkpoint:
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(
-            f"{str(path)!r} is not a masm_lightning checkpoint (no 'masm' and "
+            f"{str(path)!r} is not a masm_lightning checkpoint (no {CHECKPOINT_KEY!r} and "
             "'hyper_parameters' entries); pass a checkpoint written by `fit`"
         )
     return checkpoint
@@ -141,7 +143,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         model = MASMDetector.load_from_checkpoint(path, map_location=target, weights_only=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        reason = str(error).split("\n")[0] if "weights_only" not in str(error) else _unreadable_reason(error)
+        reason = first_line(error) if "weights_only" not in str(error) else _unreadable_reason(error)
         raise CheckpointError(f"{str(path)!r} does not load into MASMDetector: {reason}") from error
     return model.eval(), checkpoint
 
@@ -229,7 +231,7 @@ def checkpoint_model_settings(
 
 def _recorded_face_crop(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     """The face-crop record: in the data module's state (Lightning keys it by the data module's class name), or
-    under ``masm`` in checkpoints written before it moved there."""
+    under :data:`~masm_lightning.model.CHECKPOINT_KEY` in checkpoints written before it moved there."""
     for value in checkpoint.values():
         if isinstance(value, Mapping) and isinstance(value.get(FACE_CROP_KEY), Mapping):
             return dict(value[FACE_CROP_KEY])

@@ -29,18 +29,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from jsonargparse import ActionConfigFile, ActionYesNo, Namespace
+from jsonargparse import ActionConfigFile, ActionSubCommands, ActionYesNo, Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from .callbacks.predictions import VideoPredictionWriter
-from .callbacks.report import RunReport, training_run_folder
+from .callbacks.report import RunReport
+from .callbacks.run_folder import training_run_folder
 from .checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
-from .errors import UserError, debug_enabled
+from .errors import UserError, debug_enabled, first_line
 from .model import MASMDetector
 
 __all__ = ["MASMCLI", "main"]
@@ -132,9 +133,29 @@ def _one_line(message: str) -> str:
     return re.sub(r"\s*\n\s*", " ", text)
 
 
+class _Commands(ActionSubCommands):
+    """The subcommands action: Lightning's commands get ``masm --help`` summaries of ours (theirs are the first
+    line of Trainer's docstrings, cut mid-sentence), and ``test`` its ``--robustness`` switch."""
+
+    @override
+    def add_subcommand(self, name: str, parser: Any, **kwargs: Any) -> Any:
+        if name in _LIGHTNING_SUMMARIES:
+            kwargs["help"] = _LIGHTNING_SUMMARIES[name]
+        if name == "test":
+            parser.add_argument(
+                "--robustness",
+                action=ActionYesNo,
+                default=False,
+                help="also re-score every test set under the DeeperForensics perturbations",
+            )
+        return super().add_subcommand(name, parser, **kwargs)
+
+
 class _Parser(LightningArgumentParser):
     """The parser of every command: an error is one ``error:`` line and exit status 2 (no 65-line usage, no
     multi-line block): ``--help`` shows the options."""
+
+    commands: ActionSubCommands | None = None  # the main parser's subcommands, once added
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
@@ -142,6 +163,12 @@ class _Parser(LightningArgumentParser):
             super().error(message, ex)
         sys.stderr.write(f"error: {_one_line(message)}\n")
         self.exit(2)
+
+    @override
+    def add_subcommands(self, required: bool = True, dest: str = "subcommand", **kwargs: Any) -> ActionSubCommands:
+        kwargs.setdefault("action", _Commands)
+        self.commands = super().add_subcommands(required, dest, **kwargs)
+        return self.commands
 
 
 def _check_config_files(parser: LightningArgumentParser, argv: list[str]) -> None:
@@ -159,7 +186,7 @@ def _check_config_files(parser: LightningArgumentParser, argv: list[str]) -> Non
             opened = f" ({context} opened at line {start.line + 1})" if context and start and start != mark else ""
             parser.error(f"{where}: not valid YAML: {error.problem or context}{opened}")
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            parser.error(f"{value}: not a readable YAML file ({str(error).splitlines()[0]})")
+            parser.error(f"{value}: not a readable YAML file ({first_line(error)})")
 
 
 def _summary(fn: Callable[..., Any]) -> str:
@@ -180,48 +207,79 @@ _LIGHTNING_SUMMARIES = {
 }
 
 
-def _accept_dashes(parser: LightningArgumentParser) -> None:
+def _underscored(argv: list[str]) -> list[str]:
     """``--num-shards`` as well as ``--num_shards`` for the project's commands (their options have always taken
-    both spellings); Lightning's commands keep LightningCLI's underscores."""
-    for action in list(parser._actions):
-        for option in list(action.option_strings):
-            alias = option.replace("_", "-")
-            if option.startswith("--") and alias != option and alias not in parser._option_string_actions:
-                action.option_strings = [*action.option_strings, alias]
-                parser._option_string_actions[alias] = action
+    both spellings): the dashed spelling is rewritten before parsing. Lightning's commands keep LightningCLI's
+    underscores."""
+    names = {*LightningCLI.subcommands(), *_commands()}
+    position = next((i for i, arg in enumerate(argv) if arg in names), None)  # the command: the first name
+    if position is None or argv[position] not in _commands():
+        return argv
+
+    def underscored(arg: str) -> str:
+        if not arg.startswith("--"):
+            return arg
+        name, equals, value = arg.partition("=")
+        return "--" + name[2:].replace("-", "_") + equals + value
+
+    return [*argv[: position + 1], *map(underscored, argv[position + 1 :])]
+
+
+def add_commands(commands: ActionSubCommands) -> None:
+    """Add the project's commands (:func:`_commands`) to the parser's subcommands: each function's typed signature
+    is its options, its docstring its ``--help``."""
+    for name, fn in _commands().items():
+        command = _Parser(description=_description(fn), allow_abbrev=False)
+        command.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+        skip: set[str | int] = set()
+        if "paths" in inspect.signature(fn).parameters:  # the inputs of `detect`, positional
+            command.add_argument("paths", nargs="+", help="video files, image files or folders")
+            skip.add("paths")
+        command.add_function_arguments(fn, as_positional=False, skip=skip)
+        commands.add_subcommand(name, command, help=_summary(fn))
+
+
+class _OwnCommand(Exception):
+    """Raised by :meth:`MASMCLI.parse_arguments` for ``preprocess``/``detect``/``export``/``serve``: what remains of
+    LightningCLI's run (seed, trainer, model) is not theirs; :func:`main` runs the command (:func:`run_command`)."""
+
+    def __init__(self, cli: MASMCLI, name: str, options: Namespace) -> None:
+        super().__init__(name)
+        self.cli, self.name, self.options = cli, name, options
+
+
+def run_command(name: str, options: Namespace) -> None:
+    """Run one of the project's commands with its parsed options: exit status 1 when it had nothing to show
+    (:class:`~masm_lightning.commands.NoResult`), 2 with one line for a user's mistake."""
+    options = options.clone()
+    options.pop("config", None)
+    try:
+        _commands()[name](**options.as_dict())
+    except NoResult as result:
+        print(f"{name}: {result}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # a user's mistake: one line
+        print(f"{name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 class MASMCLI(LightningCLI):
     """LightningCLI plus the project's commands and conventions.
 
-    - ``preprocess``, ``detect`` and ``export`` are subcommands of the same parser (``_commands``);
+    - ``preprocess``, ``detect``, ``export`` and ``serve`` are subcommands of the same parser (:func:`add_commands`),
+      run by :func:`run_command`;
     - every ``fit`` writes ``best.ckpt``/``last.ckpt`` into its versioned run folder (the model's
       ``configure_callbacks``); the logger's ``save_dir`` is linked to ``trainer.default_root_dir``;
     - ``fit``/``validate``/``test`` get a :class:`~masm_lightning.callbacks.RunReport` (results.md, ROC plots, where
       the files are); ``predict`` a :class:`~masm_lightning.callbacks.VideoPredictionWriter`; ``test
       --robustness`` a :class:`~masm_lightning.callbacks.RobustnessSweep`;
     - the data module's resize/normalisation is linked from the model's backbone (``model.data_config``);
+    - ``--ckpt_path``: the file is checked, its model settings fill in what the user did not set
+      (:func:`apply_checkpoint_settings`), and a resumed ``fit`` continues its run folder
+      (:func:`continue_run_folder`) — the one private LightningCLI method overridden is ``_parse_ckpt_path``,
+      whose own version replaces every model setting with the checkpoint's, silently;
     - a value our classes reject in ``__init__`` ends like a parse error: one message, exit status 2.
     """
-
-    @override
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        subcommands = parser._subcommands_action  # the action LightningCLI just added; jsonargparse keeps it here
-        if subcommands is None:
-            raise RuntimeError("LightningCLI added no subcommands to the parser")
-        for name, fn in _commands().items():
-            command = _Parser(description=_description(fn), allow_abbrev=False)
-            command.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
-            skip: set[str | int] = set()
-            if "paths" in inspect.signature(fn).parameters:  # the inputs of `detect`, positional
-                command.add_argument("paths", nargs="+", help="video files, image files or folders")
-                skip.add("paths")
-            command.add_function_arguments(fn, as_positional=False, skip=skip)
-            _accept_dashes(command)
-            subcommands.add_subcommand(name, command, help=_summary(fn))
-        for choice in subcommands._choices_actions:  # Lightning's take their docstring's first line, cut mid-sentence
-            choice.help = _LIGHTNING_SUMMARIES.get(choice.dest, choice.help)
 
     @override
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -231,22 +289,37 @@ class MASMCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     @override
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        commands = getattr(self.parser, "commands", None)
+        if commands is None:
+            raise RuntimeError("LightningCLI added no subcommands to the parser")
+        add_commands(commands)
+
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else None
-        printing = argv is not None and any(a == _PRINT_CONFIG or a.startswith(_PRINT_CONFIG + "=") for a in argv)
-        if argv is not None:
+        # Not through LightningCLI.parse_arguments: it warns when given args while sys.argv holds the command line.
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            argv = _underscored(list(sys.argv[1:] if args is None else args))
             _check_config_files(parser, argv)
-        if printing and argv is not None:
-            # jsonargparse prints before it validates; parse (types checked) and build the classes (our __init__
-            # checks) without printing first, so a value a run would refuse is refused here too. (Not through
-            # LightningCLI.parse_arguments: it warns when given args while sys.argv holds the command line.)
-            self.config = parser.parse_args([a for a in argv if a.split("=", 1)[0] != _PRINT_CONFIG])
-            self._refuse_quoted_numbers()
-            if self.config.get("subcommand") in self.subcommands():  # Lightning's: build its classes
-                self._check_values()
-        super().parse_arguments(parser, args)
+            if any(a == _PRINT_CONFIG or a.startswith(_PRINT_CONFIG + "=") for a in argv):
+                # jsonargparse prints before it validates; parse (types checked) and build the classes (our
+                # __init__ checks) without printing first, so a value a run would refuse is refused here too.
+                self.config = parser.parse_args([a for a in argv if a.split("=", 1)[0] != _PRINT_CONFIG])
+                self._refuse_quoted_numbers()
+                if self.config.get("subcommand") in self.subcommands():  # Lightning's: build its classes
+                    self._check_values()
+            self.config = parser.parse_args(argv)
+            args = argv
         self._refuse_quoted_numbers()
-        self._record_explicit_config(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand not in self.subcommands():  # the project's own: LightningCLI's run stops here
+            raise _OwnCommand(self, subcommand, self.config[subcommand])
+        self.explicit_config = _explicit_config(parser, args)
 
     def _refuse_quoted_numbers(self) -> None:
         """A quoted YAML string where a number is expected (``lambda_orth: "0.5"``) is refused, as the command line
@@ -272,79 +345,25 @@ class MASMCLI(LightningCLI):
             self.parser.error(_user_message(error))
 
     @override
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "test":
-            parser.add_argument(
-                "--robustness",
-                action=ActionYesNo,
-                default=False,
-                help="also re-score every test set under the DeeperForensics perturbations",
-            )
-        return parser
-
-    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.data_config", "data.init_args.input_config", apply_on="instantiate")
         # The logger's folder follows --trainer.default_root_dir, so run folders are <root>/<name>/version_N.
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
 
-    def _own_command(self) -> bool:
-        return self.subcommand not in self.subcommands()
-
-    def _record_explicit_config(self, parser: LightningArgumentParser, args: Any) -> None:
-        # What the config files and the command line set, without defaults: a checkpoint's settings fill in the
-        # rest (`_parse_ckpt_path`), and must never replace these silently.
+    @override
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config["subcommand"]
+        check_ckpt_path(self.config[subcommand])
         try:
-            if isinstance(args, (dict, Namespace)):
-                self.explicit_config = parser.parse_object(args, defaults=False)
-            else:
-                self.explicit_config = parser.parse_args(args, defaults=False)
-        except SystemExit:  # cannot happen after the full parse succeeded; then nothing counts as given
-            self.explicit_config = Namespace()
-
-    def _apply_checkpoint_settings(self) -> None:
-        """``--ckpt_path``: the checkpoint's model settings, except those the user set (kept if they leave the
-        weights' meaning alone, refused with both values if not); a short block says what came from where.
-        LightningCLI's own version replaces every model setting with the checkpoint's, silently."""
-        subcommand = self.config.get("subcommand")
-        if subcommand not in self.subcommands():
-            return
-        ckpt_path = self.config[subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():  # a missing file is reported by the trainer
-            return
-        try:
-            checkpoint = read_checkpoint(ckpt_path)
-            if subcommand == "fit" and is_lean(checkpoint):
-                raise CheckpointError(
-                    f"{ckpt_path!r} is a lean checkpoint (weights for test/detect/export, no optimizer state): "
-                    "resume a fit from the run's last.ckpt"
-                )
-            explicit = self.explicit_config.get(subcommand) or Namespace()
-            given = explicit.get("model") or Namespace()
-            settings, lines = checkpoint_model_settings(
-                checkpoint["hyper_parameters"],
-                given.as_dict(),
-                self.config[subcommand]["model"].as_dict(),
-                ckpt_path,
-            )
+            self.config = apply_checkpoint_settings(self.parser, self.config, self.explicit_config)
         except CheckpointError as error:
             self.parser.error(str(error))
-        rank_zero_info(
-            "\n".join([f"model settings from checkpoint {ckpt_path} (the configuration's where they agree):", *lines])
-            if lines
-            else f"model settings from checkpoint {ckpt_path}: the configuration's, which agree with it"
-        )
-        self.config = self.parser.parse_object({subcommand: {"model": settings}}, self.config)
-
-    @override
-    def _set_seed(self) -> None:
-        if not self._own_command():
-            super()._set_seed()
+        if subcommand == "fit":
+            continue_run_folder(self.config["fit"], self.explicit_config.get("fit") or Namespace())
 
     @override
     def before_instantiate_classes(self) -> None:
-        if self._own_command() or self.subcommand == "fit":
+        if self.subcommand == "fit":
             return
         # Evaluating a checkpoint: the checkpoint callbacks that wrote it are not there (evaluation writes none),
         # which is intended; Lightning's reminder to add them would be noise on every test/validate/predict.
@@ -354,8 +373,6 @@ class MASMCLI(LightningCLI):
 
     @override
     def instantiate_classes(self) -> None:
-        if self._own_command():
-            return
         try:
             super().instantiate_classes()
         except ValueError as error:  # a value our classes reject in __init__/__post_init__
@@ -400,92 +417,107 @@ class MASMCLI(LightningCLI):
         self._add_callback(VideoPredictionWriter)
         self._warn_if_untrained()
 
-    @override
-    def _parse_ckpt_path(self) -> None:
-        subcommand = self.config.get("subcommand")
-        if subcommand in self.subcommands():
-            self._check_ckpt_path(subcommand)
-        self._apply_checkpoint_settings()  # replaces Lightning's, which overrides every model setting silently
-        self._continue_run_folder()
 
-    def _continue_run_folder(self) -> None:
-        """``fit --ckpt_path <root>/<name>/<version>/checkpoints/last.ckpt`` continues in that run folder: the
-        (first) logger gets the checkpoint's version, so ``best.ckpt`` keeps the best score so far (Lightning's
-        ``ModelCheckpoint`` restores it only into the folder it was saved in) and the run keeps one log.
-        Lightning's own ``CSVLogger`` would delete the folder's ``metrics.csv``: it is replaced by
-        :class:`masm_lightning.loggers.CSVLogger` (same arguments), which continues it. A logger version the user
-        set, or a checkpoint from another root or logger name, starts a new run folder, with a warning."""
-        if self.config.get("subcommand") != "fit":
-            return
-        options = self.config["fit"]
-        run = training_run_folder(options.get("ckpt_path"))
-        logger = options["trainer"].get("logger")
-        first = logger[0] if isinstance(logger, list) and logger else logger
-        if run is None or not isinstance(first, Namespace) or "init_args" not in first:
-            return
-        init_args = first["init_args"]
-        explicit = (self.explicit_config.get("fit") or Namespace()).get("trainer") or Namespace()
-        explicit_logger = explicit.get("logger")
-        explicit_first = explicit_logger[0] if isinstance(explicit_logger, list) else explicit_logger
-        if isinstance(explicit_first, Namespace) and (explicit_first.get("init_args") or Namespace()).get("version"):
-            return  # the user chose the folder
-        if "project" in init_args:  # WandbLogger: its name is the project
-            name = init_args.get("project") or os.environ.get("WANDB_PROJECT", "lightning_logs")
-        else:
-            name = init_args.get("name") or "lightning_logs"
-        save_dir = init_args.get("save_dir") or options["trainer"].get("default_root_dir") or "."
-        expected = Path(save_dir).resolve() / str(name)
-        if run.parent.resolve() != expected:
-            rank_zero_warn(
-                f"--ckpt_path is in the run folder {run}, but this fit logs under {expected} (another "
-                "--trainer.default_root_dir or logger name): it starts a new run folder, and its best.ckpt covers "
-                "only the epochs from here on"
-            )
-            return
-        init_args["version"] = run.name
-        # The files in its checkpoints folder are this run's own: Lightning's "exists and is not empty" is noise.
-        warnings.filterwarnings(
-            "ignore",
-            message=f"Checkpoint directory .*{re.escape(str(Path(run.parent.name, run.name, 'checkpoints')))} exists",
+def _explicit_config(parser: LightningArgumentParser, args: Any) -> Namespace:
+    """What the config files and the command line set, without defaults: a checkpoint's settings fill in the
+    rest (:func:`apply_checkpoint_settings`), and must never replace these silently."""
+    try:
+        if isinstance(args, (dict, Namespace)):
+            return parser.parse_object(args, defaults=False)
+        return parser.parse_args(args, defaults=False)
+    except SystemExit:  # cannot happen after the full parse succeeded; then nothing counts as given
+        return Namespace()
+
+
+def check_ckpt_path(options: Namespace) -> None:
+    """A ``--ckpt_path`` file is read (safely) before Lightning reads it: a missing, truncated, unsafe or foreign
+    file is one line naming it, not a traceback from deep inside Lightning or torch.
+
+    Raises:
+        CheckpointError: the file is not a usable checkpoint.
+    """
+    path = options.get("ckpt_path")
+    if path is None or str(path) in _LIGHTNING_CKPT_NAMES or str(path).startswith("registry:"):
+        return
+    if options.get("weights_only") is False:  # the user asked Lightning for a full unpickle: only check it exists
+        if not os.path.isfile(path):
+            raise CheckpointError(f"--ckpt_path {str(path)!r} is not a file")
+        return
+    try:
+        read_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"--ckpt_path: {error}") from error
+
+
+def apply_checkpoint_settings(parser: LightningArgumentParser, config: Namespace, explicit: Namespace) -> Namespace:
+    """``--ckpt_path``: the configuration with the checkpoint's model settings, except those the user set (kept if
+    they leave the weights' meaning alone, refused with both values if not); a short block says what came from
+    where (:func:`~masm_lightning.checkpoint.checkpoint_model_settings`).
+
+    Raises:
+        CheckpointError: a lean checkpoint given to ``fit``, or a given setting that conflicts with the weights.
+    """
+    subcommand = config["subcommand"]
+    ckpt_path = config[subcommand].get("ckpt_path")
+    if not ckpt_path or not Path(ckpt_path).is_file():  # a missing file is reported by the trainer
+        return config
+    checkpoint = read_checkpoint(ckpt_path)
+    if subcommand == "fit" and is_lean(checkpoint):
+        raise CheckpointError(
+            f"{ckpt_path!r} is a lean checkpoint (weights for test/detect/export, no optimizer state): "
+            "resume a fit from the run's last.ckpt"
         )
-        if first.get("class_path") == _LIGHTNING_CSV_LOGGER:
-            first["class_path"] = _RESUMABLE_CSV_LOGGER
-        rank_zero_info(f"resuming in run folder {run}: metrics.csv, best.ckpt and last.ckpt continue there")
+    given = (explicit.get(subcommand) or Namespace()).get("model") or Namespace()
+    settings, lines = checkpoint_model_settings(
+        checkpoint["hyper_parameters"], given.as_dict(), config[subcommand]["model"].as_dict(), ckpt_path
+    )
+    rank_zero_info(
+        "\n".join([f"model settings from checkpoint {ckpt_path} (the configuration's where they agree):", *lines])
+        if lines
+        else f"model settings from checkpoint {ckpt_path}: the configuration's, which agree with it"
+    )
+    return parser.parse_object({subcommand: {"model": settings}}, config)
 
-    def _check_ckpt_path(self, subcommand: str) -> None:
-        """A ``--ckpt_path`` file is read (safely) before Lightning reads it: a missing, truncated, unsafe or
-        foreign file is one line naming it, not a traceback from deep inside Lightning or torch."""
-        from .checkpoint import CheckpointError, read_checkpoint
 
-        options = self.config[subcommand]
-        path = options.get("ckpt_path")
-        if path is None or str(path) in _LIGHTNING_CKPT_NAMES or str(path).startswith("registry:"):
-            return
-        if options.get("weights_only") is False:  # the user asked Lightning for a full unpickle: only check it exists
-            if not os.path.isfile(path):
-                raise CheckpointError(f"--ckpt_path {str(path)!r} is not a file")
-            return
-        try:
-            read_checkpoint(path)
-        except CheckpointError as error:
-            raise CheckpointError(f"--ckpt_path: {error}") from error
-
-    @override
-    def _run_subcommand(self, subcommand: str) -> None:
-        if not self._own_command():
-            super()._run_subcommand(subcommand)
-            return
-        options = self.config[subcommand].clone()
-        options.pop("config", None)
-        fn = _commands()[subcommand]
-        try:
-            fn(**options.as_dict())
-        except NoResult as result:
-            print(f"{subcommand}: {result}", file=sys.stderr)
-            sys.exit(1)
-        except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # a user's mistake: one line
-            print(f"{subcommand}: error: {error}", file=sys.stderr)
-            sys.exit(2)
+def continue_run_folder(options: Namespace, explicit: Namespace) -> None:
+    """``fit --ckpt_path <root>/<name>/<version>/checkpoints/last.ckpt`` continues in that run folder: the (first)
+    logger of ``options`` gets the checkpoint's version, so ``best.ckpt`` keeps the best score so far (Lightning's
+    ``ModelCheckpoint`` restores it only into the folder it was saved in) and the run keeps one log. Lightning's
+    own ``CSVLogger`` would delete the folder's ``metrics.csv``: it is replaced by
+    :class:`masm_lightning.loggers.CSVLogger` (same arguments), which continues it. A logger version the user set
+    (``explicit``), or a checkpoint from another root or logger name, starts a new run folder, with a warning."""
+    run = training_run_folder(options.get("ckpt_path"))
+    logger = options["trainer"].get("logger")
+    first = logger[0] if isinstance(logger, list) and logger else logger
+    if run is None or not isinstance(first, Namespace) or "init_args" not in first:
+        return
+    init_args = first["init_args"]
+    explicit_logger = (explicit.get("trainer") or Namespace()).get("logger")
+    explicit_first = explicit_logger[0] if isinstance(explicit_logger, list) else explicit_logger
+    if isinstance(explicit_first, Namespace) and (explicit_first.get("init_args") or Namespace()).get("version"):
+        return  # the user chose the folder
+    if "project" in init_args:  # WandbLogger: its name is the project
+        name = init_args.get("project") or os.environ.get("WANDB_PROJECT", "lightning_logs")
+    else:
+        name = init_args.get("name") or "lightning_logs"
+    save_dir = init_args.get("save_dir") or options["trainer"].get("default_root_dir") or "."
+    expected = Path(save_dir).resolve() / str(name)
+    if run.parent.resolve() != expected:
+        rank_zero_warn(
+            f"--ckpt_path is in the run folder {run}, but this fit logs under {expected} (another "
+            "--trainer.default_root_dir or logger name): it starts a new run folder, and its best.ckpt covers "
+            "only the epochs from here on"
+        )
+        return
+    init_args["version"] = run.name
+    # The files in its checkpoints folder are this run's own: Lightning's "exists and is not empty" is noise.
+    warnings.filterwarnings(
+        "ignore",
+        message=f"Checkpoint directory .*{re.escape(str(Path(run.parent.name, run.name, 'checkpoints')))} exists",
+    )
+    if first.get("class_path") == _LIGHTNING_CSV_LOGGER:
+        first["class_path"] = _RESUMABLE_CSV_LOGGER
+    rank_zero_info(f"resuming in run folder {run}: metrics.csv, best.ckpt and last.ckpt continue there")
 
 
 def main(args: list[str] | None = None) -> MASMCLI:
@@ -499,19 +531,23 @@ def main(args: list[str] | None = None) -> MASMCLI:
         if not any(isinstance(f, _QuietLightning) for f in logger.filters):
             logger.addFilter(_QuietLightning())
     try:
-        return MASMCLI(
-            MASMDetector,
-            FaceForgeryDataModule,
-            subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule
-            args=args,
-            save_config_kwargs={"overwrite": True},
-            parser_class=_Parser,
-            auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable
-            parser_kwargs={
-                "prog": "masm",
-                "description": "MASM deepfake detection: train, test, extract faces, score videos, export models.",
-            },
-        )
+        try:
+            return MASMCLI(
+                MASMDetector,
+                FaceForgeryDataModule,
+                subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule
+                args=args,
+                save_config_kwargs={"overwrite": True},
+                parser_class=_Parser,
+                auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable
+                parser_kwargs={
+                    "prog": "masm",
+                    "description": "MASM deepfake detection: train, test, extract faces, score videos, export models.",
+                },
+            )
+        except _OwnCommand as command:
+            run_command(command.name, command.options)
+            return command.cli
     except UserError as error:  # the user's mistake, found while running: one line (bugs keep their traceback)
         if debug_enabled():
             raise

@@ -28,43 +28,45 @@ gets a :class:`Result` whose ``status`` says what happened:
 ``unreadable``  not a video or image that can be used (``detail`` says why, in one line: not media, empty, an
                 image too large or truncated before any face); ``empty``: a video with no frame
 ``missing``     the path does not exist; ``no_media``: a folder with no video or image inside
+``too_large``   the web app only: an upload over its size cap
 ``error``       anything else went wrong on this input (one line in ``detail``: a bug of ours, please report it)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from .adapters import merge_adapters
-from .checkpoint import CheckpointError, check_device, extraction_settings, face_crop_settings, load_checkpoint
-from .data.crops import crop_face
+from .checkpoint import CheckpointError, check_device
+from .data.crops import as_stored, crop_face
 from .data.faces import Detection, MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
 from .data.video import Frame, chunks_ahead, open_image, open_video, sample_indices, sniff
-from .export import is_adapter_folder, load_adapter, load_exported
-from .hub import HUB_PREFIX
+from .errors import InvalidInputError
+from .export import load_model
 from .io import settings_digest, walk_files
-from .performance import compile_module
+from .model import MASMDetector
+from .performance import compile_module, split_cores
 
 __all__ = [
     "SCORED",
+    "STATUSES",
     "Classifier",
     "ConfidentRule",
     "Detector",
+    "DetectorOptions",
     "FrameScore",
     "Result",
     "aggregate",
@@ -73,7 +75,12 @@ __all__ = [
 ]
 
 Aggregation = Literal["mean", "confident"]
-Status = Literal["ok", "truncated", "damaged", "no_face", "unreadable", "empty", "missing", "no_media", "error"]
+# Every status an input can get, the one list (docs/troubleshooting.md's table): `too_large` is the web app's, for an
+# upload over its size cap; the others are the detector's.
+Status = Literal[
+    "ok", "truncated", "damaged", "no_face", "unreadable", "empty", "missing", "no_media", "too_large", "error"
+]
+STATUSES: tuple[Status, ...] = get_args(Status)
 Kind = Literal["video", "image", "folder", ""]
 SCORED: tuple[Status, ...] = ("ok", "truncated", "damaged")  # statuses that carry a score and a decision
 FaceDetector = Callable[[list[np.ndarray]], list[Detection]]
@@ -101,13 +108,13 @@ class ConfidentRule:
 
     def __post_init__(self) -> None:
         if not 0 <= self.real_threshold < self.fake_threshold <= 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"confident rule: need 0 <= real_threshold < fake_threshold <= 1, got "
                 f"{self.real_threshold} and {self.fake_threshold}"
             )
         for name in ("fake_share", "real_share"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"confident rule: {name} must be in [0, 1], got {getattr(self, name)}")
+                raise InvalidInputError(f"confident rule: {name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def aggregate(
@@ -157,89 +164,35 @@ class Classifier:
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def _load_export(path: Path, device: torch.device) -> Classifier:
-    model, config = load_exported(path, device)
-    return Classifier(
-        model,
-        config["image_size"],
-        tuple(config["mean"]),
-        tuple(config["std"]),
-        extraction_settings(config["face_crop"]),
-        config["threshold"],
-        str(path),
-        device,
-        config.get("interpolation", "bicubic"),
-    )
-
-
-def _load_fit_checkpoint(path: Path, device: torch.device) -> Classifier:
-    detector, checkpoint = load_checkpoint(path, device)
-    if detector.backbone is None:
-        raise CheckpointError(f"{str(path)!r}: the loaded model has no backbone")
-    merge_adapters(detector.backbone)  # plain Linear layers: the adapters cost nothing at inference
-    data = detector.data_config
-    return Classifier(
-        detector,
-        data["image_size"],
-        tuple(data["mean"]),
-        tuple(data["std"]),
-        face_crop_settings(checkpoint, path),
-        float(detector.hparams["threshold"]),
-        str(path),
-        device,
-        data["interpolation"],
-    )
-
-
-def _load_adapter_folder(path: Path, device: torch.device) -> Classifier:
-    detector, config = load_adapter(path, device)  # the base rebuilt and checked against its fingerprint
-    merge_adapters(detector.backbone)  # type: ignore[arg-type]  # load_adapter always builds the backbone
-    data = config["input"]
-    return Classifier(
-        detector,
-        data["image_size"],
-        tuple(data["mean"]),
-        tuple(data["std"]),
-        extraction_settings(config["face_crop"]),
-        float(config["threshold"]),
-        str(path),
-        device,
-        data.get("interpolation", "bicubic"),
-    )
-
-
-def _load_hub(path: Path, device: torch.device) -> Classifier:
-    from .hub import resolve
-
-    folder = resolve(str(path))  # downloaded, or the local cache with HF_HUB_OFFLINE=1
-    return _load_adapter_folder(folder, device) if is_adapter_folder(folder) else _load_export(folder, device)
-
-
-# What `Detector.load` accepts, tried in order: (does this source look like it, load it). An adapter folder
-# (`adapter_config.json`) and `hf-hub:ORG/NAME` ids go before the export folder. Immutable: extended here.
-_LOADERS: tuple[tuple[Callable[[str], bool], Callable[[Path, torch.device], Classifier]], ...] = (
-    (lambda source: source.startswith(HUB_PREFIX), _load_hub),
-    (is_adapter_folder, _load_adapter_folder),
-    (lambda source: Path(source).is_dir(), _load_export),
-    (lambda source: True, _load_fit_checkpoint),  # a file, or a missing path the checkpoint reader names
-)
-
-
 def load_classifier(source: str | Path, device: str | None = None, compile: bool = False) -> Classifier:
-    """A :class:`Classifier` from a ``fit`` checkpoint (adapters merged for speed), an ``export`` folder, an
-    adapter folder (``export --adapter``: the base rebuilt and fingerprint-checked) or a hub id ``hf-hub:ORG/NAME``.
+    """A :class:`Classifier` from a ``fit`` checkpoint, an ``export`` folder, an adapter folder (``export
+    --adapter``: the base rebuilt and fingerprint-checked) or a hub id ``hf-hub:ORG/NAME``
+    (:func:`~masm_lightning.export.load_model`); a MASM model's adapters are merged for speed.
 
     Raises:
         CheckpointError: ``source`` is none of these (the message names it and says why).
         HubError: a hub id that cannot be downloaded and is not in the local cache.
     """
-    target = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    for accepts, load in _LOADERS:
-        if accepts(str(source)):
-            classifier = load(Path(source), target)
-            compile_module(classifier.model, compile)  # in place; pays off over many inputs (docs/benchmarks.md)
-            return classifier
-    raise CheckpointError(f"{str(source)!r} is not a checkpoint, an export folder or a hub id")
+    target = check_device(device)
+    loaded = load_model(source, target)
+    if isinstance(loaded.model, MASMDetector):
+        if loaded.model.backbone is None:
+            raise CheckpointError(f"{str(source)!r}: the loaded model has no backbone")
+        merge_adapters(loaded.model.backbone)  # plain Linear layers: the adapters cost nothing at inference
+    inputs = loaded.input
+    classifier = Classifier(
+        loaded.model,
+        inputs["image_size"],
+        tuple(inputs["mean"]),
+        tuple(inputs["std"]),
+        loaded.face_crop,
+        loaded.threshold,
+        str(loaded.source),
+        target,
+        inputs["interpolation"],
+    )
+    compile_module(classifier.model, compile)  # in place; pays off over many inputs (docs/benchmarks.md)
+    return classifier
 
 
 @dataclass(frozen=True)
@@ -335,19 +288,6 @@ def _sniff_or_none(path: Path) -> str | None:
         return None
 
 
-def _as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
-    """The crop as training read it back: JPEG-encoded at the extraction quality when crops were stored as jpg."""
-    if settings.image_format != "jpg":
-        return crop
-    _, data = cv2.imencode(
-        ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
-    )
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if decoded is None:
-        raise OSError(f"JPEG round trip at quality {settings.jpeg_quality} failed for a crop of shape {crop.shape}")
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
 class _VideoScores:
     """A video's detections and face scores as its chunks are scored; only boxes and scores are kept."""
 
@@ -378,7 +318,7 @@ class _VideoScores:
             for position, (image, (boxes, probs, points)) in enumerate(zip(images, detections), start):
                 # Every face the selection may pick (tracking sees only confident ones): the pick waits for the end.
                 for i in np.flatnonzero(probs >= settings.min_prob):
-                    self.crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
+                    self.crops.append(as_stored(crop_face(image, boxes[i], points[i], settings), settings))
                     self.where.append((position, int(i)))
             self.detections += detections
         self.flush(full_batches_only=owner.face_crop)  # whole frames are not kept past their chunk
@@ -412,11 +352,12 @@ class _VideoScores:
         return records
 
 
-class Detector:
-    """Scores videos and images with a trained model: :meth:`load` it, then :meth:`score` or :meth:`score_many`.
+@dataclass(frozen=True)
+class DetectorOptions:
+    """How a :class:`Detector` scores, in one typed object: ``detect``, the Python API, the web app and ``detect
+    --explain`` all build their detector from one of these (``dataclasses.replace`` changes a few fields).
 
     Args:
-        classifier: the model and its settings (:func:`load_classifier`).
         frames: frames per video, spread uniformly over the whole video (default: the checkpoint's extraction
             setting, 32). Any number: memory holds at most a few chunks of ``chunk_frames``.
         aggregation: a video's score: ``mean`` of its frames, or the DFDC winner's ``confident`` rule.
@@ -424,55 +365,98 @@ class Detector:
         threshold: fake-probability decision threshold, in (0, 1) (default: the model's).
         batch_size: crops per forward pass.
         face_crop: crop faces as in training; false scores whole frames/images (no face detection).
-        workers: inputs in flight at once in :meth:`score_many` (threads, each with a decoding thread of its own;
-            about the number of cores).
-        chunk_frames: decoded frames per chunk, the face detector's batch (also capped at 32 MB of frames):
+        workers: inputs in flight at once in :meth:`Detector.score_many` (threads, each with a decoding thread of
+            its own; about the number of cores).
+        chunk_frames: decoded frames per chunk, the face detector's batch (also capped at 12 MB of frames):
             MTCNN's boxes do not depend on its batch, so neither do the scores; memory grows with it.
+        compile: compile the model with ``torch.compile`` when it is loaded (:meth:`Detector.load`; pays off over
+            many inputs, docs/benchmarks.md).
+
+    Raises:
+        InvalidInputError: a value out of range (one line naming it and what is valid).
+    """
+
+    frames: int | None = None
+    aggregation: Aggregation = "mean"
+    confident: ConfidentRule = ConfidentRule()
+    threshold: float | None = None
+    batch_size: int = 32
+    face_crop: bool = True
+    workers: int = 1
+    chunk_frames: int = 8
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in ("mean", "confident"):
+            raise InvalidInputError(f"aggregation {self.aggregation!r} is not one of 'mean', 'confident'")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise InvalidInputError(f"threshold must be in (0, 1), got {self.threshold}")
+        counts = {"batch_size": self.batch_size, "workers": self.workers, "chunk_frames": self.chunk_frames}
+        for name, value in {"frames": 1 if self.frames is None else self.frames, **counts}.items():
+            if value < 1:
+                raise InvalidInputError(f"{name} must be >= 1, got {value}")
+
+    @classmethod
+    def of(cls, options: DetectorOptions | None = None, **fields: Any) -> DetectorOptions:
+        """``options`` (default: the defaults) with ``fields`` replaced: the keyword form the API also takes.
+
+        Raises:
+            InvalidInputError: a field that is not an option, or a value out of range.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise InvalidInputError(f"{unknown[0]!r} is not a detector option; the options: {', '.join(sorted(known))}")
+        return dataclasses.replace(options or cls(), **fields)
+
+
+class Detector:
+    """Scores videos and images with a trained model: :meth:`load` it, then :meth:`score` or :meth:`score_many`.
+
+    Args:
+        classifier: the model and its settings (:func:`load_classifier`).
+        options: how to score (:class:`DetectorOptions`); ``fields`` replace some of them
+            (``Detector(classifier, frames=8)``).
         face_detector: frames → detections, in place of the checkpoint's MTCNN (tests, other detectors).
     """
 
     def __init__(
         self,
         classifier: Classifier,
-        frames: int | None = None,
-        aggregation: Aggregation = "mean",
-        confident: ConfidentRule = ConfidentRule(),
-        threshold: float | None = None,
-        batch_size: int = 32,
-        face_crop: bool = True,
-        workers: int = 1,
-        chunk_frames: int = 8,
+        options: DetectorOptions | None = None,
         face_detector: FaceDetector | None = None,
+        **fields: Any,
     ) -> None:
-        if aggregation not in ("mean", "confident"):
-            raise ValueError(f"aggregation {aggregation!r} is not one of 'mean', 'confident'")
-        if threshold is not None and not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        counts = {"frames": 1 if frames is None else frames, "batch_size": batch_size, "workers": workers}
-        for name, value in {**counts, "chunk_frames": chunk_frames}.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        self.classifier = classifier
-        self.frames = frames or classifier.face_crop.frames
-        self.aggregation, self.confident = aggregation, confident
-        self.threshold = classifier.threshold if threshold is None else threshold
-        self.batch_size, self.face_crop, self.workers, self.chunk_frames = batch_size, face_crop, workers, chunk_frames
+        options = DetectorOptions.of(options, **fields)
+        self.classifier, self.options = classifier, options
+        self.frames = options.frames or classifier.face_crop.frames
+        self.aggregation, self.confident = options.aggregation, options.confident
+        self.threshold = classifier.threshold if options.threshold is None else options.threshold
+        self.batch_size, self.face_crop = options.batch_size, options.face_crop
+        self.workers, self.chunk_frames = options.workers, options.chunk_frames
         self._face_detector = face_detector
         self._lock = threading.Lock()
         self._decode_threads = 0  # FFmpeg's choice for one video at a time; set per run of score_many
 
     @classmethod
-    def load(cls, source: str | Path, device: str | None = None, compile: bool = False, **options: Any) -> Detector:
-        """A detector from a ``fit`` checkpoint or an ``export`` folder; ``compile`` compiles the model with
-        ``torch.compile``; ``options`` are the constructor's.
+    def load(
+        cls,
+        source: str | Path,
+        device: str | None = None,
+        options: DetectorOptions | None = None,
+        face_detector: FaceDetector | None = None,
+        **fields: Any,
+    ) -> Detector:
+        """A detector from a ``fit`` checkpoint, an ``export`` folder, an adapter folder or ``hf-hub:ORG/NAME``,
+        scoring with ``options`` (``fields`` replace some of them; ``compile=True`` compiles the model);
+        ``face_detector`` as the constructor takes it.
 
         Raises:
             CheckpointError: ``source`` is not a usable model (the message names it and says why).
-            ValueError: a bad option.
+            InvalidInputError: a bad option or device (a ``ValueError``).
         """
-        if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but no CUDA device is available; use 'cpu'")
-        return cls(load_classifier(source, device, compile), **options)
+        options = DetectorOptions.of(options, **fields)  # before the model is read: a bad option costs nothing
+        return cls(load_classifier(source, device, options.compile), options, face_detector)
 
     @property
     def face_detector(self) -> FaceDetector:
@@ -537,25 +521,20 @@ class Detector:
             self._decode_threads = 0
             yield from map(one, inputs)
             return
-        # Each thread scores whole inputs with an equal share of the cores for its decoder and for torch (as
-        # preprocess does: several narrow pipelines scale better on a CPU than one wide one); FFmpeg and torch
-        # release the GIL. At most workers + 1 inputs are started ahead of the one being yielded.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self._decode_threads = max(1, cores // self.workers)
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, torch_threads // self.workers))
-        pending: list[Future[Result]] = []
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="detect")
-        try:
-            for item in inputs:
-                pending.append(pool.submit(one, item))
-                if len(pending) > self.workers:
+        # Each thread scores whole inputs with an equal share of the cores (as preprocess does); at most
+        # workers + 1 inputs are started ahead of the one being yielded.
+        with split_cores(self.workers) as self._decode_threads:
+            pending: list[Future[Result]] = []
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="detect")
+            try:
+                for item in inputs:
+                    pending.append(pool.submit(one, item))
+                    if len(pending) > self.workers:
+                        yield pending.pop(0).result()
+                while pending:
                     yield pending.pop(0).result()
-            while pending:
-                yield pending.pop(0).result()
-        finally:  # also when the caller stops early: inputs not started are dropped
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(torch_threads)
+            finally:  # also when the caller stops early: inputs not started are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _score_file(self, path: Path) -> Result:
         try:

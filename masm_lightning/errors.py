@@ -24,6 +24,7 @@ __all__ = [
     "InvalidInputError",
     "UserError",
     "debug_enabled",
+    "first_line",
 ]
 
 DEBUG_ENV = "MASM_DEBUG"
@@ -49,3 +50,12 @@ class IncompatibleCheckpointError(UserError, RuntimeError):
 def debug_enabled() -> bool:
     """Whether ``MASM_DEBUG`` asks for tracebacks of user errors (any value but empty, ``0``, ``false``, ``no``)."""
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def first_line(error: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (a library's multi-line message, quoted inside one of ours), or its
+    type's name when it has none; ``with_type`` prefixes the type's name (``OSError: …``)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0].strip()}" if with_type else lines[0].strip()

@@ -56,7 +56,6 @@ __all__ = [
     "explain_images",
     "injected_subspace",
     "overlay",
-    "recording_detector",
     "relative_responses",
     "relevance",
     "response_chart",
@@ -592,19 +591,13 @@ class Explainer:
     def load(cls, source: str | Path, device: str | torch.device = "cpu") -> Explainer:
         """From what :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes: a ``fit`` checkpoint, an
         adapter folder, an export folder (heatmaps only: its layers are merged) or ``hf-hub:ORG/NAME``."""
-        from .checkpoint import load_checkpoint
-        from .export import is_adapter_folder, load_adapter, load_exported
-        from .hub import is_hub_id, resolve
+        from .export import load_model
+        from .model import MASMDetector
 
-        path = resolve(str(source)) if is_hub_id(source) else Path(source)
-        if is_adapter_folder(path):
-            model, config = load_adapter(path, device)
-            return cls(model.backbone, model.head, config.get(ENERGY_KEY))  # type: ignore[arg-type]
-        if path.is_dir():
-            timm_model, _ = load_exported(path, device)
-            return cls(timm_model, nn.Identity())
-        detector, checkpoint = load_checkpoint(path, device)
-        return cls(detector.backbone, detector.head, checkpoint.get(ENERGY_KEY))  # type: ignore[arg-type]
+        loaded = load_model(source, device)
+        if isinstance(loaded.model, MASMDetector):
+            return cls(loaded.model.backbone, loaded.model.head, loaded.energy_means)  # type: ignore[arg-type]
+        return cls(loaded.model, nn.Identity())  # an export folder: heatmaps only, its layers are merged
 
     def explain_crops(self, crops: Sequence[np.ndarray], transform: Any) -> list[Explanation]:
         """Explanations of RGB uint8 face crops, resized and normalised by ``transform`` (the detector's)."""
@@ -615,7 +608,7 @@ class Explainer:
     def explain_result(self, detector: Any, result: Any, faces: int = 4) -> list[ExplainedFace]:
         """The ``faces`` highest-scoring faces of a scored :class:`~masm_lightning.detector.Result`, re-read from
         its file (only those frames are decoded and cropped again, exactly as the detector cropped them)."""
-        from .data.crops import crop_face
+        from .data.crops import as_stored, crop_face
         from .data.video import open_video, read_image
 
         if not result.frames:
@@ -643,7 +636,7 @@ class Explainer:
                 if not len(boxes):
                     continue
                 i = max(range(len(boxes)), key=lambda k: _iou(boxes[k], face.box))
-                crops.append(_as_stored(crop_face(image, boxes[i], points[i], settings), settings))
+                crops.append(as_stored(crop_face(image, boxes[i], points[i], settings), settings))
             kept.append(face)
             frames.append(image)
         if not crops:
@@ -655,19 +648,6 @@ class Explainer:
         ]
 
 
-def _as_stored(crop: np.ndarray, settings: Any) -> np.ndarray:
-    """The crop as training read it back (JPEG at the extraction quality when crops were stored as jpg)."""
-    import cv2
-
-    if settings.image_format != "jpg":
-        return crop
-    ok, data = cv2.imencode(
-        ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
-    )
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
-    return crop if decoded is None else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
 def write_result_explanations(folder: str | Path, result: Any, faces: Sequence[ExplainedFace]) -> list[Path]:
     """``folder/<input name>/frame<index>_face<rank>.png`` (+ ``_subspaces.png``) and ``explanations.json``."""
     target = Path(folder) / Path(result.path).name
@@ -675,37 +655,14 @@ def write_result_explanations(folder: str | Path, result: Any, faces: Sequence[E
     return write_explanations(target, [f.crop for f in faces], [f.explanation for f in faces], names)
 
 
-def _recording_detector() -> Any:
-    from .detector import Detector
-
-    class RecordingDetector(Detector):
-        """A :class:`~masm_lightning.detector.Detector` that keeps the results it yields (boxes and scores only), so
-        ``detect --explain`` explains the faces it scored without scoring twice."""
-
-        results: list[Any]
-
-        def score_many(self, paths: Any) -> Iterator[Any]:
-            self.results = getattr(self, "results", [])
-            for result in super().score_many(paths):
-                self.results.append(result)
-                yield result
-
-    return RecordingDetector
-
-
-def explain_detected(detector: Any, folder: str | Path, faces: int = 3) -> int:
-    """Write the explanations of the ``faces`` most suspicious faces of every input a recording detector scored
-    (:func:`write_result_explanations`); returns how many faces were explained."""
+def explain_detected(detector: Any, results: Sequence[Any], folder: str | Path, faces: int = 3) -> int:
+    """Write the explanations of the ``faces`` most suspicious faces of every scored result of ``detector``
+    (:func:`write_result_explanations`; ``detect --explain``); returns how many faces were explained."""
     explainer = Explainer.load(detector.classifier.source, detector.classifier.device)
     count = 0
-    for result in getattr(detector, "results", []):
+    for result in results:
         if result.scored:
             explained = explainer.explain_result(detector, result, faces)
             write_result_explanations(folder, result, explained)
             count += len(explained)
     return count
-
-
-def recording_detector(source: str | Path, device: str | None = None, **options: Any) -> Any:
-    """A loaded detector that records its results, for :func:`explain_detected`."""
-    return _recording_detector().load(source, device, **options)

@@ -18,6 +18,9 @@ Loading an adapter folder (:func:`load_adapter`) rebuilds the base from its sour
 ``checkpoint_path`` file, or the recorded seed of a random-init demo base), re-injects the adapters (the SVD of the
 base reproduces every frozen part) and loads the factors; a base whose fingerprint differs from the recorded one is
 refused. A ViT-L/14 MASM adapter (K=4, d=4, four targets) is 28 MB in float32, 14 MB in bfloat16.
+
+:func:`load_model` is the one reader of every model source (a hub id, an adapter folder, an export folder, a
+``fit`` checkpoint): the detector and the explanations both load through it.
 """
 
 from __future__ import annotations
@@ -33,12 +36,24 @@ import torch
 from torch import nn
 
 from .adapters import merge_adapters
-from .checkpoint import CheckpointError, face_crop_settings, load_checkpoint
+from .callbacks.run_folder import training_run_folder
+from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
 from .data.settings import ExtractionSettings
+from .errors import first_line
+from .hub import is_hub_id
 from .io import atomic_path, write_atomic
 from .model import MASMDetector
 
-__all__ = ["export", "export_adapter", "export_model", "is_adapter_folder", "load_adapter", "load_exported"]
+__all__ = [
+    "LoadedModel",
+    "export",
+    "export_adapter",
+    "export_model",
+    "is_adapter_folder",
+    "load_adapter",
+    "load_exported",
+    "load_model",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -311,8 +326,9 @@ def load_adapter(
         model = MASMDetector(**hparams)
         model.configure_model()
     except (OSError, RuntimeError, ValueError, TypeError) as error:  # no file, no hub, weights that do not fit
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"adapter folder {str(folder)!r}: cannot build its base from {where}: {first}") from None
+        raise CheckpointError(
+            f"adapter folder {str(folder)!r}: cannot build its base from {where}: {first_line(error)}"
+        ) from None
     _check_mirror(folder, "input", config.get("input"), "the built model's input", model.data_config)
     if "selection" in config:  # the FMSD layers, a copy of hparams.selection.layers
         layers = list(model.selection.layers or ()) if model.selection is not None else []
@@ -334,7 +350,7 @@ def _run_config(ckpt: Path) -> dict[str, Any] | None:
     """The ``config.yaml`` LightningCLI wrote in the checkpoint's run folder, if any."""
     import yaml
 
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    run = training_run_folder(ckpt) or ckpt.parent
     try:
         loaded = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
@@ -403,3 +419,61 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> tup
     except (json.JSONDecodeError, KeyError, RuntimeError, OSError) as error:
         raise CheckpointError(f"export folder {str(folder)!r} does not load: {error}") from error
     return model.eval().to(device), config
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model as :func:`load_model` read it, whatever its source, with what scoring it needs."""
+
+    kind: Literal["checkpoint", "adapter", "export"]
+    model: nn.Module  # a MASMDetector (adapters not merged) or, for an export folder, the timm model
+    input: dict[str, Any]  # image_size, mean, std, interpolation: the backbone's resize and normalisation
+    face_crop: ExtractionSettings  # how the training crops were made
+    threshold: float
+    source: Path  # the file or folder read (a hub id's local folder)
+    energy_means: dict[str, Any] | None = None  # the training means of the subspace responses, where recorded
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read any model source, tried in this order: ``hf-hub:ORG/NAME`` (downloaded, or the local cache with
+    ``HF_HUB_OFFLINE=1``; then read as the folder it is), an adapter folder (``adapter_config.json``: the base
+    rebuilt and fingerprint-checked), an export folder, else a ``fit`` checkpoint file.
+
+    Raises:
+        CheckpointError: ``source`` is none of these (the message names it and says why; a missing path too).
+        HubError: a hub id that cannot be downloaded and is not in the local cache.
+    """
+    if is_hub_id(source):
+        from .hub import resolve
+
+        path = resolve(str(source))
+    else:
+        path = Path(source)
+    if is_adapter_folder(path):
+        detector, config = load_adapter(path, device)
+        return LoadedModel(
+            "adapter",
+            detector,
+            {"interpolation": "bicubic", **config["input"]},
+            extraction_settings(config["face_crop"]),
+            float(config["threshold"]),
+            path,
+            config.get(ENERGY_KEY),
+        )
+    if path.is_dir():
+        model, config = load_exported(path, device)
+        inputs = {key: config[key] for key in ("image_size", "mean", "std")}
+        inputs["interpolation"] = config.get("interpolation", "bicubic")
+        return LoadedModel(
+            "export", model, inputs, extraction_settings(config["face_crop"]), float(config["threshold"]), path
+        )
+    detector, checkpoint = load_checkpoint(path, device)
+    return LoadedModel(
+        "checkpoint",
+        detector,
+        dict(detector.data_config),
+        face_crop_settings(checkpoint, path),
+        float(detector.hparams["threshold"]),
+        path,
+        checkpoint.get(ENERGY_KEY),
+    )

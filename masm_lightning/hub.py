@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .errors import first_line
+
 __all__ = ["HUB_PREFIX", "HubError", "is_hub_id", "push_to_hub", "resolve"]
 
 HUB_PREFIX = "hf-hub:"
@@ -32,11 +34,6 @@ def _repo_id(repo: str) -> str:
     if not _REPO_ID.match(repo):
         raise HubError(f"hub repository {repo!r} is not of the form ORG/NAME (e.g. my-lab/masm-vitl14-ffpp)")
     return repo
-
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def push_to_hub(folder: str | Path, repo: str, private: bool = False, token: str | None = None) -> str:
@@ -69,7 +66,7 @@ def push_to_hub(folder: str | Path, repo: str, private: bool = False, token: str
     except LocalTokenNotFoundError:
         raise HubError(f"cannot upload to {repo_id!r}: not logged in (run `hf auth login` or set HF_TOKEN)") from None
     except (HfHubHTTPError, OSError) as error:  # HTTP refusals, no connection, DNS failures
-        raise HubError(f"cannot upload to {repo_id!r}: {_reason(error)}") from None
+        raise HubError(f"cannot upload to {repo_id!r}: {first_line(error, with_type=True)}") from None
     return str(url)
 
 
@@ -92,4 +89,4 @@ def resolve(reference: str) -> Path:
             "(download it once with network, or point at a local folder)"
         ) from None
     except (HfHubHTTPError, OSError) as error:
-        raise HubError(f"{HUB_PREFIX}{repo_id}: cannot download: {_reason(error)}") from None
+        raise HubError(f"{HUB_PREFIX}{repo_id}: cannot download: {first_line(error, with_type=True)}") from None

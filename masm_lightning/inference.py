@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +28,31 @@ from tqdm import tqdm
 
 from .detector import (
     SCORED,
-    Aggregation,
     Classifier,
     ConfidentRule,
     Detector,
+    DetectorOptions,
     Result,
     aggregate,
     expand_inputs,
     load_classifier,
 )
-from .io import Stamp, write_atomic, write_csv
+from .errors import InvalidInputError
+from .io import Stamp, check_shard, shard_inputs, write_atomic, write_csv
 
-__all__ = ["Classifier", "ConfidentRule", "aggregate", "detect", "load_classifier", "shard_inputs", "shard_output"]
+__all__ = [
+    "Classifier",
+    "ConfidentRule",
+    "DetectorOptions",
+    "aggregate",
+    "detect",
+    "load_classifier",
+    "shard_inputs",
+    "shard_output",
+]
 
 FIELDS = ("path", "kind", "status", "score", "decision", "frames", "detail", "frame_indices", "frame_scores")
-_RULE = ConfidentRule()
 RETRIED = ("missing", "error")  # statuses a resumed run tries again (the file may have appeared, the error passed)
-
-
-def shard_inputs(inputs: Sequence[Any], shard: int, num_shards: int, key: Any = str) -> list[Any]:
-    """Deterministic partition: inputs sorted by ``key``, every ``num_shards``-th from ``shard``."""
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
-    return sorted(inputs, key=key)[shard::num_shards]
 
 
 def shard_output(out: Path, shard: int, num_shards: int) -> Path:
@@ -138,64 +140,44 @@ class _Output:
 def detect(
     paths: Sequence[str | Path],
     ckpt: str | Path,
-    frames: int | None = None,
-    threshold: float | None = None,
+    options: DetectorOptions | None = None,
     out: str | Path | None = None,
     device: str | None = None,
-    batch_size: int = 32,
     per_frame: bool = False,
-    face_crop: bool = True,
-    aggregation: Aggregation = "mean",
-    confident: ConfidentRule = _RULE,
-    workers: int = 1,
     shard: int = 0,
     num_shards: int = 1,
     resume: bool = True,
     detector: Detector | None = None,
-    compile: bool = False,
+    on_result: Callable[[Result], None] | None = None,
+    **fields: Any,
 ) -> list[dict[str, Any]]:
     """Score videos, images and folders (recursive); return one record per input, in input order.
 
     Args:
         paths: video files, image files or folders.
         ckpt: a checkpoint written by ``fit``, or a folder written by ``export``.
-        frames: frames per video, spread uniformly (default: the checkpoint's extraction setting, 32).
-        threshold: fake-probability decision threshold (default: the model's).
+        options: how to score (:class:`~masm_lightning.detector.DetectorOptions`: frames, aggregation, threshold,
+            batch size, face crop, workers, chunk size, compile); ``fields`` replace some of them (``frames=8``).
         out: write the records here as they are computed (``.json`` or ``.csv``); rerun to resume.
         device: cpu or cuda (default: cuda when available); MTCNN runs there too.
-        batch_size: crops per forward pass.
         per_frame: add each record's frame indices and frame scores.
-        face_crop: crop faces as in training; false scores whole frames/images.
-        aggregation: ``mean`` of frame scores, or the DFDC winner's ``confident`` rule (:class:`ConfidentRule`).
-        confident: the confident rule's thresholds.
-        workers: inputs in flight at once (threads; about the number of cores).
         shard: this run's shard, in [0, num_shards).
         num_shards: number of shards (e.g. a job array); each writes its own output file.
         resume: keep the records of a previous run with the same ``out``, model and settings.
-        detector: an already loaded detector to use instead of loading ``ckpt`` (its own settings apply).
-        compile: compile the model with ``torch.compile`` (pays off over many inputs; docs/benchmarks.md).
+        detector: an already loaded detector to use instead of loading ``ckpt`` (its own options apply).
+        on_result: called with every :class:`~masm_lightning.detector.Result` scored in this run, as it comes
+            (``detect --explain`` explains them afterwards).
 
     Raises:
         CheckpointError: ``ckpt`` is neither a checkpoint nor an export folder.
-        ValueError: a bad option (the message names it).
+        InvalidInputError: a bad option (the message names it).
     """
+    options = DetectorOptions.of(options, **fields)
     if out is not None and Path(out).suffix.lower() not in (".json", ".csv"):
-        raise ValueError(f"--out {str(out)!r}: the output must end in .json or .csv")
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
+        raise InvalidInputError(f"--out {str(out)!r}: the output must end in .json or .csv")
+    check_shard(shard, num_shards)
     if detector is None:  # before the output: a bad checkpoint or option must not clobber old results
-        detector = Detector.load(
-            ckpt,
-            device,
-            frames=frames,
-            aggregation=aggregation,
-            confident=confident,
-            threshold=threshold,
-            batch_size=batch_size,
-            face_crop=face_crop,
-            workers=workers,
-            compile=compile,
-        )
+        detector = Detector.load(ckpt, device, options)
     inputs = expand_inputs(paths)
     if num_shards > 1:
         inputs = shard_inputs(inputs, shard, num_shards, key=lambda item: str(item[0]))
@@ -228,6 +210,8 @@ def detect(
     try:
         results = detector.score_many(todo)
         for result in tqdm(results, total=len(todo), unit="input", desc="detect", disable=None):
+            if on_result is not None:
+                on_result(result)
             record = _record(result, per_frame)
             fresh[result.path] = record
             output.add(record)

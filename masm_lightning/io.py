@@ -13,6 +13,8 @@ records its own digest and resumes where it stopped.
 symlinked sub-folders, which large datasets use to span disks, and visits each real folder once, so a link loop
 (or two links to one folder) ends instead of recursing forever or counting files twice.
 
+:func:`lazy_exports` is the one way a package re-exports names that load on first use.
+
 Standard library only: every layer of the package may import it.
 """
 
@@ -20,15 +22,29 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Stamp", "atomic_open", "atomic_path", "settings_digest", "walk_files", "write_atomic", "write_csv"]
+from .errors import InvalidInputError
+
+__all__ = [
+    "Stamp",
+    "atomic_open",
+    "atomic_path",
+    "check_shard",
+    "lazy_exports",
+    "settings_digest",
+    "shard_inputs",
+    "walk_files",
+    "write_atomic",
+    "write_csv",
+]
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +185,33 @@ def walk_files(root: str | Path, suffixes: Iterable[str] | None = None) -> list[
                 continue
         stack.extend(reversed(folders))
     return sorted(found)
+
+
+def check_shard(shard: int, num_shards: int) -> None:
+    """Refuse a shard outside ``[0, num_shards)`` (``preprocess`` and ``detect``), before any work starts.
+
+    Raises:
+        InvalidInputError: one line naming both values.
+    """
+    if not 0 <= shard < num_shards:
+        raise InvalidInputError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
+
+
+def shard_inputs(inputs: Sequence[Any], shard: int, num_shards: int, key: Any = str) -> list[Any]:
+    """The deterministic partition of a job array (``preprocess``'s videos, ``detect``'s inputs): ``inputs``
+    sorted by ``key``, every ``num_shards``-th from ``shard``; the shards together hold every input once."""
+    check_shard(shard, num_shards)
+    return sorted(inputs, key=key)[shard::num_shards]
+
+
+def lazy_exports(package: str, homes: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` that imports each re-exported name from its home module on first use
+    (``homes``: name → module, relative to ``package``), so importing a light module of the package does not load
+    the heavy ones: ``__getattr__ = lazy_exports(__name__, {"Detector": "detector"})``."""
+
+    def attribute(name: str) -> Any:
+        if name not in homes:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f".{homes[name]}", package), name)
+
+    return attribute

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .callbacks.run_folder import training_run_folder
+
 __all__ = ["find_results", "license_for", "model_card", "parse_results", "training_datasets"]
 
 # Datasets whose terms forbid commercial use (their licence or access agreement): weights fitted on them inherit it.
@@ -51,7 +53,7 @@ def find_results(checkpoint: str | Path) -> Path | None:
     """The ``results.md`` of a test of ``checkpoint``: in its own run folder, or in a sibling run folder (``test``
     writes a new ``version_N``) whose ``results.md`` names this checkpoint; the newest such file wins."""
     checkpoint = Path(checkpoint)
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    run = training_run_folder(checkpoint) or checkpoint.parent
     own = run / "results.md"
     if own.is_file():
         return own

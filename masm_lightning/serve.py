@@ -21,6 +21,7 @@ result as JSON (:func:`score_file`). Bound to 127.0.0.1 unless told otherwise: i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -35,12 +36,12 @@ import numpy as np
 # gradio (the `app` extra); this module is imported only by `serve`.
 from fastapi import File, Form, UploadFile
 
-from .detector import SCORED, Detector, Result
+from .detector import SCORED, Detector, Result, Status
 from .errors import InvalidInputError
 
 __all__ = ["App", "build_api", "build_app", "form_values", "score_file", "serve_app", "timeline_figure"]
 
-MESSAGES = {
+MESSAGES: dict[Status, str] = {  # why an unscored input has no score, for a person
     "no_face": "no face found",
     "unreadable": "not a video or image that can be read",
     "empty": "a video without readable frames",
@@ -89,16 +90,13 @@ class App:
     def configured(self, frames: int | None, aggregation: str | None, threshold: float | None) -> Detector:
         """The detector with the page's settings; the model and face detector are shared, not reloaded."""
         base = self.detector
-        return Detector(
-            base.classifier,
+        options = dataclasses.replace(
+            base.options,
             frames=base.frames if frames is None else frames,
-            aggregation=aggregation or base.aggregation,  # type: ignore[arg-type]
-            confident=base.confident,
+            aggregation=aggregation or base.aggregation,  # type: ignore[arg-type]  # DetectorOptions checks it
             threshold=base.threshold if threshold is None else threshold,
-            batch_size=base.batch_size,
-            face_crop=base.face_crop,
-            face_detector=base.face_detector if base.face_crop else None,
-        )
+        )  # every other option (workers, chunk size, …) as the app was started with
+        return Detector(base.classifier, options, base.face_detector if base.face_crop else None)
 
 
 def score_file(

@@ -201,3 +201,14 @@ def test_the_installed_masm_command_exits_2_with_one_line_for_a_wrong_type(tmp_p
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.splitlines() == ["error: --trainer.max_epochs 'two': expected an integer (or null)"]
+
+
+def test_robustness_is_tests_alone_and_the_project_commands_take_dashed_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args(tmp_path), "--robustness"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--robustness" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:  # --num-shards is --num_shards: refused for its value, not its name
+        main(["detect", str(tmp_path), "--ckpt", str(tmp_path / "no.ckpt"), "--num-shards", "2", "--shard", "2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "detect: error: --shard must be in [0, --num_shards=2), got 2\n"

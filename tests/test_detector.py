@@ -250,3 +250,68 @@ def test_damaged_images_are_reported_in_one_line_never_as_no_face(tmp_path, tiny
         rows = list(csv.DictReader(f))
     assert len(rows) == len(records) == 6 and all("\n" not in row["detail"] for row in rows)
     assert "JPEG" not in capfd.readouterr().err, "libjpeg's own warning stays off stderr"
+
+
+def test_the_options_are_one_typed_object_checked_before_the_model_is_read(tmp_path):
+    from masm_lightning.detector import DetectorOptions
+    from masm_lightning.errors import InvalidInputError
+
+    assert DetectorOptions.of(DetectorOptions(workers=2), frames=8) == DetectorOptions(frames=8, workers=2)
+    with pytest.raises(InvalidInputError, match="'frame' is not a detector option; the options: aggregation, "):
+        DetectorOptions.of(frame=8)
+    with pytest.raises(InvalidInputError, match="chunk_frames must be >= 1, got 0"):
+        Detector.load(tmp_path / "no.ckpt", "cpu", chunk_frames=0)  # the option, not the missing checkpoint
+
+
+def _one_face(frames: list[np.ndarray]) -> list:
+    """A face detector that finds one confident face in the middle of every frame."""
+    out = []
+    for frame in frames:
+        h, w = frame.shape[:2]
+        box = np.array([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], np.float32)
+        points = np.tile(np.array([[w / 2, h / 2]], np.float32), (1, 5, 1))
+        out.append((box, np.ones(1, np.float32), points))
+    return out
+
+
+def test_the_crop_as_training_stored_it_is_one_behaviour_for_scores_and_explanations(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    """Crops stored as JPEG are scored and explained after the same JPEG round trip; where it fails, both say so
+    (the explanation used to fall back silently to the crop the model was never trained on)."""
+    import dataclasses
+
+    from masm_lightning.data.crops import as_stored
+    from masm_lightning.explain import Explainer
+
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    loaded = Detector.load(tiny_checkpoint, "cpu", face_detector=_one_face)
+    jpg = dataclasses.replace(loaded.classifier.face_crop, image_format="jpg", jpeg_quality=75)
+    png = dataclasses.replace(jpg, image_format="png")
+    assert as_stored(crop, png) is crop
+    _, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75])
+    np.testing.assert_array_equal(as_stored(crop, jpg), cv2.cvtColor(cv2.imdecode(data, 1), cv2.COLOR_BGR2RGB))
+
+    detector = Detector(dataclasses.replace(loaded.classifier, face_crop=jpg), face_detector=_one_face)
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    result = detector.score(image)
+    assert result.status == "ok"
+    monkeypatch.setattr(cv2, "imencode", lambda *args: (False, None))
+    failed = detector.score(image)
+    assert failed.status == "error" and "JPEG round trip at quality 75 failed" in failed.detail
+    with pytest.raises(OSError, match="JPEG round trip at quality 75 failed"):
+        Explainer.load(tiny_checkpoint).explain_result(detector, result, faces=1)
+
+
+def test_the_documented_statuses_are_the_ones_the_code_gives():
+    import re
+
+    from masm_lightning.detector import SCORED, STATUSES
+
+    text = (ROOT / "docs" / "troubleshooting.md").read_text()
+    table = text.split("## `detect` and web app statuses", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \| (yes|no) \|", table, re.MULTILINE)
+    assert [status for status, _ in documented] == list(STATUSES)
+    assert [status for status, scored in documented if scored == "yes"] == list(SCORED)

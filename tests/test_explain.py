@@ -165,3 +165,18 @@ def test_detect_explain_writes_heatmaps_and_subspace_charts_per_scored_input(tmp
     assert (folder / "frame00000_0.png").is_file() and (folder / "frame00000_0_subspaces.png").is_file()
     record = json.loads((folder / "explanations.json").read_text())
     assert record[0]["responses"] and 0 <= record[0]["probability"] <= 1
+
+
+def test_detect_explain_compile_compiles_the_detector_it_explains_with(tmp_path, tiny_checkpoint, monkeypatch):
+    """``--explain`` loads its own recording detector: it gets every detect option, ``--compile`` included."""
+    import masm_lightning.detector as detector_module
+    from masm_lightning.cli import main
+
+    compiled: list[bool] = []
+    monkeypatch.setattr(detector_module, "compile_module", lambda module, enabled=True: compiled.append(enabled))
+    face, _ = face_image(3, 48)
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    options = ["--face_crop", "false", "--explain", str(tmp_path / "why"), "--compile", "true"]
+    main(["detect", str(image), "--ckpt", str(tiny_checkpoint), *options])
+    assert compiled == [True]

@@ -3,6 +3,7 @@ driving the system browser; no browser download)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -206,3 +207,14 @@ def test_a_huge_image_is_refused_in_one_line_by_the_api(api, tmp_path):
         "huge.png: not scored: not a video or image that can be read "
         "(an image of 50000×50000 pixels, larger than the limit of 134 megapixels)"
     )
+
+
+def test_the_page_settings_keep_every_other_option_the_app_was_started_with(tiny_checkpoint):
+    from masm_lightning.detector import DetectorOptions
+
+    started = DetectorOptions(face_crop=False, workers=3, chunk_frames=2, batch_size=5, aggregation="confident")
+    app = App(Detector.load(tiny_checkpoint, "cpu", started))
+    configured = app.configured(frames=7, aggregation="mean", threshold=0.3)
+    assert configured.options == dataclasses.replace(started, frames=7, aggregation="mean", threshold=0.3)
+    assert (configured.workers, configured.chunk_frames, configured.batch_size) == (3, 2, 5)
+    assert configured.classifier is app.detector.classifier, "the model is shared, not reloaded"

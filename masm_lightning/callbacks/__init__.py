@@ -6,8 +6,7 @@ or the data stack.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..io import lazy_exports
 
 __all__ = ["RandomSubspaceMask", "RobustnessSweep", "RunReport", "SelectiveLayerMask", "VideoPredictionWriter"]
 
@@ -20,7 +19,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'masm_lightning.callbacks' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -30,19 +30,11 @@ from ..evaluation.loaders import named_loaders
 from ..evaluation.metrics import auc_by_type
 from ..evaluation.results import results_markdown
 from ..io import atomic_path, write_atomic
-from .run_folder import log_dir, log_image
+from .run_folder import log_dir, log_image, training_run_folder
 
 __all__ = ["RunReport"]
 
 TRAINING_FIGURES = ("layer_masks.png",)  # written by fit-time callbacks into the run folder
-
-
-def training_run_folder(ckpt_path: str | Path | None) -> Path | None:
-    """The fit run folder a checkpoint was saved in (``<run>/checkpoints/<name>.ckpt``), or None."""
-    if not ckpt_path:
-        return None
-    path = Path(ckpt_path)
-    return path.parent.parent if path.parent.name == "checkpoints" and path.is_file() else None
 
 
 def copy_training_figures(ckpt_path: str | Path | None, folder: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from ..data.datamodule import has_images
 from ..evaluation.loaders import named_loaders
 from ..evaluation.metrics import DetectionMetrics
 from ..evaluation.perturbations import LEVELS, NAMES, PerturbedTransform, perturb
@@ -107,7 +108,7 @@ class RobustnessSweep(Callback):
         fake_probability = cast(Callable[[Tensor], Tensor], model.fake_probability)
         with torch.inference_mode():
             for batch in perturbed:
-                if "image" not in batch:  # every frame of the batch unreadable (data.collate_frames)
+                if not has_images(batch):
                     continue
                 batch = {k: v.to(model.device) for k, v in batch.items()}
                 metric.update(fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])

@@ -3,7 +3,8 @@
 One definition of "the run folder" for everything that writes files during fit/test/predict (results tables, ROC
 plots, the mask trace and heatmap, predictions, the robustness sweep): the first logger's versioned folder, the one
 its checkpoints go to (``<default_root_dir>/<name>/version_N`` for the CSV logger, ``<save_dir>/<project>/<run id>``
-for W&B), else ``default_root_dir``.
+for W&B), else ``default_root_dir``; and the one way back from a checkpoint to the fit run folder it was saved in
+(:func:`training_run_folder`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-__all__ = ["log_dir", "log_image"]
+__all__ = ["log_dir", "log_image", "training_run_folder"]
 
 
 def log_dir(trainer: Trainer) -> Path:
@@ -39,3 +40,12 @@ def log_image(trainer: Trainer, key: str, path: str | Path) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[str(path)])
+
+
+def training_run_folder(ckpt_path: str | Path | None) -> Path | None:
+    """The fit run folder a checkpoint file was saved in (``<run>/checkpoints/<name>.ckpt``), or None (no path, not
+    a file, or not in a ``checkpoints`` folder)."""
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path)
+    return path.parent.parent if path.parent.name == "checkpoints" and path.is_file() else None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..detector import SCORED, Aggregation, ConfidentRule
+from ..detector import SCORED, Aggregation, ConfidentRule, Detector, DetectorOptions, Result
 from ..inference import detect as detect_paths
 from ..inference import shard_output
 from ..performance import return_freed_memory
@@ -91,40 +91,39 @@ def detect(
         explain_faces: faces explained per input with --explain.
         compile: compile the model with torch.compile (pays off over many inputs; docs/benchmarks.md).
     """
-    confident = ConfidentRule(confident_fake, confident_real, fake_share, real_share)
+    options = DetectorOptions(
+        frames=frames,
+        aggregation=aggregation,
+        confident=ConfidentRule(confident_fake, confident_real, fake_share, real_share),
+        threshold=threshold,
+        batch_size=batch_size,
+        face_crop=face_crop,
+        workers=workers,
+        compile=compile,
+    )
     return_freed_memory()  # resident memory stays at the peak of one chunk, not growing video after video
-    recorder = None
-    if explain is not None:  # the same detector as below, keeping its results for the explanations
-        from ..explain import recording_detector
-
-        recorder = recording_detector(
-            ckpt, device, frames=frames, aggregation=aggregation, confident=confident, threshold=threshold,
-            batch_size=batch_size, face_crop=face_crop, workers=workers,
-        )  # fmt: skip
+    detector: Detector | None = None
+    results: list[Result] = []
+    if explain is not None:  # loaded here: the explanations need the detector that scored, and its results
+        detector = Detector.load(ckpt, device, options)
     records = detect_paths(
         paths,
         ckpt,
-        frames=frames,
-        threshold=threshold,
+        options,
         out=out,
         device=device,
-        batch_size=batch_size,
         per_frame=per_frame,
-        face_crop=face_crop,
-        aggregation=aggregation,
-        confident=confident,
-        workers=workers,
         shard=shard,
         num_shards=num_shards,
         resume=resume,
-        detector=recorder,
-        compile=compile,
+        detector=detector,
+        on_result=results.append if detector is not None else None,
     )
     print(_table(records))
-    if recorder is not None and explain is not None:
+    if detector is not None and explain is not None:
         from ..explain import explain_detected
 
-        print(f"explanations of {explain_detected(recorder, explain, explain_faces)} faces in {explain}")
+        print(f"explanations of {explain_detected(detector, results, explain, explain_faces)} faces in {explain}")
     statuses = Counter(r["status"] for r in records)
     decisions = Counter(r["decision"] for r in records if r["status"] in SCORED)
     scored = sum(statuses[s] for s in SCORED)

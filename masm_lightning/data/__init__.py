@@ -6,8 +6,7 @@ does not load the data modules and their image stack.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..io import lazy_exports
 
 __all__ = [
     "FORGERY_TYPES",
@@ -36,7 +35,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'masm_lightning.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -7,7 +7,7 @@ import numpy as np
 
 from .settings import ExtractionSettings
 
-__all__ = ["FACE_TEMPLATE_112", "crop_aligned", "crop_box", "crop_face"]
+__all__ = ["FACE_TEMPLATE_112", "as_stored", "crop_aligned", "crop_box", "crop_face"]
 
 # Standard 5-point face template (eyes, nose tip, mouth corners) on a 112×112 canvas (ArcFace/InsightFace), the
 # reference DeepfakeBench aligns to; scaled to the crop size and shrunk by the margin scale below.
@@ -51,3 +51,21 @@ def crop_face(frame: np.ndarray, box: np.ndarray, landmarks: np.ndarray, setting
         except ValueError:  # degenerate landmarks: the square crop still holds the face
             pass
     return crop_box(frame, box, settings.size, settings.scale)
+
+
+def as_stored(crop: np.ndarray, settings: ExtractionSettings) -> np.ndarray:
+    """An RGB crop as training read it back from disk: JPEG-encoded and decoded at the extraction quality when the
+    crops were stored as jpg (the detector and the explanations see what the model was trained on), else itself.
+
+    Raises:
+        OSError: the JPEG round trip failed (the detector records it as that input's ``error``).
+    """
+    if settings.image_format != "jpg":
+        return crop
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+    )
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
+    if decoded is None:
+        raise OSError(f"JPEG round trip at quality {settings.jpeg_quality} failed for a crop of shape {crop.shape}")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)

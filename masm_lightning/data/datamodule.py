@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -43,6 +43,7 @@ __all__ = [
     "SampleDraw",
     "VideoFrameSampler",
     "collate_frames",
+    "has_images",
     "spread_frames",
 ]
 
@@ -191,6 +192,12 @@ def collate_frames(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if failed:
         batch[UNREADABLE_KEY] = torch.tensor(failed, dtype=torch.long)
     return batch
+
+
+def has_images(batch: Mapping[str, Any]) -> bool:
+    """Whether a :func:`collate_frames` batch holds any image: one whose every frame was unreadable holds only
+    ``batch["unreadable"]``, and every step skips it (the report counts its frames)."""
+    return "image" in batch
 
 
 class VideoFrameSampler(DistributedSampler):

@@ -34,11 +34,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..errors import InvalidInputError
-from ..io import Stamp, write_atomic
+from ..io import Stamp, check_shard, shard_inputs, write_atomic
+from ..performance import split_cores
 from .crops import crop_face
 from .faces import Detection, Detector, MTCNNDetector, select_faces
 from .indexers import DatasetName, VideoRecord, index_dataset
@@ -297,12 +297,6 @@ def build_manifest(out: Path, records: Sequence[VideoRecord] | None = None, name
     return manifest
 
 
-def _shard(records: list[VideoRecord], shard: int, num_shards: int) -> list[VideoRecord]:
-    """Deterministic partition: videos sorted by key, every ``num_shards``-th from ``shard``."""
-    ordered = sorted(records, key=lambda r: (r.dataset, r.label, r.video_id))
-    return ordered[shard::num_shards]
-
-
 def extract_dataset(
     dataset: DatasetName,
     root: Path,
@@ -321,8 +315,7 @@ def extract_dataset(
     with ``settings`` are kept; ``reuse_original_boxes`` crops a fake where its original was cropped (the
     ``preprocess`` command documents every option).
     """
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard must be in [0, --num_shards={num_shards}), got {shard}")
+    check_shard(shard, num_shards)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {str(out)!r} is a file: name a folder (created if it does not exist)")
@@ -345,7 +338,8 @@ def extract_dataset(
             indent=2,
         ),
     )
-    mine = _shard(records, shard, num_shards)  # reals sort before fakes: originals are done first
+    # Reals sort before fakes: originals are done first.
+    mine = shard_inputs(records, shard, num_shards, key=lambda r: (r.dataset, r.label, r.video_id))
     stale = remove_stale_partials(out, mine)
     if stale:
         print(f"removed {stale} unfinished crop folder(s) (.partial) left by interrupted runs")
@@ -354,16 +348,10 @@ def extract_dataset(
     detector = MTCNNDetector.from_settings(settings, device) if any(r.status != "missing" for r in todo) else None
     statuses: Counter[str] = Counter()
     workers = max(1, workers)
-    # Each thread extracts whole videos (decode, detect, crop, write) with an equal share of the cores for its
-    # decoder and of torch's threads: on a CPU several narrow pipelines scale far better than one pipeline with
-    # threads inside the decoder and the convolutions (1.56x on 2 cores, docs/benchmarks.md); FFmpeg and torch
-    # release the GIL. Processes (shards) take over where the GIL would limit threads.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    decode_threads = 0 if workers == 1 else max(1, cores // workers)  # 0: FFmpeg's own choice
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, torch_threads // workers))
     frames_done, start, lock = 0, time.perf_counter(), threading.Lock()
+    # Each thread extracts whole videos (decode, detect, crop, write) with an equal share of the cores.
     with (
+        split_cores(workers) as decode_threads,
         ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(
             total=len(todo), unit="video", desc=f"{dataset} shard {shard}/{num_shards}", mininterval=1.0, disable=None
@@ -381,24 +369,19 @@ def extract_dataset(
                 bar.set_postfix(videos_s=f"{(bar.n + 1) / elapsed:.2f}", frames_s=f"{frames_done / elapsed:.1f}")
                 bar.update()
 
-        try:
-            # Fakes reusing their originals' boxes wait until every real video is done.
-            phases = (
-                [[r for r in todo if r.label == 0], [r for r in todo if r.label != 0]]
-                if reuse_original_boxes
-                else [todo]
-            )
-            for phase in phases:
-                futures = [pool.submit(extract, record) for record in phase]
-                try:
-                    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                    for future in finished:
-                        future.result()  # re-raises the first failure (disk full, …)
-                except BaseException:  # that, or Ctrl-C: stop; finished videos stay done for the rerun
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        finally:
-            torch.set_num_threads(torch_threads)
+        # Fakes reusing their originals' boxes wait until every real video is done.
+        phases = (
+            [[r for r in todo if r.label == 0], [r for r in todo if r.label != 0]] if reuse_original_boxes else [todo]
+        )
+        for phase in phases:
+            futures = [pool.submit(extract, record) for record in phase]
+            try:
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    future.result()  # re-raises the first failure (disk full, …)
+            except BaseException:  # that, or Ctrl-C: stop; finished videos stay done for the rerun
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     # Shards write their own file (no two processes share a temporary name); a 1-shard run writes the whole one.
     manifest = (
         build_manifest(out, records)
