@@ -37,7 +37,7 @@ from typing_extensions import override
 
 from .callbacks.predictions import VideoPredictionWriter
 from .callbacks.report import RunReport
-from .callbacks.run_folder import training_run_folder
+from .callbacks.run_folder import RunFolderConfig, training_run_folder
 from .checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
@@ -537,6 +537,7 @@ def main(args: list[str] | None = None) -> MASMCLI:
                 FaceForgeryDataModule,
                 subclass_mode_data=True,  # `data: class_path:` picks FaceForgeryDataModule or DemoDataModule
                 args=args,
+                save_config_callback=RunFolderConfig,  # config.yaml in the run folder, W&B runs included
                 save_config_kwargs={"overwrite": True},
                 parser_class=_Parser,
                 auto_configure_optimizers=False,  # the model takes its optimizer as an OptimizerCallable

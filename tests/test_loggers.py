@@ -108,4 +108,5 @@ def test_a_wandb_fit_resumed_from_last_ckpt_continues_its_run_id_and_folder(tmp_
     assert Path(resumed.trainer.checkpoint_callback.dirpath) == run / "checkpoints"
     assert sorted(p.name for p in run.parent.iterdir()) == [run.name]
     # The run's own files sit beside its checkpoints, not in the root that every W&B run shares.
-    assert (run / "layer_masks.jsonl").is_file() and not (tmp_path / "layer_masks.jsonl").exists()
+    for name in ("layer_masks.jsonl", "config.yaml"):
+        assert (run / name).is_file() and not (tmp_path / name).exists(), name

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from typing_extensions import override
 
-__all__ = ["log_dir", "log_image", "training_run_folder"]
+__all__ = ["RunFolderConfig", "log_dir", "log_image", "training_run_folder"]
 
 
 def log_dir(trainer: Trainer) -> Path:
@@ -33,6 +35,27 @@ def log_dir(trainer: Trainer) -> Path:
     version = version if isinstance(version, str) else f"version_{version}"
     path = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
     return Path(trainer.strategy.broadcast(path))
+
+
+class RunFolderConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml``, written into the run folder (:func:`log_dir`) — for W&B runs too, whose
+    ``trainer.log_dir`` is the folder every run shares."""
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self.already_saved:
+            folder = log_dir(trainer)  # every rank: a collective
+            if trainer.is_global_zero:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.parser.save(
+                    self.config,
+                    str(folder / self.config_filename),
+                    skip_none=False,
+                    overwrite=self.overwrite,
+                    multifile=self.multifile,
+                )
+            self.save_to_log_dir = False  # written above; Lightning's setup keeps its bookkeeping
+        super().setup(trainer, pl_module, stage)
 
 
 def log_image(trainer: Trainer, key: str, path: str | Path) -> None:
