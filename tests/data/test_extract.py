@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from masm_lightning.cli import main
 from masm_lightning.commands.preprocess import preprocess
 from masm_lightning.data import extract as extract_module
 from masm_lightning.data.crops import FACE_TEMPLATE_112, crop_aligned, crop_box
@@ -109,7 +108,7 @@ def _noise_video(path: Path, frames: int = 12) -> None:
     writer.release()
 
 
-def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path):
+def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path, capsys):
     real = tmp_path / "data" / "real"
     real.mkdir(parents=True)
     (real / "zero_byte.mp4").write_bytes(b"")
@@ -128,52 +127,32 @@ def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path):
         "no_face": "no_face",
         "truncated": "unreadable",
     }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "masm_lightning",
-            "preprocess",
-            "--dataset",
-            "folder",
-            "--root",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "out2"),
-            "--frames",
-            "2",
-            "--num-shards",
-            "1",
-            "--reuse-original-boxes=false",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 1 and "no video gave a face crop" in result.stderr
+    with pytest.raises(SystemExit) as exit_info:  # the command line: nothing scored is exit status 1
+        main(
+            [
+                "preprocess",
+                "--dataset",
+                "folder",
+                "--root",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "out2"),
+                "--frames",
+                "2",
+                "--num-shards",
+                "1",
+                "--reuse-original-boxes=false",
+            ]
+        )
+    assert exit_info.value.code == 1 and "no video gave a face crop" in capsys.readouterr().err
 
 
-def test_a_wrong_root_exits_2_with_a_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "masm_lightning",
-            "preprocess",
-            "--dataset",
-            "ffpp",
-            "--root",
-            str(tmp_path / "nope"),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 2 and "FF++ root" in result.stderr and "Traceback" not in result.stderr
+def test_a_wrong_root_exits_2_with_a_message(tmp_path, capsys):
+    argv = ["preprocess", "--dataset", "ffpp", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:  # any other exception is a traceback: the test fails
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "FF++ root" in err and "Traceback" not in err
 
 
 @needs_shared
