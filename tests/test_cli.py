@@ -35,9 +35,8 @@ def test_every_subcommand_runs_on_the_tiny_config(tmp_path, command):
         assert predictions and {"prob", "label", "video", "index"} <= predictions[0].keys()
 
 
-def test_fit_saves_a_small_checkpoint_that_test_reloads(tmp_path):
-    cli = main(["fit", *tiny_args(tmp_path, "--trainer.max_epochs", "1")])
-    ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
+def test_fit_saves_a_small_checkpoint_that_test_reloads(tmp_path, tiny_checkpoint):
+    ckpt = tiny_checkpoint  # the session's one-epoch fit of the tiny config
     assert ckpt.is_file()
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert not any(key.endswith("semantic_weight") for key in state), "the frozen backbone must not be saved"
