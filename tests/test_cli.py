@@ -100,6 +100,7 @@ def test_shipped_configs_parse(tmp_path, capsys, config):
     assert "backbone:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
     logger = {
         "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -176,6 +177,7 @@ def test_the_installed_masm_command_exits_0_silently_on_success(tmp_path, capsys
     assert "MASMCLI object" not in captured.out + captured.err
 
 
+@pytest.mark.slow
 def test_the_installed_masm_command_exits_2_with_one_line_for_a_wrong_type(tmp_path):
     """A user's mistake through the console script in a fresh process (so a stray warning on stderr would show):
     status 2 and one `error:` line (no usage block); the rest of the mistakes are tested in-process

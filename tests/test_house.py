@@ -93,6 +93,7 @@ def test_the_adapter_library_imports_nothing_of_the_program():
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module",
     ["masm_lightning.export", "masm_lightning.checkpoint", "masm_lightning.adapters", "masm_lightning.data.settings"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_public_names_import_from_the_package_and_are_the_modules_own():
     import masm_lightning
@@ -23,6 +25,7 @@ def test_public_names_import_from_the_package_and_are_the_modules_own():
         assert getattr(masm_lightning, name) is obj, name
 
 
+@pytest.mark.slow
 def test_the_adapter_library_imports_torch_only(fresh_imports):
     loaded = set(fresh_imports("masm_lightning.adapters")["import"])
     heavy = loaded & {"lightning", "timm", "torchmetrics", "albumentations", "wandb", "jsonargparse", "cv2"}

@@ -66,9 +66,18 @@ def test_aligned_crop_puts_the_landmarks_on_the_template():
         assert crop[y, x, 0] > 100
 
 
+@pytest.fixture(scope="module")
+def ffpp_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted single-process run over the FF++ sample, shared by the tests that only read it."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED}")
+    return preprocess(out=tmp_path_factory.mktemp("ffpp_straight"), **FFPP)
+
+
+@pytest.mark.slow
 @needs_shared
-def test_ffpp_sample_gives_a_face_crop_for_every_sampled_frame(tmp_path):
-    manifest = preprocess(out=tmp_path, **FFPP)
+def test_ffpp_sample_gives_a_face_crop_for_every_sampled_frame(ffpp_manifest):
+    manifest, tmp_path = ffpp_manifest, ffpp_manifest.parent
     rows = [r for r in _rows(manifest) if r["status"] == "ok"]
     videos = {(r["split"], r["label"], r["video_id"]) for r in rows}
     assert videos == {
@@ -155,10 +164,11 @@ def test_a_wrong_root_exits_2_with_a_message(tmp_path, capsys):
     assert exit_info.value.code == 2 and "FF++ root" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @needs_shared
 @pytest.mark.parametrize("workers", [1, 2])
-def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, workers):
-    reference = preprocess(out=tmp_path / "straight", **FFPP).read_text()  # one worker, uninterrupted
+def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, workers, ffpp_manifest):
+    reference = ffpp_manifest.read_text()  # one worker, uninterrupted
     options = {**FFPP, "workers": workers}
 
     real_extract = extract_module.extract_video
@@ -180,9 +190,10 @@ def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, wor
     assert preprocess(out=tmp_path / "resumed", **options).read_text() == reference
 
 
+@pytest.mark.slow
 @needs_shared
-def test_two_shards_combine_to_the_single_run_manifest(tmp_path):
-    single = preprocess(out=tmp_path / "single", **FFPP).read_text()
+def test_two_shards_combine_to_the_single_run_manifest(tmp_path, ffpp_manifest):
+    single = ffpp_manifest.read_text()
     for shard in (0, 1):
         part = preprocess(out=tmp_path / "sharded", shard=shard, num_shards=2, **FFPP)
         assert part.name == f"manifest.shard{shard}-of-2.csv"
@@ -190,6 +201,7 @@ def test_two_shards_combine_to_the_single_run_manifest(tmp_path):
     assert combined.read_text() == single
 
 
+@pytest.mark.slow
 @needs_shared
 def test_fakes_can_reuse_their_originals_boxes(tmp_path):
     manifest = preprocess(out=tmp_path, reuse_original_boxes=True, **FFPP)
