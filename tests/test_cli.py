@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import wandb
 
-from masm_lightning.cli import main
+from masm_lightning.cli import MASMCLI, main
 from tests.helpers import ROOT, TINY_CONFIG, run_masm, tiny_args
 
 
@@ -73,11 +74,25 @@ def test_bad_arguments_exit_non_zero_with_a_message_not_a_traceback(tmp_path, ca
 BASELINES = ["effort.yaml", "full_ft.yaml", "linear_probe.yaml", "masm_no_mask.yaml"]
 
 
+@pytest.fixture(scope="module")
+def overlay_fit(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str | None], MASMCLI]:
+    """``overlay_fit("effort.yaml")``: the CLI of a one-epoch tiny fit with that overlay (``None``: none), fitted
+    once for the tests of this module that only read it."""
+    fits: dict[str | None, MASMCLI] = {}
+
+    def fit(overlay: str | None) -> MASMCLI:
+        if overlay not in fits:
+            extra = ["--config", str(ROOT / "configs" / overlay)] if overlay else []
+            folder = tmp_path_factory.mktemp("overlay_fit")
+            fits[overlay] = main(["fit", *tiny_args(folder), *extra, "--trainer.max_epochs", "1"])
+        return fits[overlay]
+
+    return fit
+
+
 @pytest.mark.parametrize("overlay", BASELINES)
-def test_baseline_configs_compose_with_a_base_config_and_train(tmp_path, overlay):
-    cli = main(
-        ["fit", *tiny_args(tmp_path), "--config", str(ROOT / "configs" / overlay), "--trainer.fast_dev_run", "true"]
-    )
+def test_baseline_configs_compose_with_a_base_config_and_train(overlay_fit, overlay):
+    cli = overlay_fit(overlay)
     model = cli.model
     trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
     if overlay == "effort.yaml":
@@ -160,9 +175,8 @@ def test_last_ckpt_is_written_every_epoch_even_when_validation_runs_less_often(t
 
 
 @pytest.mark.parametrize("overlay", [None, *BASELINES])
-def test_the_checkpoint_policy_is_the_same_for_every_config_and_overlay(tmp_path, overlay):
-    extra = ["--config", str(ROOT / "configs" / overlay)] if overlay else []
-    cli = main(["fit", *tiny_args(tmp_path), *extra, "--trainer.max_epochs", "1"])
+def test_the_checkpoint_policy_is_the_same_for_every_config_and_overlay(overlay_fit, overlay):
+    cli = overlay_fit(overlay)
     names = sorted(Path(c.best_model_path).name for c in cli.trainer.checkpoint_callbacks)
     assert names == ["best.ckpt", "last.ckpt"]
     assert cli.trainer.checkpoint_callback.monitor == cli.model.monitor == "val/video_auc"
