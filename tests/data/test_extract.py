@@ -286,6 +286,7 @@ def _decode_every_frame(path: Path, count: int) -> dict[int, np.ndarray]:
         index += 1
 
 
+@pytest.mark.slow
 @needs_shared
 @pytest.mark.parametrize(("count", "threads"), [(32, 1), (3, 0)])
 def test_sampled_frames_are_bit_identical_to_decoding_every_frame(count, threads):
