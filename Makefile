@@ -1,4 +1,5 @@
-# Two commands matter: `make install` (idempotent) and `make test` (installs if needed, lints, then the whole suite).
+# Two commands matter: `make install` (idempotent) and `make test` (installs if needed, lints, then the whole suite);
+# `make check` is the quick loop while editing (lint and the tests not marked slow).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The suite must never touch the network.
 OFFLINE := HF_HUB_OFFLINE=1 WANDB_MODE=offline NO_ALBUMENTATIONS_UPDATE=1
 
-.PHONY: install test lint demo demo-vit serve benchmark clean
+.PHONY: install test check lint demo demo-vit serve benchmark clean
 
 install: $(STAMP)
 	@# The browser test drives the distribution's chromium through Playwright (no browser download); as root, the
@@ -28,6 +29,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/weights.txt
 
 test: install lint
 	$(OFFLINE) $(PY) -m pytest -q
+
+# The edit-test loop: lint, then every test not marked slow (about 2 minutes on 2 cores; `make test` runs all).
+check: install lint
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
 
 # Zero findings or the build fails: ruff (lint + format), mypy (configured in pyproject.toml).
 lint: install

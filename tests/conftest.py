@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import timm
 import torch
 from torch import nn
 
-from tests.helpers import TINY_VIT, TINY_VIT_KWARGS, tiny_args
+from tests.helpers import ROOT, TINY_VIT, TINY_VIT_KWARGS, tiny_args
 
 
 @pytest.fixture
@@ -44,3 +47,39 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_fit")
     cli = main(["fit", *tiny_args(folder, "--trainer.max_epochs", "1")])
     return Path(cli.trainer.checkpoint_callback.best_model_path)
+
+
+# The import probes the suite asks about (tests/fresh_imports.py): one fresh interpreter answers all of them at once.
+FRESH_IMPORT_PROBES = (
+    "masm_lightning:Detector",
+    "masm_lightning.adapters",
+    "masm_lightning.export",
+    "masm_lightning.checkpoint",
+    "masm_lightning.data.settings",
+)
+
+
+def _fresh_imports(probes: list[str]) -> dict[str, dict[str, list[str]]]:
+    command = [sys.executable, "-m", "tests.fresh_imports", *probes]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.splitlines()[-1])
+    failed = {probe: answer["error"] for probe, answer in answers.items() if "error" in answer}
+    assert not failed, f"a probe could not be imported: {failed}"
+    return answers
+
+
+@pytest.fixture(scope="session")
+def fresh_imports() -> Callable[[str], dict[str, list[str]]]:
+    """``fresh_imports("module")`` or ``fresh_imports("module:attribute")``: the top-level modules a fresh
+    interpreter holds after importing the module (``["import"]``) and after reading the attribute
+    (``["attribute"]``). The first call answers every probe in ``FRESH_IMPORT_PROBES`` in one subprocess; a probe
+    not listed there gets a subprocess of its own."""
+    answers: dict[str, dict[str, list[str]]] = {}
+
+    def lookup(probe: str) -> dict[str, list[str]]:
+        if probe not in answers:
+            answers.update(_fresh_imports(sorted({*FRESH_IMPORT_PROBES, probe} - answers.keys())))
+        return answers[probe]
+
+    return lookup

@@ -4,8 +4,11 @@ into real CLI runs (imported by class path from subprocesses)."""
 from __future__ import annotations
 
 import os
+import runpy
 import signal
+import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -27,6 +30,20 @@ def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
         str(tmp_path / "demo_data"),
         *extra,
     ]
+
+
+def run_masm(*argv: str) -> object:
+    """Run the installed ``masm`` console script in this process, as the shell would run it, and return its exit
+    code (``None`` or ``0``: success). The script file itself is executed: what it calls and what it passes to
+    ``sys.exit`` are the installed command's own, without paying a fresh interpreter's imports."""
+    script = Path(sys.executable).with_name("masm")
+    assert script.is_file(), f"`make install` puts the masm command beside {sys.executable}"
+    with mock.patch.object(sys, "argv", [str(script), *argv]):
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as done:
+            return done.code
+    raise AssertionError("the masm script returned without calling sys.exit")
 
 
 class SaveRankState(Callback):

@@ -69,7 +69,9 @@ def test_overlay_parses_links_the_backbones_input_pipeline_and_selects_its_layer
 
 @pytest.mark.parametrize(
     "overlay",
-    [o for o, v in OVERLAYS.items() if v[4]],
+    [  # the ViT: a 21M-parameter model read from ONNX (several seconds)
+        pytest.param(o, marks=pytest.mark.slow) if o == "dinov2_s14.yaml" else o for o, v in OVERLAYS.items() if v[4]
+    ],
     ids=[o.removesuffix(".yaml") for o, v in OVERLAYS.items() if v[4]],
 )
 def test_offline_overlays_build_the_pretrained_backbone(overlay, capsys):

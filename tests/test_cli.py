@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import wandb
 
-from masm_lightning.cli import main
-from tests.helpers import ROOT, TINY_CONFIG, tiny_args
+from masm_lightning.cli import MASMCLI, main
+from tests.helpers import ROOT, TINY_CONFIG, run_masm, tiny_args
 
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
@@ -35,9 +36,8 @@ def test_every_subcommand_runs_on_the_tiny_config(tmp_path, command):
         assert predictions and {"prob", "label", "video", "index"} <= predictions[0].keys()
 
 
-def test_fit_saves_a_small_checkpoint_that_test_reloads(tmp_path):
-    cli = main(["fit", *tiny_args(tmp_path, "--trainer.max_epochs", "1")])
-    ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
+def test_fit_saves_a_small_checkpoint_that_test_reloads(tmp_path, tiny_checkpoint):
+    ckpt = tiny_checkpoint  # the session's one-epoch fit of the tiny config
     assert ckpt.is_file()
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert not any(key.endswith("semantic_weight") for key in state), "the frozen backbone must not be saved"
@@ -62,27 +62,37 @@ BAD_ARGUMENTS = {
 
 
 @pytest.mark.parametrize(("extra", "message"), BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
-def test_bad_arguments_exit_non_zero_with_a_message_not_a_traceback(tmp_path, extra, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "masm_lightning", "fit", *tiny_args(tmp_path), *extra],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_arguments_exit_non_zero_with_a_message_not_a_traceback(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:  # any other exception is a traceback: the test fails
+        main(["fit", *tiny_args(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert exit_info.value.code not in (0, None)
+    assert message in err
+    assert "Traceback" not in err
 
 
 BASELINES = ["effort.yaml", "full_ft.yaml", "linear_probe.yaml", "masm_no_mask.yaml"]
 
 
+@pytest.fixture(scope="module")
+def overlay_fit(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str | None], MASMCLI]:
+    """``overlay_fit("effort.yaml")``: the CLI of a one-epoch tiny fit with that overlay (``None``: none), fitted
+    once for the tests of this module that only read it."""
+    fits: dict[str | None, MASMCLI] = {}
+
+    def fit(overlay: str | None) -> MASMCLI:
+        if overlay not in fits:
+            extra = ["--config", str(ROOT / "configs" / overlay)] if overlay else []
+            folder = tmp_path_factory.mktemp("overlay_fit")
+            fits[overlay] = main(["fit", *tiny_args(folder), *extra, "--trainer.max_epochs", "1"])
+        return fits[overlay]
+
+    return fit
+
+
 @pytest.mark.parametrize("overlay", BASELINES)
-def test_baseline_configs_compose_with_a_base_config_and_train(tmp_path, overlay):
-    cli = main(
-        ["fit", *tiny_args(tmp_path), "--config", str(ROOT / "configs" / overlay), "--trainer.fast_dev_run", "true"]
-    )
+def test_baseline_configs_compose_with_a_base_config_and_train(overlay_fit, overlay):
+    cli = overlay_fit(overlay)
     model = cli.model
     trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
     if overlay == "effort.yaml":
@@ -105,6 +115,7 @@ def test_shipped_configs_parse(tmp_path, capsys, config):
     assert "backbone:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_metrics_and_the_roc_image(tmp_path):
     logger = {
         "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -164,33 +175,27 @@ def test_last_ckpt_is_written_every_epoch_even_when_validation_runs_less_often(t
 
 
 @pytest.mark.parametrize("overlay", [None, *BASELINES])
-def test_the_checkpoint_policy_is_the_same_for_every_config_and_overlay(tmp_path, overlay):
-    extra = ["--config", str(ROOT / "configs" / overlay)] if overlay else []
-    cli = main(["fit", *tiny_args(tmp_path), *extra, "--trainer.max_epochs", "1"])
+def test_the_checkpoint_policy_is_the_same_for_every_config_and_overlay(overlay_fit, overlay):
+    cli = overlay_fit(overlay)
     names = sorted(Path(c.best_model_path).name for c in cli.trainer.checkpoint_callbacks)
     assert names == ["best.ckpt", "last.ckpt"]
     assert cli.trainer.checkpoint_callback.monitor == cli.model.monitor == "val/video_auc"
 
 
-def test_the_installed_masm_command_exits_0_silently_on_success(tmp_path):
+def test_the_installed_masm_command_exits_0_silently_on_success(tmp_path, capsys):
     """The console script (what users, `&&` chains and SLURM run), not `python -m`: success is status 0 and the
-    CLI object is never printed."""
-    masm = Path(sys.executable).with_name("masm")
-    assert masm.is_file(), f"`make install` puts the masm command beside {sys.executable}"
-    result = subprocess.run(
-        [str(masm), "fit", *tiny_args(tmp_path, "--trainer.fast_dev_run", "true")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "MASMCLI object" not in result.stdout + result.stderr
+    CLI object is never printed (``sys.exit(<the CLI object>)`` would print it and exit 1)."""
+    code = run_masm("fit", *tiny_args(tmp_path, "--trainer.fast_dev_run", "true"))
+    captured = capsys.readouterr()
+    assert code in (None, 0), f"exit status {code!r}"
+    assert "MASMCLI object" not in captured.out + captured.err
 
 
+@pytest.mark.slow
 def test_the_installed_masm_command_exits_2_with_one_line_for_a_wrong_type(tmp_path):
-    """A user's mistake through the console script: status 2 and one `error:` line (no usage block); the rest of
-    the mistakes are tested in-process (tests/test_errors.py)."""
+    """A user's mistake through the console script in a fresh process (so a stray warning on stderr would show):
+    status 2 and one `error:` line (no usage block); the rest of the mistakes are tested in-process
+    (tests/test_errors.py)."""
     masm = Path(sys.executable).with_name("masm")
     result = subprocess.run(
         [str(masm), "fit", *tiny_args(tmp_path, "--trainer.max_epochs", "two")],

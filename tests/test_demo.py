@@ -25,6 +25,7 @@ def _demo_args(*extra: str) -> list[str]:
     return ["--config", DEMO, "--trainer.enable_progress_bar", "false", *extra]
 
 
+@pytest.mark.slow
 def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
     short = [
         "--data.init_args.videos",

@@ -74,6 +74,7 @@ def recipe_args(tmp_path: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_ffpp_recipe_extracts_once_fits_and_tests_across_datasets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the config's run folders are relative: outputs/ffpp/<logger name>/version_N
     with (

@@ -90,6 +90,7 @@ def test_a_checkpoint_from_another_root_starts_a_new_run_folder_with_a_warning(t
     assert Path(resumed.trainer.log_dir) == tmp_path / "b" / "tiny" / "version_0"
 
 
+@pytest.mark.slow
 def test_a_wandb_fit_resumed_from_last_ckpt_continues_its_run_id_and_folder(tmp_path):
     logger = {
         "class_path": "lightning.pytorch.loggers.WandbLogger",

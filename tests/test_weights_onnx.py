@@ -89,6 +89,7 @@ def _faces(size: int, count: int = 8) -> Tensor:
     return torch.stack(batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES)
 def test_backbone_features_equal_onnxruntimes_on_real_faces(size):
     path = _onnx_file()
@@ -104,6 +105,7 @@ def test_backbone_features_equal_onnxruntimes_on_real_faces(size):
     assert float(torch.from_numpy(reference[:, 0]).std(0).mean()) > 0.1  # real, varied features, not a constant
 
 
+@pytest.mark.slow
 def test_injected_masm_model_equals_the_plain_one_at_injection():
     _onnx_file()
     adapters = MASMConfig(num_subspaces=4, subspace_rank=4, targets=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))

@@ -106,6 +106,7 @@ def test_the_step_is_the_identity_at_injection(make_vit):
     assert metrics["orth_error"].item() < 1e-5 and metrics["semantic_overlap"].item() < 1e-5
 
 
+# Six 300-step Adam runs (several seconds): the tests that read them are marked slow.
 @pytest.fixture(scope="module")
 def scaling_runs() -> dict[tuple[float, str], dict[str, float]]:
     """Unconstrained and constrained runs at a tiny and a large task-gradient norm (64×64 power-law matrix)."""
@@ -123,6 +124,7 @@ def scaling_runs() -> dict[tuple[float, str], dict[str, float]]:
         }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", [1e-4, 1.0])
 @pytest.mark.parametrize(("name", "lambda_spec"), [("recipe", 1.0), ("strong", 4.0)])
 def test_spectral_drift_is_bounded_by_one_over_lambda_at_any_gradient_scale(scaling_runs, norm, name, lambda_spec):
@@ -133,6 +135,7 @@ def test_spectral_drift_is_bounded_by_one_over_lambda_at_any_gradient_scale(scal
     assert drift == pytest.approx(scaling_runs[(1.0, name)]["drift"], rel=0.01), "must not depend on the scale"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", [1e-4, 1.0])
 def test_orthogonality_error_is_bounded_by_the_documented_function_of_lambda(scaling_runs, norm):
     def bound(lam: float, rank: int = 16) -> float:  # ‖UᵀU − I‖_F ≤ δ(2 + δ), δ = κ·√T/λ_o with κ = 1
@@ -146,6 +149,7 @@ def test_orthogonality_error_is_bounded_by_the_documented_function_of_lambda(sca
     assert strong < recipe / 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", [1e-4, 1.0])
 def test_learning_progresses_at_any_gradient_scale(scaling_runs, norm):
     free = scaling_runs[(norm, "none")]["progress"]
@@ -153,6 +157,7 @@ def test_learning_progresses_at_any_gradient_scale(scaling_runs, norm):
     assert scaling_runs[(norm, "recipe")]["progress"] >= 0.5 * free
 
 
+@pytest.mark.slow
 def test_coupled_weight_decay_stalls_a_small_task_gradient(scaling_runs):
     """Why the factors get no coupled decay by default: Adam normalises it together with the task gradient."""
     with _one_thread():

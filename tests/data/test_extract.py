@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from masm_lightning.cli import main
 from masm_lightning.commands.preprocess import preprocess
 from masm_lightning.data import extract as extract_module
 from masm_lightning.data.crops import FACE_TEMPLATE_112, crop_aligned, crop_box
@@ -67,9 +66,18 @@ def test_aligned_crop_puts_the_landmarks_on_the_template():
         assert crop[y, x, 0] > 100
 
 
+@pytest.fixture(scope="module")
+def ffpp_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted single-process run over the FF++ sample, shared by the tests that only read it."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED}")
+    return preprocess(out=tmp_path_factory.mktemp("ffpp_straight"), **FFPP)
+
+
+@pytest.mark.slow
 @needs_shared
-def test_ffpp_sample_gives_a_face_crop_for_every_sampled_frame(tmp_path):
-    manifest = preprocess(out=tmp_path, **FFPP)
+def test_ffpp_sample_gives_a_face_crop_for_every_sampled_frame(ffpp_manifest):
+    manifest, tmp_path = ffpp_manifest, ffpp_manifest.parent
     rows = [r for r in _rows(manifest) if r["status"] == "ok"]
     videos = {(r["split"], r["label"], r["video_id"]) for r in rows}
     assert videos == {
@@ -109,7 +117,7 @@ def _noise_video(path: Path, frames: int = 12) -> None:
     writer.release()
 
 
-def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path):
+def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path, capsys):
     real = tmp_path / "data" / "real"
     real.mkdir(parents=True)
     (real / "zero_byte.mp4").write_bytes(b"")
@@ -128,58 +136,39 @@ def test_bad_files_get_their_status_and_the_run_goes_on(tmp_path):
         "no_face": "no_face",
         "truncated": "unreadable",
     }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "masm_lightning",
-            "preprocess",
-            "--dataset",
-            "folder",
-            "--root",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "out2"),
-            "--frames",
-            "2",
-            "--num-shards",
-            "1",
-            "--reuse-original-boxes=false",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 1 and "no video gave a face crop" in result.stderr
+    with pytest.raises(SystemExit) as exit_info:  # the command line: nothing scored is exit status 1
+        main(
+            [
+                "preprocess",
+                "--dataset",
+                "folder",
+                "--root",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "out2"),
+                "--frames",
+                "2",
+                "--num-shards",
+                "1",
+                "--reuse-original-boxes=false",
+            ]
+        )
+    assert exit_info.value.code == 1 and "no video gave a face crop" in capsys.readouterr().err
 
 
-def test_a_wrong_root_exits_2_with_a_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "masm_lightning",
-            "preprocess",
-            "--dataset",
-            "ffpp",
-            "--root",
-            str(tmp_path / "nope"),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 2 and "FF++ root" in result.stderr and "Traceback" not in result.stderr
+def test_a_wrong_root_exits_2_with_a_message(tmp_path, capsys):
+    argv = ["preprocess", "--dataset", "ffpp", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:  # any other exception is a traceback: the test fails
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "FF++ root" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @needs_shared
 @pytest.mark.parametrize("workers", [1, 2])
-def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, workers):
-    reference = preprocess(out=tmp_path / "straight", **FFPP).read_text()  # one worker, uninterrupted
+def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, workers, ffpp_manifest):
+    reference = ffpp_manifest.read_text()  # one worker, uninterrupted
     options = {**FFPP, "workers": workers}
 
     real_extract = extract_module.extract_video
@@ -201,9 +190,10 @@ def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, monkeypatch, wor
     assert preprocess(out=tmp_path / "resumed", **options).read_text() == reference
 
 
+@pytest.mark.slow
 @needs_shared
-def test_two_shards_combine_to_the_single_run_manifest(tmp_path):
-    single = preprocess(out=tmp_path / "single", **FFPP).read_text()
+def test_two_shards_combine_to_the_single_run_manifest(tmp_path, ffpp_manifest):
+    single = ffpp_manifest.read_text()
     for shard in (0, 1):
         part = preprocess(out=tmp_path / "sharded", shard=shard, num_shards=2, **FFPP)
         assert part.name == f"manifest.shard{shard}-of-2.csv"
@@ -211,6 +201,7 @@ def test_two_shards_combine_to_the_single_run_manifest(tmp_path):
     assert combined.read_text() == single
 
 
+@pytest.mark.slow
 @needs_shared
 def test_fakes_can_reuse_their_originals_boxes(tmp_path):
     manifest = preprocess(out=tmp_path, reuse_original_boxes=True, **FFPP)
@@ -295,6 +286,7 @@ def _decode_every_frame(path: Path, count: int) -> dict[int, np.ndarray]:
         index += 1
 
 
+@pytest.mark.slow
 @needs_shared
 @pytest.mark.parametrize(("count", "threads"), [(32, 1), (3, 0)])
 def test_sampled_frames_are_bit_identical_to_decoding_every_frame(count, threads):
