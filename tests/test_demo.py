@@ -1,7 +1,9 @@
-"""`make demo`'s configuration: it runs end to end, and (slow) it learns."""
+"""`make demo`'s configuration: it runs end to end, it is the whole method at the recipe's strength, the README's
+figures come from a run of today's config in which every mask rule fired, and (slow) it learns."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,17 +62,34 @@ def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
     assert assigned == [0, 1, 2] and responses["types"]["demo_grid"]["assigned_subspace"] is None
 
 
-def test_demo_is_the_whole_method_at_the_recipe_strength():
-    """The demo shows what MASM is: a real pretrained backbone, both constraints as configs/ffpp.yaml sets them, and
+@pytest.mark.parametrize("config", ["demo.yaml", "demo_vit.yaml"])
+def test_demo_is_the_whole_method_at_the_recipe_strength(config):
+    """The demos show what MASM is: a real pretrained backbone, both constraints as configs/ffpp.yaml sets them, and
     the selective mask with the recipe's rule thresholds (only its warm-up/interval scaled to the short run)."""
-    demo, recipe = (yaml.safe_load((ROOT / "configs" / name).read_text()) for name in ("demo.yaml", "ffpp.yaml"))
+    demo, recipe = (yaml.safe_load((ROOT / "configs" / name).read_text()) for name in (config, "ffpp.yaml"))
     for key in ("lambda_orth", "lambda_spec", "spectral_cap", "lambda_semantic"):
         assert demo["model"][key] == recipe["model"][key] > 0, key
-    assert demo["model"]["checkpoint_path"].startswith("package://")  # offline ImageNet weights, not random
+    assert demo["model"]["checkpoint_path"].startswith("package://")  # offline pretrained weights, not random
     (mask,) = [c for c in demo["trainer"]["callbacks"] if c["class_path"].endswith("SelectiveLayerMask")]
     (recipe_mask,) = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith("SelectiveLayerMask")]
     for key in ("granularity", "keep_ratio", "min_gsnr", "min_share", "fit_ratio", "hysteresis"):
         assert mask["init_args"][key] == recipe_mask["init_args"][key], key
+
+
+def test_the_readmes_demo_figures_come_from_a_run_of_todays_config_in_which_every_mask_rule_fired():
+    """docs/demo_run.json is written by benchmarks/demo_record.py from a `make demo` run, with the figures the README
+    shows. After any change to configs/demo.yaml: rerun `make demo` and the script."""
+    record = json.loads((ROOT / "docs" / "demo_run.json").read_text())
+    digest = hashlib.sha256((ROOT / "configs" / "demo.yaml").read_bytes()).hexdigest()
+    assert record["config"] == "configs/demo.yaml" and record["config_sha256"] == digest, "stale: rerun make demo"
+    for rule in ("layer", "type", "gsnr"):  # every rule of the recipe's mask (keep_ratio is off in the recipe)
+        assert record["fired"][rule] > 0, f"the {rule} rule never fired on the demo run: {record['fired']}"
+    assert record["test"]["video_auc"] >= 0.9 and record["test"]["videos"] == 64
+    held_out = [name for name, kind in record["test"]["types"].items() if kind["held_out"]]
+    assert held_out == ["demo_grid"] and record["test"]["types"]["demo_grid"]["video_auc"] is not None
+    readme = (ROOT / "README.md").read_text()
+    for figure in ("demo_roc.png", "demo_subspace_types.png", "demo_layer_masks.png"):
+        assert (ROOT / "docs" / "images" / figure).is_file() and f"docs/images/{figure}" in readme
 
 
 @pytest.mark.slow

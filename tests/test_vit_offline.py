@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from masm_lightning.cli import main
 from masm_lightning.detector import Detector
 from masm_lightning.export import ADAPTER_CONFIG_NAME, load_adapter
 from masm_lightning.serve import App, score_file
-from masm_lightning.weights import CACHE_ENV
 from tests.helpers import ROOT, tiny_args
 
 CLIP = ROOT.parent / "shared" / "data" / "FaceForensics++" / "original_sequences" / "youtube" / "c23" / "videos"
@@ -36,13 +34,6 @@ DINOV2 = [
     "--model.adapters.targets",
     "[attn.qkv, attn.proj, mlp.fc1, mlp.fc2]",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("weights_cache")))
-        yield
 
 
 @pytest.mark.slow
