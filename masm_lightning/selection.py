@@ -7,7 +7,7 @@ layers ``MASMConfig.targets``/``blocks`` name) the full weight gradient G_b = �
 
     GSNR_l = max(0, mean_j r_j)    over the coordinates j of W_l
 
-with the per-coordinate estimator of :mod:`masm_lightning.callbacks.mask_policy` at uniform weights (β = 1: the
+with the per-coordinate estimator of :mod:`masm_lightning.adapters.gsnr` at uniform weights (β = 1: the
 plain mean and unbiased variance of the B samples, ``r_j = (B − 3)/(B − 1) · ḡ_j²/σ̂_j² − 1/B``). The layers with the
 top ``keep_ratio`` share of scores (``rule: top``) or with ``GSNR_l ≥ threshold`` (``rule: threshold``; at least the
 best layer) are decomposed; every other candidate stays a frozen Linear. L is the training loss without
@@ -36,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
-from .callbacks.mask_policy import MIN_SAMPLES, GradientMoments, layer_rule
+from .adapters.gsnr import MIN_SAMPLES, GradientMoments, layer_rule
 from .callbacks.run_folder import log_dir
 from .io import write_atomic
 

@@ -1,6 +1,6 @@
 """Lightning callbacks; they find adapters through ``iter_adapters`` and never import the detector.
 
-Names load on first use, so ``masm_lightning.callbacks.mask_policy`` (pure torch) can be imported without Lightning
+Names load on first use, so ``masm_lightning.adapters.gsnr`` (pure torch) can be imported without Lightning
 or the data stack.
 """
 

@@ -9,7 +9,7 @@ mask during training); the second (v3, FMSD: select layers once before injection
   characteristic" → the **subspace** rule, and a **layer** rule that ranks layers by the same statistic.
 
 Statistics, per artifact subspace k of layer l (a wrapped Linear), at every optimizer step, from the gradient g of
-its factors (U, s, V flattened), computed by :mod:`~masm_lightning.callbacks.mask_policy` (formulas there)::
+its factors (U, s, V flattened), computed by :mod:`~masm_lightning.adapters.gsnr` (formulas there)::
 
     GSNR = max(0, mean_j r_j) / B,   r_j ≈ μ_j² / σ_j²   per coordinate j, bias-corrected and unbiased
     strength = ‖U s Vᵀ − U₀ s₀ V₀ᵀ‖_F / ‖U₀ s₀ V₀ᵀ‖_F        (factorised, see ArtifactSubspace; logged only)
@@ -68,8 +68,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ..adapters import ArtifactSubspace, iter_adapters
-from ..io import write_atomic
-from .mask_policy import (
+from ..adapters.gsnr import (
     MIN_SAMPLES,
     GradientMoments,
     combine_masks,
@@ -81,6 +80,7 @@ from .mask_policy import (
     released,
     type_shares,
 )
+from ..io import write_atomic
 from .run_folder import log_dir, log_image
 
 __all__ = ["SelectiveLayerMask"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from masm_lightning.callbacks.mask_policy import (
+from masm_lightning.adapters.gsnr import (
     GradientMoments,
     combine_masks,
     dominance_rule,
