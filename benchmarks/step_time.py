@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masm_lightning.adapters import MASMConfig, apply_constraints, constraint_metrics, inject_adapters
-from masm_lightning.callbacks import SelectiveLayerMask
-from masm_lightning.model import MASMAdam
+from masm_lightning.training.callbacks import SelectiveLayerMask
+from masm_lightning.training.module import MASMAdam
 
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 

@@ -57,7 +57,7 @@ from masm_lightning.data.forgery_types import FORGERY_TYPES, REAL, forgery_type_
 from masm_lightning.data.synthetic import generate_demo_dataset
 from masm_lightning.data.transforms import crop_face_mask, self_blend
 from masm_lightning.explain import relative_responses, subspace_contributions, subspace_energies
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"routed": (4, 2, "type"), "plain": (4, 2, "none"), "single": (1, 8, "type")}

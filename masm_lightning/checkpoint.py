@@ -1,7 +1,7 @@
 """Reading what ``fit`` saved: a checkpoint back into a detector, with the settings its training crops were made with.
 
-A checkpoint of :class:`~masm_lightning.model.MASMDetector` holds only what training changed (trainable factors,
-head) plus the base model's identity and weight fingerprint; the frozen weights are rebuilt from the base. The
+A checkpoint of :class:`~masm_lightning.training.module.MASMDetector` holds only what training changed (trainable
+factors, head) plus the base model's identity and weight fingerprint; the frozen weights are rebuilt from the base. The
 data module's state (``state_dict``) records how the training faces were cropped (``face_crop``), so inference
 crops the same way. Everything is read with ``torch.load(weights_only=True)``: a checkpoint cannot run code, and
 a file that safe loading refuses is refused — the messages never suggest loading it unsafely.
@@ -22,7 +22,7 @@ import torch
 
 from .data.settings import ExtractionSettings
 from .errors import InvalidInputError, first_line
-from .model import CHECKPOINT_KEY, MASMDetector
+from .training.module import CHECKPOINT_KEY, MASMDetector
 
 __all__ = [
     "WEIGHT_SETTINGS",
@@ -132,7 +132,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MASMDetector, dict[str, Any]]:
-    """A :class:`~masm_lightning.model.MASMDetector` in eval mode and the raw checkpoint dict.
+    """A :class:`~masm_lightning.training.module.MASMDetector` in eval mode and the raw checkpoint dict.
 
     Raises:
         CheckpointError: the file is missing, unreadable, or not a masm_lightning checkpoint (the message names
@@ -231,7 +231,7 @@ def checkpoint_model_settings(
 
 def _recorded_face_crop(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
     """The face-crop record: in the data module's state (Lightning keys it by the data module's class name), or
-    under :data:`~masm_lightning.model.CHECKPOINT_KEY` in checkpoints written before it moved there."""
+    under :data:`~masm_lightning.training.module.CHECKPOINT_KEY` in checkpoints written before it moved there."""
     for value in checkpoint.values():
         if isinstance(value, Mapping) and isinstance(value.get(FACE_CROP_KEY), Mapping):
             return dict(value[FACE_CROP_KEY])

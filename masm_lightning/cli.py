@@ -1,7 +1,7 @@
 """The command line: ``masm <command> …`` (or ``python -m masm_lightning <command> …``).
 
 One jsonargparse parser holds every command: Lightning's ``fit``, ``validate``, ``test`` and ``predict`` (a
-LightningCLI over :class:`~masm_lightning.model.MASMDetector` and the data modules), and the project's own
+LightningCLI over :class:`~masm_lightning.training.module.MASMDetector` and the data modules), and the project's own
 ``preprocess``, ``detect`` and ``export`` (functions in :mod:`masm_lightning.commands` whose typed signatures are
 their options). Every command takes ``--help``, ``--config FILE`` and ``--print_config`` (which checks the values
 as a run would before printing them); options are never abbreviated; a user's mistake ends in one ``error:`` line
@@ -35,14 +35,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from .callbacks.predictions import VideoPredictionWriter
-from .callbacks.report import RunReport
-from .callbacks.run_folder import RunFolderConfig, training_run_folder
 from .checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
 from .errors import UserError, debug_enabled, first_line
-from .model import MASMDetector
+from .training.callbacks.predictions import VideoPredictionWriter
+from .training.callbacks.report import RunReport
+from .training.module import MASMDetector
+from .training.run_folder import RunFolderConfig, training_run_folder
 
 __all__ = ["MASMCLI", "main"]
 
@@ -69,7 +69,7 @@ class _QuietLightning(logging.Filter):
 
 
 _LIGHTNING_CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
-_RESUMABLE_CSV_LOGGER = "masm_lightning.loggers.CSVLogger"
+_RESUMABLE_CSV_LOGGER = "masm_lightning.training.loggers.CSVLogger"
 
 # Values of --ckpt_path that Lightning resolves itself (not file paths).
 _LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
@@ -270,9 +270,9 @@ class MASMCLI(LightningCLI):
       run by :func:`run_command`;
     - every ``fit`` writes ``best.ckpt``/``last.ckpt`` into its versioned run folder (the model's
       ``configure_callbacks``); the logger's ``save_dir`` is linked to ``trainer.default_root_dir``;
-    - ``fit``/``validate``/``test`` get a :class:`~masm_lightning.callbacks.RunReport` (results.md, ROC plots, where
-      the files are); ``predict`` a :class:`~masm_lightning.callbacks.VideoPredictionWriter`; ``test
-      --robustness`` a :class:`~masm_lightning.callbacks.RobustnessSweep`;
+    - ``fit``/``validate``/``test`` get a :class:`~masm_lightning.training.callbacks.RunReport` (results.md, ROC plots,
+      where the files are); ``predict`` a :class:`~masm_lightning.training.callbacks.VideoPredictionWriter`; ``test
+      --robustness`` a :class:`~masm_lightning.training.callbacks.RobustnessSweep`;
     - the data module's resize/normalisation is linked from the model's backbone (``model.data_config``);
     - ``--ckpt_path``: the file is checked, its model settings fill in what the user did not set
       (:func:`apply_checkpoint_settings`), and a resumed ``fit`` continues its run folder
@@ -409,7 +409,7 @@ class MASMCLI(LightningCLI):
         self._add_callback(RunReport)
         self._warn_if_untrained()
         if self.config["test"].get("robustness"):
-            from .callbacks.robustness import RobustnessSweep
+            from .training.callbacks.robustness import RobustnessSweep
 
             self._add_callback(RobustnessSweep)
 
@@ -484,8 +484,8 @@ def continue_run_folder(options: Namespace, explicit: Namespace) -> None:
     logger of ``options`` gets the checkpoint's version, so ``best.ckpt`` keeps the best score so far (Lightning's
     ``ModelCheckpoint`` restores it only into the folder it was saved in) and the run keeps one log. Lightning's
     own ``CSVLogger`` would delete the folder's ``metrics.csv``: it is replaced by
-    :class:`masm_lightning.loggers.CSVLogger` (same arguments), which continues it. A logger version the user set
-    (``explicit``), or a checkpoint from another root or logger name, starts a new run folder, with a warning."""
+    :class:`masm_lightning.training.loggers.CSVLogger` (same arguments), which continues it. A logger version the user
+    set (``explicit``), or a checkpoint from another root or logger name, starts a new run folder, with a warning."""
     run = training_run_folder(options.get("ckpt_path"))
     logger = options["trainer"].get("logger")
     first = logger[0] if isinstance(logger, list) and logger else logger

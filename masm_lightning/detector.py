@@ -57,8 +57,8 @@ from .data.video import Frame, chunks_ahead, open_image, open_video, sample_indi
 from .errors import InvalidInputError
 from .export import load_model
 from .io import settings_digest, walk_files
-from .model import MASMDetector
 from .performance import compile_module, split_cores
+from .training.module import MASMDetector
 
 __all__ = [
     "SCORED",

@@ -39,10 +39,10 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from .adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
-from .callbacks.run_folder import log_dir
 from .data.forgery_types import REAL, forgery_type_name
 from .export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
 from .io import write_atomic
+from .training.run_folder import log_dir
 
 __all__ = [
     "ENERGY_KEY",
@@ -592,7 +592,7 @@ class Explainer:
         """From what :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes: a ``fit`` checkpoint, an
         adapter folder, an export folder (heatmaps only: its layers are merged) or ``hf-hub:ORG/NAME``."""
         from .export import load_model
-        from .model import MASMDetector
+        from .training.module import MASMDetector
 
         loaded = load_model(source, device)
         if isinstance(loaded.model, MASMDetector):

@@ -36,13 +36,13 @@ import torch
 from torch import nn
 
 from .adapters import merge_adapters
-from .callbacks.run_folder import training_run_folder
 from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
 from .data.settings import ExtractionSettings
 from .errors import first_line
 from .hub import is_hub_id
 from .io import atomic_path, write_atomic
-from .model import MASMDetector
+from .training.module import MASMDetector
+from .training.run_folder import training_run_folder
 
 __all__ = [
     "LoadedModel",
@@ -72,8 +72,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.b
 def export_model(
     model: MASMDetector, out: str | Path, face_crop: ExtractionSettings, source: str = "", dtype: Dtype = "float32"
 ) -> Path:
-    """Write a :class:`~masm_lightning.model.MASMDetector` as plain timm weights; the adapters of ``model`` are
-    merged in place.
+    """Write a :class:`~masm_lightning.training.module.MASMDetector` as plain timm weights; the adapters of ``model``
+    are merged in place.
 
     The backbone is built with ``num_classes=0``; timm's ``num_classes=2`` model applies its ``head`` Linear to
     the very same pre-logits, so our head's weights become timm's ``head`` and the logits are identical.

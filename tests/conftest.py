@@ -43,7 +43,7 @@ def images() -> torch.Tensor:
 def _weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Converted pretrained weights (the ViT's ONNX → safetensors) go to one cache per test session: converted at
     most once, and never into the user's ``~/.cache``."""
-    from masm_lightning.weights import CACHE_ENV
+    from masm_lightning.training.weights import CACHE_ENV
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("weights_cache")))

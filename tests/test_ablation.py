@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from masm_lightning.callbacks.random_mask import mask_counts
+from masm_lightning.training.callbacks.random_mask import mask_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

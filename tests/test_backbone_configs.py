@@ -13,7 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import select_targets
 from masm_lightning.cli import main
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 HALF = (0.5, 0.5, 0.5)

@@ -16,7 +16,7 @@ import torch
 from masm_lightning.checkpoint import CheckpointError, load_checkpoint
 from masm_lightning.cli import main
 from masm_lightning.errors import InvalidInputError, UserError
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 from tests.helpers import TINY_CONFIG, tiny_args
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from masm_lightning.adapters import apply_constraints
 from masm_lightning.data.synthetic import face_image
 from masm_lightning.explain import energy_means, explain_images, relevance
-from masm_lightning.model import MASMAdam, MASMDetector
+from masm_lightning.training.module import MASMAdam, MASMDetector
 
 SIZE, PATCH = 32, 8
 

@@ -16,8 +16,8 @@ from masm_lightning.checkpoint import CheckpointError, load_checkpoint
 from masm_lightning.cli import main
 from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.export import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, export_adapter, load_adapter
-from masm_lightning.model import MASMDetector
 from masm_lightning.model_card import license_for, parse_results
+from masm_lightning.training.module import MASMDetector
 
 
 def _images(size: int) -> torch.Tensor:

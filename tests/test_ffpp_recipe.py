@@ -39,7 +39,7 @@ def recipe_args(tmp_path: Path) -> list[str]:
         "--trainer.logger",
         json.dumps(
             {
-                "class_path": "masm_lightning.loggers.CSVLogger",
+                "class_path": "masm_lightning.training.loggers.CSVLogger",
                 "init_args": {"save_dir": str(tmp_path), "name": "ffpp"},
             }
         ),

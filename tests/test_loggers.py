@@ -12,7 +12,7 @@ import wandb
 
 from masm_lightning.cli import main
 from masm_lightning.errors import InvalidInputError
-from masm_lightning.loggers import CSVLogger
+from masm_lightning.training.loggers import CSVLogger
 from tests.helpers import tiny_args
 
 

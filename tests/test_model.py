@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from masm_lightning import MASMConfig
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 TINY = dict(
     backbone="vit_base_patch16_clip_quickgelu_224",
@@ -163,7 +163,7 @@ def _to_openai_visual(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def test_checkpoint_path_loads_local_backbone_weights(tmp_path, images, layout):
     import timm
 
-    from masm_lightning.model import weights_fingerprint
+    from masm_lightning.training.module import weights_fingerprint
 
     torch.manual_seed(7)
     source = timm.create_model(TINY["backbone"], pretrained=False, num_classes=0, **TINY["backbone_kwargs"]).eval()
@@ -206,7 +206,7 @@ def test_data_module_follows_the_backbone_and_refuses_a_disagreement(tmp_path):
 def test_constraint_step_runs_once_per_optimizer_step_and_stays_out_of_the_loss(tmp_path, monkeypatch):
     """With accumulate_grad_batches=2, 4 batches are 2 optimizer steps: 2 constraint steps, each after the
     optimizer's; the loss (hence p.grad, which the layer mask reads) is the task's alone."""
-    import masm_lightning.model as model_module
+    import masm_lightning.training.module as model_module
     from masm_lightning.data import DemoDataModule
 
     calls = []
@@ -274,7 +274,7 @@ def test_vit_l14_adapter_budgets_quoted_in_the_configs(adapters, expected):
 
 
 def test_image_size_sets_the_input_side_the_data_module_resizes_to():
-    from masm_lightning.model import MASMDetector
+    from masm_lightning.training.module import MASMDetector
 
     cnn = MASMDetector(backbone="mobilenetv2_100", pretrained=False, image_size=96)
     assert cnn.data_config["image_size"] == 96

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from masm_lightning import MASMConfig
-from masm_lightning.model import MASMDetector
+from masm_lightning.training.module import MASMDetector
 
 CNN = dict(backbone="mobilenetv2_050")
 ADAPTERS = MASMConfig(num_subspaces=1, subspace_rank=2, targets=("conv_pw", "conv_pwl"))

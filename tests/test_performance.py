@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from masm_lightning.adapters import MASMConfig, MASMLinear, inject_adapters
-from masm_lightning.model import MASMAdam, MASMDetector
 from masm_lightning.performance import compile_module, fast_adam_options
+from masm_lightning.training.module import MASMAdam, MASMDetector
 
 from .helpers import ROOT, TINY_VIT, TINY_VIT_KWARGS
 

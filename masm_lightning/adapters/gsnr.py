@@ -1,8 +1,8 @@
 """The selective layer mask's statistics and decisions as pure functions: tensors and floats in, masks out.
 
-Imports torch only. :class:`~masm_lightning.callbacks.SelectiveLayerMask` (Lightning hooks, state, logging) and the
-FMSD layer selection (:mod:`masm_lightning.selection`) both call this code, and ``benchmarks/mask_calibration.py``
-calibrates exactly this code. The formulas are in ``docs/method.md``.
+Imports torch only. :class:`~masm_lightning.training.callbacks.SelectiveLayerMask` (Lightning hooks, state, logging) and
+the FMSD layer selection (:mod:`masm_lightning.training.selection`) both call this code, and
+``benchmarks/mask_calibration.py`` calibrates exactly this code. The formulas are in ``docs/method.md``.
 
 **Estimator** (per coordinate j of a flattened gradient stream g_1 … g_t, weights a_i = β^(t−i), normalised
 w_i = a_i / Σa; β = ``momentum``, β = 1 is the plain average of every sample)::

@@ -112,7 +112,7 @@ class FrameDataset(Dataset):
 
     A crop that cannot be read (deleted, truncated, not an image) does not stop the run: its item is
     ``{"unreadable": index}``, which :func:`collate_frames` leaves out of the batch and lists under the batch's
-    ``unreadable`` key; :class:`~masm_lightning.callbacks.RunReport` counts them in the log and ``results.md``.
+    ``unreadable`` key; :class:`~masm_lightning.training.callbacks.RunReport` counts them in the log and ``results.md``.
     Dropping (rather than a placeholder image with a flag) keeps every consumer of a batch — the model's steps,
     the metrics, the robustness sweep — unaware of failures, and a lost frame changes nothing but the count.
 

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 from masm_lightning.adapters import MASMConfig, inject_adapters, iter_adapters
-from masm_lightning.callbacks import SelectiveLayerMask
+from masm_lightning.training.callbacks import SelectiveLayerMask
 from tests.helpers import TINY_VIT, TINY_VIT_KWARGS
 
 NOISY_LAYERS = ("backbone.blocks.0.mlp.fc2", "backbone.blocks.1.attn.proj")

@@ -12,8 +12,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 from masm_lightning.adapters import MASMConfig, inject_adapters, iter_adapters
-from masm_lightning.callbacks import RandomSubspaceMask, SelectiveLayerMask
-from masm_lightning.callbacks.random_mask import mask_counts
+from masm_lightning.training.callbacks import RandomSubspaceMask, SelectiveLayerMask
+from masm_lightning.training.callbacks.random_mask import mask_counts
 from tests.helpers import TINY_VIT, TINY_VIT_KWARGS
 
 

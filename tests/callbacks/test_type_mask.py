@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 from masm_lightning.adapters import MASMConfig, inject_adapters, iter_adapters
-from masm_lightning.callbacks import SelectiveLayerMask
+from masm_lightning.training.callbacks import SelectiveLayerMask
 from tests.callbacks.typed import TypedModel
 from tests.helpers import ROOT
 

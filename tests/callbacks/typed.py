@@ -77,7 +77,7 @@ class SaveMaskState(Callback):
         self.folder = folder
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        from masm_lightning.callbacks import SelectiveLayerMask
+        from masm_lightning.training.callbacks import SelectiveLayerMask
 
         (mask,) = [c for c in trainer.callbacks if isinstance(c, SelectiveLayerMask)]
         torch.save(mask.state_dict(), f"{self.folder}/rank{trainer.global_rank}.pt")
@@ -88,7 +88,7 @@ if __name__ == "__main__":  # python -m tests.callbacks.typed <folder>: two CPU 
 
     from lightning.pytorch import Trainer
 
-    from masm_lightning.callbacks import SelectiveLayerMask
+    from masm_lightning.training.callbacks import SelectiveLayerMask
 
     Trainer(
         max_steps=60,

@@ -16,12 +16,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from ..data.datamodule import has_images
-from ..evaluation.loaders import named_loaders
-from ..evaluation.metrics import DetectionMetrics
-from ..evaluation.perturbations import LEVELS, NAMES, PerturbedTransform, perturb
-from ..io import write_csv
-from .run_folder import log_dir, log_image
+from ...data.datamodule import has_images
+from ...evaluation.loaders import named_loaders
+from ...evaluation.metrics import DetectionMetrics
+from ...evaluation.perturbations import LEVELS, NAMES, PerturbedTransform, perturb
+from ...io import write_csv
+from ..run_folder import log_dir, log_image
 
 __all__ = ["RobustnessSweep"]
 
@@ -122,7 +122,7 @@ class RobustnessSweep(Callback):
 
     @rank_zero_only
     def _write(self, trainer: Trainer, rows: list[dict[str, Any]], folder: Path) -> None:
-        from ..evaluation.plots import robustness_figure  # matplotlib only when a sweep ends
+        from ...evaluation.plots import robustness_figure  # matplotlib only when a sweep ends
 
         table = write_csv(folder / "robustness.csv", rows, list(rows[0]))
         figure = robustness_figure(rows, {k: NAMES[k] for k in self.types}, folder / "robustness.png")

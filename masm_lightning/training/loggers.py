@@ -18,8 +18,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from typing_extensions import override
 
-from .errors import InvalidInputError
-from .io import write_csv
+from ..errors import InvalidInputError
+from ..io import write_csv
 
 __all__ = ["CSVLogger"]
 

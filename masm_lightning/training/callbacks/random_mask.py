@@ -2,8 +2,8 @@
 
 A mask that improves generalisation can do so because its rule picks the right subspaces, or merely because fewer
 parameters update. This callback separates the two: it replays the *number* of masked subspaces of a reference run
-(a :class:`~masm_lightning.callbacks.SelectiveLayerMask` run's ``layer_masks.jsonl``, same seed and data) at the same
-decision steps, but draws *which* subspaces uniformly at random among all of them. Everything else is what the
+(a :class:`~masm_lightning.training.callbacks.SelectiveLayerMask` run's ``layer_masks.jsonl``, same seed and data) at
+the same decision steps, but draws *which* subspaces uniformly at random among all of them. Everything else is what the
 selective mask does: the mask holds until the next decision, a masked subspace's factors get ``.grad = None``
 before the optimizer step (no update, no momentum, no weight decay), and a released subspace restarts its optimizer
 state (``reset_released``). The draw at decision step t is a pure function of ``(seed, t)``: same seed, same masks,
@@ -22,9 +22,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from ..adapters import ArtifactSubspace, iter_adapters
-from ..io import write_atomic
-from .run_folder import log_dir
+from ...adapters import ArtifactSubspace, iter_adapters
+from ...io import write_atomic
+from ..run_folder import log_dir
 
 __all__ = ["RandomSubspaceMask", "mask_counts"]
 
@@ -71,7 +71,7 @@ class RandomSubspaceMask(Callback):
 
     Args:
         schedule: the reference run's ``layer_masks.jsonl`` (path), or ``{step: count}``. Steps count optimizer
-            steps from 1, as :class:`~masm_lightning.callbacks.SelectiveLayerMask` records them.
+            steps from 1, as :class:`~masm_lightning.training.callbacks.SelectiveLayerMask` records them.
         seed: seed of the draws (the draw at step t depends on ``(seed, t)`` only).
         reset_released: delete a released subspace's optimizer state, so it restarts from the new gradient (as the
             selective mask does by default).

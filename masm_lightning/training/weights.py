@@ -35,7 +35,7 @@ the file's sha256 and written atomically, so later builds (every ``fit``, ``test
 
 Every key of the file is mapped (an unknown key is an error, never skipped) and the result loads with
 ``strict=True``; the file's ImageNet classifier (``classifier.*``) is dropped only when the timm model has no
-classifier (``num_classes=0``, as in :class:`~masm_lightning.model.MASMDetector`).
+classifier (``num_classes=0``, as in :class:`~masm_lightning.training.module.MASMDetector`).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from .errors import InputNotFoundError, InvalidInputError
-from .io import atomic_path
+from ..errors import InputNotFoundError, InvalidInputError
+from ..io import atomic_path
 
 __all__ = [
     "Layout",
@@ -304,7 +304,7 @@ def _check_conventions(name: str, layout: Layout) -> None:
         raise InvalidInputError(
             f"model.backbone {name!r} pads symmetrically with BatchNorm eps 1e-5, but this lukemelas EfficientNet "
             f"file holds TensorFlow-ported weights (TF 'same' padding, eps 1e-3): use 'tf_{arch}' "
-            "(masm_lightning/weights.py explains why)"
+            "(masm_lightning/training/weights.py explains why)"
         )
     if layout == "torchvision_mobilenetv2" and not arch.startswith("mobilenetv2_"):
         raise InvalidInputError(

@@ -2,7 +2,7 @@
 
 The paper's text is not available; its abstracts give two readings. This callback is the first (v1, a dynamic
 mask during training); the second (v3, FMSD: select layers once before injection) is
-:class:`~masm_lightning.selection.LayerSelection`. Both use the same statistic (``docs/method.md``):
+:class:`~masm_lightning.training.selection.LayerSelection`. Both use the same statistic (``docs/method.md``):
 
 - v1: "a selective layer mask strategy adaptively regulates the update behavior of corresponding network layers
   according to the learning state of each artifact subspace, suppressing overfitting to any single forgery
@@ -67,8 +67,8 @@ from lightning.pytorch.utilities.data import extract_batch_size
 from torch import Tensor
 from typing_extensions import override
 
-from ..adapters import ArtifactSubspace, iter_adapters
-from ..adapters.gsnr import (
+from ...adapters import ArtifactSubspace, iter_adapters
+from ...adapters.gsnr import (
     MIN_SAMPLES,
     GradientMoments,
     combine_masks,
@@ -80,8 +80,8 @@ from ..adapters.gsnr import (
     released,
     type_shares,
 )
-from ..io import write_atomic
-from .run_folder import log_dir, log_image
+from ...io import write_atomic
+from ..run_folder import log_dir, log_image
 
 __all__ = ["SelectiveLayerMask"]
 
@@ -625,7 +625,7 @@ class SelectiveLayerMask(Callback):
         folder = log_dir(trainer)  # every rank
         if not trainer.is_global_zero or not self.history:
             return
-        from ..evaluation.plots import mask_heatmap  # matplotlib only when there is something to draw
+        from ...evaluation.plots import mask_heatmap  # matplotlib only when there is something to draw
 
         log_image(trainer, "mask/layer_masks", mask_heatmap(self.history, folder / "layer_masks.png"))
 

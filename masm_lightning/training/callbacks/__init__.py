@@ -6,7 +6,7 @@ or the data stack.
 
 from __future__ import annotations
 
-from ..io import lazy_exports
+from ...io import lazy_exports
 
 __all__ = ["RandomSubspaceMask", "RobustnessSweep", "RunReport", "SelectiveLayerMask", "VideoPredictionWriter"]
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
 
-from .adapters import (
+from ..adapters import (
     MASMConfig,
     SubspaceConstraints,
     apply_constraints,
@@ -31,12 +31,12 @@ from .adapters import (
     select_targets,
     unload_adapters,
 )
-from .adapters.svd import fused_parts
-from .data.forgery_types import FORGERY_TYPES, routing_mask, subspace_assignment
-from .errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
-from .evaluation.loaders import named_loaders
-from .evaluation.metrics import DetectionMetrics
-from .performance import compile_module, fast_adam_options
+from ..adapters.svd import fused_parts
+from ..data.forgery_types import FORGERY_TYPES, routing_mask, subspace_assignment
+from ..errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
+from ..evaluation.loaders import named_loaders
+from ..evaluation.metrics import DetectionMetrics
+from ..performance import compile_module, fast_adam_options
 from .selection import LayerSelection, select_layers
 from .weights import create_from_foreign_checkpoint, resolve_weights_path
 
@@ -164,7 +164,7 @@ class MASMDetector(LightningModule):
         pretrained: load timm's pretrained weights (needs the hub or its cache); ``false`` says a random-init
             backbone is intended (tests, the demo); unset with no ``checkpoint_path`` warns that it is random.
         checkpoint_path: load backbone weights from a local file, OpenAI/open_clip ``visual.*`` or timm format, or a
-            torchvision MobileNetV2 / lukemelas EfficientNet file (mapped by :mod:`masm_lightning.weights`);
+            torchvision MobileNetV2 / lukemelas EfficientNet file (mapped by :mod:`masm_lightning.training.weights`);
             ``package://<module>/<file>`` names a file inside an installed Python package.
         adapters: MASM configuration; ``None`` trains no adapters (full fine-tuning or linear probe).
         freeze_backbone: without adapters, train the head only (linear probe) or, if false, everything.
@@ -183,8 +183,9 @@ class MASMDetector(LightningModule):
             weights compute what they were trained to (and injection stays exact). False updates the statistics
             from the training batches (they are then saved in checkpoints). Full fine-tuning always updates them.
         selection: FMSD (the paper's v3 reading): choose the layers to decompose among ``adapters``' targets from
-            full-weight gradient GSNR at the start of ``fit``, before injection (:mod:`masm_lightning.selection`);
-            None decomposes every target (v1). The chosen layers are kept in the checkpoint.
+            full-weight gradient GSNR at the start of ``fit``, before injection
+            (:mod:`masm_lightning.training.selection`); None decomposes every target (v1). The chosen layers are kept in
+            the checkpoint.
         image_size: side of the square input the data module resizes faces to; null takes the backbone's own
             (``img_size`` in ``backbone_kwargs``, else its pretrained configuration). A CNN runs at any size; a ViT's
             size is fixed by its position embeddings, so set ``backbone_kwargs.img_size`` there instead.

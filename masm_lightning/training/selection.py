@@ -36,9 +36,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
-from .adapters.gsnr import MIN_SAMPLES, GradientMoments, layer_rule
-from .callbacks.run_folder import log_dir
-from .io import write_atomic
+from ..adapters.gsnr import MIN_SAMPLES, GradientMoments, layer_rule
+from ..io import write_atomic
+from .run_folder import log_dir
 
 __all__ = ["LayerSelection", "choose_layers", "fit_head", "gradient_gsnr", "select_layers", "tail_gradient"]
 

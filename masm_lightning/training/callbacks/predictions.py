@@ -9,10 +9,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
-from ..evaluation.loaders import named_loaders
-from ..evaluation.metrics import DetectionMetrics
-from ..io import write_csv
-from .run_folder import log_dir
+from ...evaluation.loaders import named_loaders
+from ...evaluation.metrics import DetectionMetrics
+from ...io import write_csv
+from ..run_folder import log_dir
 
 __all__ = ["VideoPredictionWriter"]
 

@@ -26,11 +26,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from ..evaluation.loaders import named_loaders
-from ..evaluation.metrics import auc_by_type
-from ..evaluation.results import results_markdown
-from ..io import atomic_path, write_atomic
-from .run_folder import log_dir, log_image, training_run_folder
+from ...evaluation.loaders import named_loaders
+from ...evaluation.metrics import auc_by_type
+from ...evaluation.results import results_markdown
+from ...io import atomic_path, write_atomic
+from ..run_folder import log_dir, log_image, training_run_folder
 
 __all__ = ["RunReport"]
 
@@ -163,7 +163,7 @@ class RunReport(Callback):
     def _write_test_report(
         self, trainer: Trainer, pl_module: LightningModule, results: dict[str, dict[str, float]], folder: Path
     ) -> None:
-        from ..evaluation.plots import roc_figure  # matplotlib only when a test actually ends
+        from ...evaluation.plots import roc_figure  # matplotlib only when a test actually ends
 
         metrics = getattr(pl_module, "test_metrics", {})
         for name in results:
