@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from lightning.pytorch import Trainer
 
-from masm_lightning.checkpoint import load_checkpoint
+from masm_lightning.sharing.checkpoint import load_checkpoint
 from masm_lightning.training.module import MASMDetector, run_checkpoints
 
 LIMIT_MB = 30.0  # issue 17: a ViT-L/14 MASM best.ckpt fits in 30 MB

@@ -28,7 +28,7 @@ from torch import nn
 
 from masm_lightning.adapters import MASMConfig, iter_adapters
 from masm_lightning.data.settings import ExtractionSettings
-from masm_lightning.export import export_model, load_exported
+from masm_lightning.sharing.export import export_model, load_exported
 from masm_lightning.training.module import MASMDetector
 
 

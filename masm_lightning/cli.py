@@ -35,10 +35,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from .checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .commands import NoResult
 from .data.datamodule import FaceForgeryDataModule
 from .errors import UserError, debug_enabled, first_line
+from .sharing.checkpoint import CheckpointError, checkpoint_model_settings, is_lean, read_checkpoint
 from .training.callbacks.predictions import VideoPredictionWriter
 from .training.callbacks.report import RunReport
 from .training.module import MASMDetector
@@ -452,7 +452,7 @@ def check_ckpt_path(options: Namespace) -> None:
 def apply_checkpoint_settings(parser: LightningArgumentParser, config: Namespace, explicit: Namespace) -> Namespace:
     """``--ckpt_path``: the configuration with the checkpoint's model settings, except those the user set (kept if
     they leave the weights' meaning alone, refused with both values if not); a short block says what came from
-    where (:func:`~masm_lightning.checkpoint.checkpoint_model_settings`).
+    where (:func:`~masm_lightning.sharing.checkpoint.checkpoint_model_settings`).
 
     Raises:
         CheckpointError: a lean checkpoint given to ``fit``, or a given setting that conflicts with the weights.

@@ -47,7 +47,6 @@ import torch
 from torch import nn
 
 from .adapters import merge_adapters
-from .checkpoint import CheckpointError, check_device
 from .data.crops import as_stored, crop_face
 from .data.faces import Detection, MTCNNDetector, select_faces
 from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -55,9 +54,10 @@ from .data.settings import ExtractionSettings
 from .data.transforms import eval_transform
 from .data.video import Frame, chunks_ahead, open_image, open_video, sample_indices, sniff
 from .errors import InvalidInputError
-from .export import load_model
 from .io import settings_digest, walk_files
 from .performance import compile_module, split_cores
+from .sharing.checkpoint import CheckpointError, check_device
+from .sharing.export import load_model
 from .training.module import MASMDetector
 
 __all__ = [
@@ -167,7 +167,7 @@ class Classifier:
 def load_classifier(source: str | Path, device: str | None = None, compile: bool = False) -> Classifier:
     """A :class:`Classifier` from a ``fit`` checkpoint, an ``export`` folder, an adapter folder (``export
     --adapter``: the base rebuilt and fingerprint-checked) or a hub id ``hf-hub:ORG/NAME``
-    (:func:`~masm_lightning.export.load_model`); a MASM model's adapters are merged for speed.
+    (:func:`~masm_lightning.sharing.export.load_model`); a MASM model's adapters are merged for speed.
 
     Raises:
         CheckpointError: ``source`` is none of these (the message names it and says why).

@@ -40,8 +40,8 @@ from typing_extensions import override
 
 from .adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
 from .data.forgery_types import REAL, forgery_type_name
-from .export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
 from .io import write_atomic
+from .sharing.export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
 from .training.run_folder import log_dir
 
 __all__ = [
@@ -591,7 +591,7 @@ class Explainer:
     def load(cls, source: str | Path, device: str | torch.device = "cpu") -> Explainer:
         """From what :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes: a ``fit`` checkpoint, an
         adapter folder, an export folder (heatmaps only: its layers are merged) or ``hf-hub:ORG/NAME``."""
-        from .export import load_model
+        from .sharing.export import load_model
         from .training.module import MASMDetector
 
         loaded = load_model(source, device)

@@ -64,8 +64,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 FRESH_IMPORT_PROBES = (
     "masm_lightning:Detector",
     "masm_lightning.adapters",
-    "masm_lightning.export",
-    "masm_lightning.checkpoint",
+    "masm_lightning.sharing.export",
+    "masm_lightning.sharing.checkpoint",
     "masm_lightning.data.settings",
 )
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from masm_lightning.checkpoint import CheckpointError, checkpoint_model_settings
 from masm_lightning.cli import main
+from masm_lightning.sharing.checkpoint import CheckpointError, checkpoint_model_settings
 from tests.helpers import tiny_args
 
 SAVED = {

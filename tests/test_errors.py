@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from masm_lightning.checkpoint import CheckpointError, load_checkpoint
 from masm_lightning.cli import main
 from masm_lightning.errors import InvalidInputError, UserError
+from masm_lightning.sharing.checkpoint import CheckpointError, load_checkpoint
 from masm_lightning.training.module import MASMDetector
 from tests.helpers import TINY_CONFIG, tiny_args
 

@@ -131,7 +131,7 @@ def test_relevance_of_a_masm_model_falls_inside_the_blended_region_more_than_its
 
 
 def test_subspace_responses_are_relative_to_the_recorded_mean(tiny_checkpoint):
-    from masm_lightning.checkpoint import load_checkpoint
+    from masm_lightning.sharing.checkpoint import load_checkpoint
 
     detector, _ = load_checkpoint(tiny_checkpoint)
     size = detector.data_config["image_size"]

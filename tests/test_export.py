@@ -9,8 +9,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from masm_lightning.checkpoint import load_checkpoint
 from masm_lightning.cli import main
+from masm_lightning.sharing.checkpoint import load_checkpoint
 
 
 def test_export_loads_into_plain_timm_and_reproduces_the_checkpoint_scores(tmp_path, tiny_checkpoint, capsys):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from masm_lightning.checkpoint import face_crop_settings
 from masm_lightning.cli import main
+from masm_lightning.sharing.checkpoint import face_crop_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

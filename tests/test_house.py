@@ -96,7 +96,12 @@ def test_the_adapter_library_imports_nothing_of_the_program():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "module",
-    ["masm_lightning.export", "masm_lightning.checkpoint", "masm_lightning.adapters", "masm_lightning.data.settings"],
+    [
+        "masm_lightning.sharing.export",
+        "masm_lightning.sharing.checkpoint",
+        "masm_lightning.adapters",
+        "masm_lightning.data.settings",
+    ],
 )
 def test_light_modules_load_neither_the_video_stack_nor_albumentations(fresh_imports, module):
     heavy = sorted(set(fresh_imports(module)["import"]) & {"av", "albumentations", "facenet_pytorch"})

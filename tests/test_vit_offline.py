@@ -15,11 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from masm_lightning.checkpoint import load_checkpoint
 from masm_lightning.cli import main
 from masm_lightning.detector import Detector
-from masm_lightning.export import ADAPTER_CONFIG_NAME, load_adapter
 from masm_lightning.serve import App, score_file
+from masm_lightning.sharing.checkpoint import load_checkpoint
+from masm_lightning.sharing.export import ADAPTER_CONFIG_NAME, load_adapter
 from tests.helpers import ROOT, tiny_args
 
 CLIP = ROOT.parent / "shared" / "data" / "FaceForensics++" / "original_sequences" / "youtube" / "c23" / "videos"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, Dtype
-from ..export import export as export_checkpoint
+from ..sharing.export import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, Dtype
+from ..sharing.export import export as export_checkpoint
 
 __all__ = ["export"]
 
@@ -43,7 +43,7 @@ def export(
     files = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, CARD_NAME) if adapter else (WEIGHTS_NAME, CONFIG_NAME)
     print(f"exported {ckpt} → " + ", ".join(str(folder / f) for f in files))
     if push_to_hub is not None:
-        from ..hub import push_to_hub as upload
+        from ..sharing.hub import push_to_hub as upload
 
         url = upload(folder, push_to_hub, private=private)
         print(f"uploaded {folder} → {url}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .training.run_folder import training_run_folder
+from ..training.run_folder import training_run_folder
 
 __all__ = ["find_results", "license_for", "model_card", "parse_results", "training_datasets"]
 

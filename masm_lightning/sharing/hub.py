@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import first_line
+from ..errors import first_line
 
 __all__ = ["HUB_PREFIX", "HubError", "is_hub_id", "push_to_hub", "resolve"]
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from .data.settings import ExtractionSettings
-from .errors import InvalidInputError, first_line
-from .training.module import CHECKPOINT_KEY, MASMDetector
+from ..data.settings import ExtractionSettings
+from ..errors import InvalidInputError, first_line
+from ..training.module import CHECKPOINT_KEY, MASMDetector
 
 __all__ = [
     "WEIGHT_SETTINGS",
@@ -96,7 +96,7 @@ def _check_torch_file(path: Path) -> None:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {error.strerror or error}") from None
     if head.startswith(b"PK") or head[:1] == b"\x80":
         return
-    from .data.video import sniff  # only here: it loads the video library
+    from ..data.video import sniff  # only here: it loads the video library
 
     kind = sniff(path)
     what = {"image": "an image", "video": "a video", "text": "a text file"}.get(kind, "not a torch file")

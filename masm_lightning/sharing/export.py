@@ -12,7 +12,7 @@ Adapter export (``--adapter``), the way fine-tunes are shared on the hub::
     adapter_model.safetensors   what training changed only: the artifact factors (U, s, V) and the head
     adapter_config.json         base model (timm name, kwargs, weights source, fingerprint), the detector's
                                 hyper-parameters, FMSD layers, input config, face-crop settings, threshold
-    README.md                   model card (:mod:`masm_lightning.model_card`)
+    README.md                   model card (:mod:`masm_lightning.sharing.model_card`)
 
 Loading an adapter folder (:func:`load_adapter`) rebuilds the base from its source (timm pretrained weights, a
 ``checkpoint_path`` file, or the recorded seed of a random-init demo base), re-injects the adapters (the SVD of the
@@ -35,14 +35,14 @@ import timm
 import torch
 from torch import nn
 
-from .adapters import merge_adapters
+from ..adapters import merge_adapters
+from ..data.settings import ExtractionSettings
+from ..errors import first_line
+from ..io import atomic_path, write_atomic
+from ..training.module import MASMDetector
+from ..training.run_folder import training_run_folder
 from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
-from .data.settings import ExtractionSettings
-from .errors import first_line
 from .hub import is_hub_id
-from .io import atomic_path, write_atomic
-from .training.module import MASMDetector
-from .training.run_folder import training_run_folder
 
 __all__ = [
     "LoadedModel",
@@ -171,7 +171,7 @@ def export_adapter(
     """
     from safetensors.torch import save_file
 
-    from .adapters import iter_adapters
+    from ..adapters import iter_adapters
     from .model_card import model_card
 
     if model.backbone is None or model.head is None:
