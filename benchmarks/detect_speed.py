@@ -115,7 +115,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from facenet_pytorch import MTCNN
 
-    from masm_lightning.detector import Detector
+    from masm_lightning.inference.detector import Detector
     from masm_lightning.performance import return_freed_memory
 
     return_freed_memory()  # as the detect command does

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from masm_lightning.data.video import sample_indices, sniff
-from masm_lightning.detector import Detector
-from masm_lightning.inference import detect, shard_inputs
+from masm_lightning.inference.detector import Detector
+from masm_lightning.inference.runs import detect, shard_inputs
 from tests.helpers import ROOT
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -248,8 +248,8 @@ def test_damaged_images_are_reported_in_one_line_never_as_no_face(tmp_path, tiny
 
 
 def test_the_options_are_one_typed_object_checked_before_the_model_is_read(tmp_path):
-    from masm_lightning.detector import DetectorOptions
     from masm_lightning.errors import InvalidInputError
+    from masm_lightning.inference.detector import DetectorOptions
 
     assert DetectorOptions.of(DetectorOptions(workers=2), frames=8) == DetectorOptions(frames=8, workers=2)
     with pytest.raises(InvalidInputError, match="'frame' is not a detector option; the options: aggregation, "):
@@ -277,7 +277,7 @@ def test_the_crop_as_training_stored_it_is_one_behaviour_for_scores_and_explanat
     import dataclasses
 
     from masm_lightning.data.crops import as_stored
-    from masm_lightning.explain import Explainer
+    from masm_lightning.inference.explain import Explainer
 
     rng = np.random.default_rng(0)
     crop = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -303,7 +303,7 @@ def test_the_crop_as_training_stored_it_is_one_behaviour_for_scores_and_explanat
 def test_the_documented_statuses_are_the_ones_the_code_gives():
     import re
 
-    from masm_lightning.detector import SCORED, STATUSES
+    from masm_lightning.inference.detector import SCORED, STATUSES
 
     text = (ROOT / "docs" / "troubleshooting.md").read_text()
     table = text.split("## `detect` and web app statuses", 1)[1].split("\n## ", 1)[0]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from masm_lightning.adapters import apply_constraints
 from masm_lightning.data.synthetic import face_image
-from masm_lightning.explain import energy_means, explain_images, relevance
+from masm_lightning.inference.explain import energy_means, explain_images, relevance
 from masm_lightning.training.module import MASMAdam, MASMDetector
 
 SIZE, PATCH = 32, 8
@@ -169,7 +169,7 @@ def test_detect_explain_writes_heatmaps_and_subspace_charts_per_scored_input(tmp
 
 def test_detect_explain_compile_compiles_the_detector_it_explains_with(tmp_path, tiny_checkpoint, monkeypatch):
     """``--explain`` loads its own recording detector: it gets every detect option, ``--compile`` included."""
-    import masm_lightning.detector as detector_module
+    import masm_lightning.inference.detector as detector_module
     from masm_lightning.cli import main
 
     compiled: list[bool] = []

@@ -101,7 +101,7 @@ def test_detector_load_takes_an_adapter_folder_and_a_cached_hub_id(
 ):
     import numpy as np
 
-    from masm_lightning.detector import Detector
+    from masm_lightning.inference.detector import Detector
 
     cache = tmp_path / "hub_cache"
     _lay_out_cache(cache, "my-lab/masm-tiny", adapter_folder)

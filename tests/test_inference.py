@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from masm_lightning.cli import main
-from masm_lightning.inference import ConfidentRule, aggregate, detect
+from masm_lightning.inference.runs import ConfidentRule, aggregate, detect
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

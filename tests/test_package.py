@@ -8,7 +8,7 @@ import pytest
 def test_public_names_import_from_the_package_and_are_the_modules_own():
     import masm_lightning
     from masm_lightning.adapters import MASMConfig, inject_adapters, merge_adapters
-    from masm_lightning.detector import Detector
+    from masm_lightning.inference.detector import Detector
     from masm_lightning.training.callbacks.layer_mask import SelectiveLayerMask
     from masm_lightning.training.module import MASMDetector
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from masm_lightning.detector import Detector
-from masm_lightning.serve import App, score_file
+from masm_lightning.inference.detector import Detector
+from masm_lightning.inference.serve import App, score_file
 from tests.helpers import ROOT
 
 CLIP = ROOT.parent / "shared" / "data" / "FaceForensics++" / "original_sequences" / "youtube" / "c23" / "videos"
@@ -137,7 +137,7 @@ def test_the_page_scores_a_real_clip_like_detect_and_reports_a_corrupt_upload(tm
 
 
 def test_the_timeline_draws_every_scored_input_not_only_the_first():
-    from masm_lightning.serve import timeline_figure
+    from masm_lightning.inference.serve import timeline_figure
 
     def record(name: str, scores: list[float]) -> dict:
         frames = [{"index": 10 * i, "time": 0.4 * i, "score": s} for i, s in enumerate(scores)]
@@ -155,7 +155,7 @@ def test_the_timeline_draws_every_scored_input_not_only_the_first():
 def api(tiny_checkpoint, tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from masm_lightning.serve import build_api
+    from masm_lightning.inference.serve import build_api
 
     app = App(Detector.load(tiny_checkpoint, device="cpu", face_crop=False), max_bytes=2**20)
     return TestClient(build_api(app, tmp_path_factory.mktemp("uploads")))
@@ -210,7 +210,7 @@ def test_a_huge_image_is_refused_in_one_line_by_the_api(api, tmp_path):
 
 
 def test_the_page_settings_keep_every_other_option_the_app_was_started_with(tiny_checkpoint):
-    from masm_lightning.detector import DetectorOptions
+    from masm_lightning.inference.detector import DetectorOptions
 
     started = DetectorOptions(face_crop=False, workers=3, chunk_frames=2, batch_size=5, aggregation="confident")
     app = App(Detector.load(tiny_checkpoint, "cpu", started))

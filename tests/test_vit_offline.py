@@ -16,8 +16,8 @@ import yaml
 from safetensors.torch import load_file
 
 from masm_lightning.cli import main
-from masm_lightning.detector import Detector
-from masm_lightning.serve import App, score_file
+from masm_lightning.inference.detector import Detector
+from masm_lightning.inference.serve import App, score_file
 from masm_lightning.sharing.checkpoint import load_checkpoint
 from masm_lightning.sharing.export import ADAPTER_CONFIG_NAME, load_adapter
 from tests.helpers import ROOT, tiny_args

@@ -1,7 +1,7 @@
 """``detect``: score videos, images and folders with a checkpoint or an export folder; print a table.
 
-A thin command over :class:`masm_lightning.Detector` (:mod:`masm_lightning.detector`) and its runs
-(:func:`masm_lightning.inference.detect`: output file, resume, shards); docs/inference.md."""
+A thin command over :class:`masm_lightning.Detector` (:mod:`masm_lightning.inference.detector`) and its runs
+(:func:`masm_lightning.inference.runs.detect`: output file, resume, shards); docs/inference.md."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..detector import SCORED, Aggregation, ConfidentRule, Detector, DetectorOptions, Result
-from ..inference import detect as detect_paths
-from ..inference import shard_output
+from ..inference.detector import SCORED, Aggregation, ConfidentRule, Detector, DetectorOptions, Result
+from ..inference.runs import detect as detect_paths
+from ..inference.runs import shard_output
 from ..performance import return_freed_memory
 from . import NoResult
 
@@ -121,7 +121,7 @@ def detect(
     )
     print(_table(records))
     if detector is not None and explain is not None:
-        from ..explain import explain_detected
+        from ..inference.explain import explain_detected
 
         print(f"explanations of {explain_detected(detector, results, explain, explain_faces)} faces in {explain}")
     statuses = Counter(r["status"] for r in records)

@@ -27,9 +27,9 @@ def serve(
         concurrency: uploads processed at once; the others wait in the queue.
         explain: compute relevance heatmaps and subspace responses for the most suspicious faces.
     """
-    from ..detector import Detector
+    from ..inference.detector import Detector
+    from ..inference.serve import App, serve_app
     from ..performance import return_freed_memory
-    from ..serve import App, serve_app
 
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
@@ -39,7 +39,7 @@ def serve(
     detector = Detector.load(ckpt, device, frames=frames)
     explainer = None
     if explain:
-        from ..explain import Explainer
+        from ..inference.explain import Explainer
 
         explainer = Explainer.load(detector.classifier.source, detector.classifier.device)
     app = App(detector, explainer, max_bytes=int(max_upload_mb * 2**20), concurrency=concurrency)

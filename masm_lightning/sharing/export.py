@@ -62,8 +62,8 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 ADAPTER_FORMAT = "masm_lightning.adapter/1"
-# The training means of the subspace responses (masm_lightning.explain): a checkpoint's top-level entry, and the
-# adapter config's key.
+# The training means of the subspace responses (masm_lightning.inference.explain): a checkpoint's top-level entry, and
+# the adapter config's key.
 ENERGY_KEY = "subspace_energy"
 Dtype = Literal["float32", "bfloat16", "bf16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

@@ -179,7 +179,7 @@ def model_card(
         "## How to load",
         "",
         "```python",
-        "from masm_lightning.detector import Detector",
+        "from masm_lightning.inference.detector import Detector",
         "",
         'det = Detector.load("PATH_OR_hf-hub:ORG/NAME")',
         'result = det.score("clip.mp4")  # score, decision, status, per-frame records',

@@ -57,7 +57,7 @@ def test_the_folder_dataset_and_image_folders_include_symlinked_sub_folders(tmp_
 
 
 def test_detect_scores_the_images_of_symlinked_sub_folders(tmp_path, tiny_checkpoint):
-    from masm_lightning.inference import detect
+    from masm_lightning.inference.runs import detect
 
     (tmp_path / "disk2").mkdir()
     cv2.imwrite(str(tmp_path / "disk2" / "face.png"), np.full((32, 32, 3), 128, np.uint8))

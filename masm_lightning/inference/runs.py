@@ -1,9 +1,9 @@
-"""``detect`` runs: many inputs scored with a :class:`~masm_lightning.detector.Detector`, written as they finish,
-resumed after an interruption, split into shards.
+"""``detect`` runs: many inputs scored with a :class:`~masm_lightning.inference.detector.Detector`, written as they
+finish, resumed after an interruption, split into shards.
 
 Every input gets one record — path, kind, status, score, decision, frames, detail — written to the output file
 as soon as it is done (CSV rows appended, or the JSON list rewritten atomically), so an interrupted run keeps what
-it finished. The statuses are the detector's (:mod:`masm_lightning.detector`).
+it finished. The statuses are the detector's (:mod:`masm_lightning.inference.detector`).
 
 **Resuming.** Beside the output, ``<out>.stamp.json`` (an :class:`~masm_lightning.io.Stamp`) records the digest of
 the model's files and of every setting that changes a result (:meth:`Detector.fingerprint`). Rerun with the same
@@ -26,6 +26,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..errors import InvalidInputError
+from ..io import Stamp, check_shard, shard_inputs, write_atomic, write_csv
 from .detector import (
     SCORED,
     Classifier,
@@ -37,8 +39,6 @@ from .detector import (
     expand_inputs,
     load_classifier,
 )
-from .errors import InvalidInputError
-from .io import Stamp, check_shard, shard_inputs, write_atomic, write_csv
 
 __all__ = [
     "Classifier",
@@ -156,8 +156,9 @@ def detect(
     Args:
         paths: video files, image files or folders.
         ckpt: a checkpoint written by ``fit``, or a folder written by ``export``.
-        options: how to score (:class:`~masm_lightning.detector.DetectorOptions`: frames, aggregation, threshold,
-            batch size, face crop, workers, chunk size, compile); ``fields`` replace some of them (``frames=8``).
+        options: how to score (:class:`~masm_lightning.inference.detector.DetectorOptions`: frames, aggregation,
+            threshold, batch size, face crop, workers, chunk size, compile); ``fields`` replace some of them
+            (``frames=8``).
         out: write the records here as they are computed (``.json`` or ``.csv``); rerun to resume.
         device: cpu or cuda (default: cuda when available); MTCNN runs there too.
         per_frame: add each record's frame indices and frame scores.
@@ -165,7 +166,7 @@ def detect(
         num_shards: number of shards (e.g. a job array); each writes its own output file.
         resume: keep the records of a previous run with the same ``out``, model and settings.
         detector: an already loaded detector to use instead of loading ``ckpt`` (its own options apply).
-        on_result: called with every :class:`~masm_lightning.detector.Result` scored in this run, as it comes
+        on_result: called with every :class:`~masm_lightning.inference.detector.Result` scored in this run, as it comes
             (``detect --explain`` explains them afterwards).
 
     Raises:

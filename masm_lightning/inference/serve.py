@@ -1,9 +1,10 @@
-"""``serve``: a local web app (Gradio) over the :class:`~masm_lightning.detector.Detector` API, and an HTTP JSON route.
+"""``serve``: a local web app (Gradio) over the :class:`~masm_lightning.inference.detector.Detector` API, and an HTTP
+JSON route.
 
 Drop one or several videos or images: each gets its score and decision, a per-frame score timeline, its most
 suspicious faces drawn in their frames with boxes coloured by score (green real → red fake), the explanation of
-those faces (relevance heatmap and artifact-subspace responses, :mod:`masm_lightning.explain`) and a row in the
-results table, downloadable as CSV. Settings: frames per video, aggregation rule, decision threshold.
+those faces (relevance heatmap and artifact-subspace responses, :mod:`masm_lightning.inference.explain`) and a row in
+the results table, downloadable as CSV. Settings: frames per video, aggregation rule, decision threshold.
 
 Robustness, for a page left open to colleagues:
 
@@ -36,8 +37,8 @@ import numpy as np
 # gradio (the `app` extra); this module is imported only by `serve`.
 from fastapi import File, Form, UploadFile
 
+from ..errors import InvalidInputError
 from .detector import SCORED, Detector, Result, Status
-from .errors import InvalidInputError
 
 __all__ = ["App", "build_api", "build_app", "form_values", "score_file", "serve_app", "timeline_figure"]
 
@@ -76,7 +77,7 @@ class App:
     """What the page and the HTTP route share: the loaded detector, an optional explainer, the limits."""
 
     detector: Detector
-    explainer: Any = None  # masm_lightning.explain.Explainer, or None (no explanations)
+    explainer: Any = None  # masm_lightning.inference.explain.Explainer, or None (no explanations)
     max_bytes: int = 200 * 2**20
     concurrency: int = 1
     explain_faces: int = 3

@@ -46,19 +46,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import merge_adapters
-from .data.crops import as_stored, crop_face
-from .data.faces import Detection, MTCNNDetector, select_faces
-from .data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from .data.settings import ExtractionSettings
-from .data.transforms import eval_transform
-from .data.video import Frame, chunks_ahead, open_image, open_video, sample_indices, sniff
-from .errors import InvalidInputError
-from .io import settings_digest, walk_files
-from .performance import compile_module, split_cores
-from .sharing.checkpoint import CheckpointError, check_device
-from .sharing.export import load_model
-from .training.module import MASMDetector
+from ..adapters import merge_adapters
+from ..data.crops import as_stored, crop_face
+from ..data.faces import Detection, MTCNNDetector, select_faces
+from ..data.indexers import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ..data.settings import ExtractionSettings
+from ..data.transforms import eval_transform
+from ..data.video import Frame, chunks_ahead, open_image, open_video, sample_indices, sniff
+from ..errors import InvalidInputError
+from ..io import settings_digest, walk_files
+from ..performance import compile_module, split_cores
+from ..sharing.checkpoint import CheckpointError, check_device
+from ..sharing.export import load_model
+from ..training.module import MASMDetector
 
 __all__ = [
     "SCORED",

@@ -38,11 +38,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from typing_extensions import override
 
-from .adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
-from .data.forgery_types import REAL, forgery_type_name
-from .io import write_atomic
-from .sharing.export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
-from .training.run_folder import log_dir
+from ..adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
+from ..data.forgery_types import REAL, forgery_type_name
+from ..io import write_atomic
+from ..sharing.export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
+from ..training.run_folder import log_dir
 
 __all__ = [
     "ENERGY_KEY",
@@ -148,7 +148,7 @@ class SubspaceEnergyMeans(Callback):
     Hooks the adapters during training and sums, per subspace, the per-image energy of ``(x V_k) ⊙ s_k`` over the
     current epoch's training batches; a checkpoint written during or at the end of that epoch stores the mean so
     far (with validation at epoch end: the whole epoch). Costs one thin product per adapter and step. Add it to
-    ``trainer.callbacks`` (``masm_lightning.explain.SubspaceEnergyMeans``).
+    ``trainer.callbacks`` (``masm_lightning.inference.explain.SubspaceEnergyMeans``).
     """
 
     def __init__(self) -> None:
@@ -317,8 +317,8 @@ class SubspaceTypeResponses(Callback):
             self._write(trainer, pl_module, folder)
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, folder: Path) -> None:
-        from .evaluation.loaders import named_loaders
-        from .evaluation.plots import subspace_type_figure
+        from ..evaluation.loaders import named_loaders
+        from ..evaluation.plots import subspace_type_figure
 
         datamodule = getattr(trainer, "datamodule", None)
         names = [name for name, _ in named_loaders(trainer.test_dataloaders, datamodule)]
@@ -575,7 +575,7 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 class Explainer:
-    """Explains the faces a :class:`~masm_lightning.detector.Detector` scored, with its own copy of the model
+    """Explains the faces a :class:`~masm_lightning.inference.detector.Detector` scored, with its own copy of the model
     (adapters not merged: the detector's merged layers have no subspaces left to read).
 
     Args:
@@ -589,10 +589,11 @@ class Explainer:
 
     @classmethod
     def load(cls, source: str | Path, device: str | torch.device = "cpu") -> Explainer:
-        """From what :meth:`Detector.load <masm_lightning.detector.Detector.load>` takes: a ``fit`` checkpoint, an
-        adapter folder, an export folder (heatmaps only: its layers are merged) or ``hf-hub:ORG/NAME``."""
-        from .sharing.export import load_model
-        from .training.module import MASMDetector
+        """From what :meth:`Detector.load <masm_lightning.inference.detector.Detector.load>` takes: a ``fit``
+        checkpoint, an adapter folder, an export folder (heatmaps only: its layers are merged) or
+        ``hf-hub:ORG/NAME``."""
+        from ..sharing.export import load_model
+        from ..training.module import MASMDetector
 
         loaded = load_model(source, device)
         if isinstance(loaded.model, MASMDetector):
@@ -606,10 +607,10 @@ class Explainer:
         return explain_images(self.backbone, self.head, batch, self.means)
 
     def explain_result(self, detector: Any, result: Any, faces: int = 4) -> list[ExplainedFace]:
-        """The ``faces`` highest-scoring faces of a scored :class:`~masm_lightning.detector.Result`, re-read from
-        its file (only those frames are decoded and cropped again, exactly as the detector cropped them)."""
-        from .data.crops import as_stored, crop_face
-        from .data.video import open_video, read_image
+        """The ``faces`` highest-scoring faces of a scored :class:`~masm_lightning.inference.detector.Result`, re-read
+        from its file (only those frames are decoded and cropped again, exactly as the detector cropped them)."""
+        from ..data.crops import as_stored, crop_face
+        from ..data.video import open_video, read_image
 
         if not result.frames:
             return []
