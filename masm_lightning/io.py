@@ -207,7 +207,7 @@ def shard_inputs(inputs: Sequence[Any], shard: int, num_shards: int, key: Any = 
 def lazy_exports(package: str, homes: Mapping[str, str]) -> Callable[[str], Any]:
     """A package's module ``__getattr__`` that imports each re-exported name from its home module on first use
     (``homes``: name → module, relative to ``package``), so importing a light module of the package does not load
-    the heavy ones: ``__getattr__ = lazy_exports(__name__, {"Detector": "detector"})``."""
+    the heavy ones: ``__getattr__ = lazy_exports(__name__, {"Detector": "inference.detector"})``."""
 
     def attribute(name: str) -> Any:
         if name not in homes:
