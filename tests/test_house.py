@@ -170,3 +170,59 @@ def test_every_third_party_package_the_library_imports_is_declared():
             if not distributions & declared:
                 missing.add(f"{top} ({', '.join(sorted(distributions))}) in {_module_name(path)}")
     assert not missing, f"imported but not in [project] dependencies: {sorted(missing)}"
+
+
+# The package's roles in the order imports point: a module imports from its own group or from groups before it,
+# never after (the README's layout block lists them in this order).
+GROUPS = (
+    ("base", ("masm_lightning.errors", "masm_lightning.io", "masm_lightning.performance", "masm_lightning.moved")),
+    ("adapters", ("masm_lightning.adapters",)),
+    ("data, evaluation", ("masm_lightning.data", "masm_lightning.evaluation")),
+    ("training", ("masm_lightning.training",)),
+    ("sharing", ("masm_lightning.sharing",)),
+    ("inference", ("masm_lightning.inference",)),
+    ("commands", ("masm_lightning.commands",)),
+    ("cli", ("masm_lightning.cli", "masm_lightning.__main__", "masm_lightning")),
+)
+
+
+def _group(module: str) -> int:
+    """Index in GROUPS of the group a package module belongs to (the longest matching prefix)."""
+    matches = [
+        (len(prefix), index)
+        for index, (_, prefixes) in enumerate(GROUPS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    assert matches, f"{module} belongs to no group of tests/test_house.py's GROUPS: place it (and in the README)"
+    return max(matches)[1]
+
+
+def test_every_import_points_to_the_same_group_or_an_earlier_one():
+    backwards = [
+        f"{module} ({GROUPS[_group(module)][0]}) imports {target} ({GROUPS[_group(target)][0]})"
+        for module, targets in _graph().items()
+        for target in sorted(targets)
+        if _group(target) > _group(module)
+    ]
+    assert not backwards, "imports pointing against the order of the groups:\n" + "\n".join(backwards)
+
+
+def test_the_readme_layout_block_lists_every_group_in_import_order():
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b for b in readme.split("```") if b.lstrip("\n").startswith("masm_lightning/")]
+    assert len(blocks) == 1, "README.md has one layout block (a fenced block starting with `masm_lightning/`)"
+    listed = []  # (group index, name) in the order the block lists them
+    for line in blocks[0].splitlines()[1:]:
+        if not line.startswith("  ") or line.startswith("   "):
+            continue  # a description's continuation line
+        names = line.strip().split("  ")[0]
+        for name in names.split(", "):
+            module = "masm_lightning" if name == "__init__.py" else "masm_lightning." + name.strip().rstrip("/")
+            listed.append((_group(module.removesuffix(".py")), name))
+    order = [index for index, _ in listed]
+    assert order == sorted(order), f"the README lists the groups out of import order: {listed}"
+    top_level = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    shown = {name.strip().rstrip("/").removesuffix(".py") for _, name in listed}
+    missing = sorted(n for n in top_level if n.removesuffix(".py") not in shown)
+    assert not missing, f"the README's layout block does not show {missing}"
