@@ -3,155 +3,51 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import hashlib
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
-import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from typing_extensions import override
 
 from ..adapters import (
     MASMConfig,
-    SubspaceConstraints,
     apply_constraints,
     constraint_metrics,
-    inject_adapters,
-    iter_adapters,
     route_subspaces,
-    select_targets,
-    unload_adapters,
 )
-from ..adapters.svd import fused_parts
 from ..data.forgery_types import FORGERY_TYPES, routing_mask, subspace_assignment
-from ..errors import IncompatibleCheckpointError, InputNotFoundError, InvalidInputError
 from ..evaluation.loaders import named_loaders
 from ..evaluation.metrics import DetectionMetrics
-from ..performance import compile_module, fast_adam_options
+from ..performance import compile_module
+from .backbone import create_backbone, create_head, data_config, freeze_norm_statistics, weights_fingerprint
+from .checkpointing import run_checkpoints
+from .hparams import check_hparams
+from .lean_state import (
+    CHECKPOINT_KEY,
+    base_record,
+    check_fingerprint,
+    check_trained_keys,
+    drop_untrained,
+    normalise_keys,
+    saved_base,
+    trained_keys,
+)
+from .optim import MASMAdam, build_optimizers
+from .placement import candidate_layers, inject_on_targets, place_adapters, selection_tails
 from .selection import LayerSelection, select_layers
-from .weights import create_from_foreign_checkpoint, resolve_weights_path
 
-__all__ = ["MASMAdam", "MASMDetector", "run_checkpoints", "weights_fingerprint"]
+# MASMAdam, run_checkpoints and weights_fingerprint are named here too: configs and code of the previous layout
+# import them from this module (it was the `model` module).
+__all__ = ["CHECKPOINT_KEY", "MASMAdam", "MASMDetector", "run_checkpoints", "weights_fingerprint"]
 
-CHECKPOINT_KEY = "masm"
-_KEY_PREFIXES = ("module.", "model.")
-# Layers with running statistics (timm's BatchNormAct2d subclasses BatchNorm2d; SyncBatchNorm under DDP).
-_STAT_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _Destination = TypeVar("_Destination", bound=dict[str, Any])  # as nn.Module.state_dict's T_destination
-_Result = TypeVar("_Result")
-
-
-class MASMAdam(torch.optim.Adam):
-    """MASM's default optimizer: Adam, lr 2e-4, no weight decay. Coupled decay on the factors is normalised by
-    Adam with the task gradient, so it stalls small task gradients and erases tail values; the decoupled
-    constraint step (:func:`~masm_lightning.adapters.apply_constraints`) bounds the factors instead.
-
-    A class (not a function) so that the command line can change one setting of the default,
-    ``--model.optimizer.init_args.lr 1e-3``, as LightningCLI's optimizer convention has it; ``class_path:
-    torch.optim.AdamW`` etc. replace it. torch's fused kernel where it exists
-    (:func:`~masm_lightning.performance.fast_adam_options`; ``fused``/``foreach`` given explicitly win).
-    """
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-        fused: bool | None = None,
-        foreach: bool | None = None,
-    ) -> None:
-        params = list(params)  # read twice: a generator would be empty the second time
-        fast = fast_adam_options(params) if fused is None and foreach is None else {"fused": fused, "foreach": foreach}
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, **fast)
-
-
-def check_backbone_name(name: str) -> None:
-    """Refuse a ``model.backbone`` that timm does not know (``hf-hub:`` names are resolved by timm later).
-
-    Raises:
-        InvalidInputError: naming the value and the closest timm names.
-    """
-    source, model_name = timm.models.parse_model_name(name)
-    if source is not None:  # hf-hub / local-dir: timm reads the model's config from there
-        return
-    architecture, _ = timm.models.split_model_name_tag(model_name)
-    if timm.is_model(architecture):
-        return
-    close = difflib.get_close_matches(architecture, timm.list_models(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise InvalidInputError(
-        f"model.backbone {name!r} is not a timm model{hint} (`timm.list_models('*clip*')` lists the names)"
-    )
-
-
-def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
-    """A device-independent hash of a module's weights: names, shapes, dtypes and evenly spaced exact values.
-
-    Reading sampled elements (not sums) keeps it identical on CPU and GPU, and cheap for a ViT-L.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        picks = torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).long().to(flat.device)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(flat[picks].double().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-class BestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` of the best validation score that saves nothing when the run has no validation batches
-    (an empty or switched-off validation split, which the data module reports): with no score there is nothing to
-    select on, and Lightning's would save at every epoch end with a warning that the monitored key is missing."""
-
-    @override
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if sum(trainer.num_val_batches) == 0:  # validation set up with no batches, or never set up
-            return
-        super().on_train_epoch_end(trainer, pl_module)
-
-
-def run_checkpoints(monitor: str, mode: str) -> list[ModelCheckpoint]:
-    """The checkpoint policy of every ``fit``, both files in the run's versioned folder
-    (``<default_root_dir>/<logger name>/version_N/checkpoints``), so a second run never overwrites the first.
-
-    - ``best.ckpt``: the best ``monitor`` value on the validation split, **lean**: the trained tensors, the
-      hyper-parameters, the base's identity and fingerprint and the data module's state (face-crop settings):
-      what ``test``, ``detect`` and ``export`` need, without optimizer, scheduler, loop or callback state.
-    - ``last.ckpt``: the full training state after the last completed epoch, or after the run's last step when it
-      stops mid-epoch (``max_steps``), for resuming. Written at the end of every training epoch
-      (``save_on_train_epoch_end``), not at validation: the file never lags when validation runs less than once an
-      epoch (``check_val_every_n_epoch``) or is skipped.
-    """
-    best = BestCheckpoint(
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_top_k=1,
-        save_weights_only=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    last = ModelCheckpoint(
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        every_n_epochs=1,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
-    return [best, last]
 
 
 class MASMDetector(LightningModule):
@@ -226,39 +122,20 @@ class MASMDetector(LightningModule):
             adapters = MASMConfig(**adapters)
         if isinstance(selection, Mapping):
             selection = LayerSelection(**selection)
-        check_backbone_name(backbone)
-        if selection is not None and adapters is None:
-            raise InvalidInputError(
-                "model.selection chooses where adapters go, but model.adapters is null: set adapters "
-                "(its targets are the candidates) or drop selection"
-            )
-        for name, value in (
-            ("lambda_orth", lambda_orth),
-            ("lambda_spec", lambda_spec),
-            ("lambda_semantic", lambda_semantic),
-        ):
-            if not 0 <= value < float("inf"):
-                raise InvalidInputError(f"model.{name} must be a finite number >= 0, got {value}")
-        if spectral_cap is not None and not spectral_cap > 0:
-            raise InvalidInputError(f"model.spectral_cap must be > 0 or null (no cap), got {spectral_cap}")
-        self.constraints = SubspaceConstraints(
-            lambda_orth, lambda_spec, lambda_semantic, float("inf") if spectral_cap is None else spectral_cap
+        self.constraints = check_hparams(
+            backbone,
+            dict(backbone_kwargs or {}),
+            adapters,
+            selection,
+            lambda_orth,
+            lambda_spec,
+            lambda_semantic,
+            spectral_cap,
+            threshold,
+            image_size,
         )
-        if not 0 < threshold < 1:
-            raise InvalidInputError(f"model.threshold must be in (0, 1), got {threshold}")
         self.backbone_name = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
-        if image_size is not None and not image_size > 0:
-            raise ValueError(f"model.image_size must be a positive number of pixels or null, got {image_size}")
-        if (
-            image_size is not None
-            and "img_size" in self.backbone_kwargs
-            and image_size != self.backbone_kwargs["img_size"]
-        ):
-            raise ValueError(
-                f"model.image_size {image_size} disagrees with model.backbone_kwargs.img_size "
-                f"{self.backbone_kwargs['img_size']}: set one of them"
-            )
         self.image_size = image_size
         self.adapter_config = adapters
         self.optimizer_factory = optimizer
@@ -291,62 +168,26 @@ class MASMDetector(LightningModule):
     @property
     def data_config(self) -> dict[str, Any]:
         """Input size, mean, std and interpolation the backbone expects; the data module follows it."""
-        cfg = timm.models.get_pretrained_cfg(self.backbone_name)
-        size = self.backbone_kwargs.get("img_size", self.image_size or (cfg.input_size[-1] if cfg else 224))
-        return {
-            "image_size": size if isinstance(size, int) else size[-1],
-            "mean": tuple(cfg.mean) if cfg else timm.data.OPENAI_CLIP_MEAN,
-            "std": tuple(cfg.std) if cfg else timm.data.OPENAI_CLIP_STD,
-            "interpolation": cfg.interpolation if cfg else "bicubic",
-        }
-
-    def _create_backbone(self) -> nn.Module:
-        kwargs = {**self.backbone_kwargs, "num_classes": 0}
-        path = self.hparams["checkpoint_path"]
-        if path is not None:
-            path = resolve_weights_path(path)  # `package://<module>/<file>`: weights a pip package installed
-            if not Path(path).is_file():
-                raise InputNotFoundError(f"model.checkpoint_path {path!r} is not a file")
-            foreign = create_from_foreign_checkpoint(self.backbone_name, path, **kwargs)
-            if foreign is not None:  # torchvision MobileNetV2 / lukemelas EfficientNet keys, mapped in weights.py
-                return foreign
-            # timm reads the file with weights_only=True, converts OpenAI/open_clip `visual.*` keys through the
-            # model's checkpoint filter, and drops the file's projection head (its num_classes differs from ours).
-            return timm.create_model(
-                self.backbone_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-            )
-        if self.hparams["pretrained"] is None:
-            rank_zero_warn(
-                f"MASMDetector: backbone {self.backbone_name!r} starts from random weights (neither "
-                "model.pretrained nor model.checkpoint_path is set): fine for tests and demos, useless "
-                "for real detection; set model.pretrained: false to say so and silence this"
-            )
-        if self.hparams["pretrained"]:
-            return timm.create_model(self.backbone_name, pretrained=True, **kwargs)
-        # Drawn on the CPU from a forked RNG: the same weights whichever device trains (Lightning may make the
-        # GPU the default device here), and the training RNG streams are left untouched.
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count())), torch.device("cpu"):
-            torch.manual_seed(self.hparams["backbone_seed"])
-            return timm.create_model(self.backbone_name, pretrained=False, **kwargs)
+        return data_config(self.backbone_name, self.backbone_kwargs, self.image_size)
 
     @override
     def configure_model(self) -> None:
         if self.backbone is not None:  # Lightning calls this again before loading a checkpoint
             return
-        backbone = self._create_backbone()
+        backbone = create_backbone(
+            self.backbone_name,
+            self.backbone_kwargs,
+            self.hparams["pretrained"],
+            self.hparams["checkpoint_path"],
+            self.hparams["backbone_seed"],
+        )
         self.fingerprint = weights_fingerprint(backbone)
         self.backbone = backbone
-        num_features = getattr(backbone, "num_features", None)  # timm's pre-logits width
-        if not isinstance(num_features, int):
-            raise InvalidInputError(
-                f"model.backbone {self.backbone_name!r} has no integer num_features (got "
-                f"{num_features!r}): MASMDetector needs a timm model"
-            )
-        self.head = nn.Linear(num_features, 2)
+        self.head = create_head(backbone, self.backbone_name)
         if self.adapter_config is not None:
             backbone.requires_grad_(False)  # also while injection waits for a checkpoint's selection
             if self.selection is None:
-                self._fit_adapters(lambda: inject_adapters(backbone, self._require_adapter_config()))
+                inject_on_targets(backbone, self._require_adapter_config(), self.backbone_name)
             else:
                 self._inject(self._selected_layers())
         elif self.hparams["freeze_backbone"]:
@@ -383,9 +224,8 @@ class MASMDetector(LightningModule):
             if self._trainer is None or self.trainer.state.fn != "fit":
                 return None
             backbone, config = self._require_backbone(), self._require_adapter_config()
-            candidates = self._fit_adapters(lambda: select_targets(backbone, config))
-            tail = sum(config.ranks)  # what injection will train: the trailing triplets of each (row block of a) layer
-            tails = {name: (tail, fused_parts(name) if config.split_fused else 1) for name in candidates}
+            candidates = candidate_layers(backbone, config, self.backbone_name)
+            tails = selection_tails(candidates, config)
             layers, self.selection_scores = select_layers(
                 self.trainer,
                 self,
@@ -403,22 +243,7 @@ class MASMDetector(LightningModule):
 
     def _inject(self, layers: list[str] | None) -> None:
         """Adapters on exactly ``layers`` (names inside the backbone), replacing any present; None injects none."""
-        backbone = self._require_backbone()
-        if [name for name, _ in iter_adapters(backbone)] == layers or layers is None:
-            return
-        config = self._require_adapter_config()
-        unload_adapters(backbone)
-        self._fit_adapters(
-            lambda: inject_adapters(backbone, dataclasses.replace(config, targets=tuple(layers), blocks=None))
-        )
-
-    def _fit_adapters(self, call: Callable[[], _Result]) -> _Result:
-        """Run an adapter-library call on the backbone; its ``ValueError`` (targets matching nothing, ranks larger
-        than a layer, a fused split that does not divide) is the user's config meeting this backbone: one line."""
-        try:
-            return call()
-        except ValueError as error:
-            raise InvalidInputError(f"model.adapters do not fit backbone {self.backbone_name!r}: {error}") from error
+        place_adapters(self._require_backbone(), self._require_adapter_config(), layers, self.backbone_name)
 
     def _record_selection(self) -> None:
         self.hparams["selection"] = None if self.selection is None else dataclasses.asdict(self.selection)
@@ -429,9 +254,7 @@ class MASMDetector(LightningModule):
 
     def _freeze_norms(self) -> None:
         if self.training and self.backbone is not None and self._norm_stats_frozen():
-            for module in self.backbone.modules():
-                if isinstance(module, _STAT_NORMS):
-                    module.eval()
+            freeze_norm_statistics(self.backbone)
 
     @override
     def train(self, mode: bool = True) -> MASMDetector:
@@ -619,27 +442,12 @@ class MASMDetector(LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        return build_optimizers(self.parameters(), self.optimizer_factory, self.scheduler_factory)
 
     # --- checkpoints: what training changed, plus the identity of the frozen base ---
 
     def _trained_keys(self) -> set[str]:
-        """The trainable parameters, and the BatchNorm statistics when training updates them; the frozen backbone and
-        the adapters' initial factors are rebuilt from the base weights (pinned by the fingerprint) in
-        ``configure_model``."""
-        keys = {name for name, p in self.named_parameters() if p.requires_grad}
-        if self.backbone is not None and not self._norm_stats_frozen():
-            keys |= {
-                f"backbone.{name}.{buffer}"
-                for name, module in self.backbone.named_modules()
-                if isinstance(module, _STAT_NORMS)
-                for buffer, _ in module.named_buffers(recurse=False)
-            }
-        return keys
+        return trained_keys(self, self.backbone, self._norm_stats_frozen())
 
     # The overloads are nn.Module.state_dict's own; the implementation forwards whatever it is given.
     @overload
@@ -653,74 +461,52 @@ class MASMDetector(LightningModule):
         full = super().state_dict(*args, **kwargs)
         if self.backbone is None:
             return full
-        prefix = kwargs.get("prefix", "")
-        keep = self._trained_keys()
-        # Only our own entries: `full` may be a parent's shared destination dict.
-        for key in [k for k in full if k.startswith(prefix) and k[len(prefix) :] not in keep]:
-            del full[key]
+        drop_untrained(full, kwargs.get("prefix", ""), self._trained_keys())
         return full
-
-    def _normalise_keys(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
-        """Strip ``module.`` / ``model.`` prefixes (DataParallel, other trainers) where the bare key is ours."""
-        known = set(super().state_dict().keys())
-        out = {}
-        for key, value in state_dict.items():
-            bare = key
-            while bare not in known and bare.startswith(_KEY_PREFIXES):
-                bare = bare.split(".", 1)[1]
-            out[bare if bare in known else key] = value
-        return out
 
     @override
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         if self.backbone is None:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        state_dict = self._normalise_keys(state_dict)
         known = set(super().state_dict().keys())
-        missing = sorted(self._trained_keys() - state_dict.keys())
-        unexpected = sorted(state_dict.keys() - known)
-        if strict and (missing or unexpected):
-            raise IncompatibleCheckpointError(
-                f"checkpoint does not fit this MASMDetector ({self.backbone_name}, adapters "
-                f"{self.hparams['adapters']}): missing {len(missing)} trained keys {missing[:3]}, "
-                f"unexpected {len(unexpected)} keys {unexpected[:3]}"
-            )
+        state_dict = normalise_keys(state_dict, known)
+        missing, unexpected = check_trained_keys(
+            state_dict.keys(),
+            known,
+            self._trained_keys(),
+            strict,
+            f"{self.backbone_name}, adapters {self.hparams['adapters']}",
+        )
         super().load_state_dict({k: v for k, v in state_dict.items() if k in known}, strict=False, assign=assign)
         return _IncompatibleKeys(missing, unexpected)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "backbone": self.backbone_name,
-            "backbone_kwargs": self.backbone_kwargs,
-            "fingerprint": self.fingerprint,
-            "adapters": self.hparams["adapters"],
-            "data_config": self.data_config,
-            "forgery_types": list(self.forgery_types),
-            "routed_types": self.routed_types,
-            "selection": None
-            if self.selection is None
-            else {"layers": list(self.selection.layers or ()), "scores": self.selection_scores},
-        }
+        checkpoint[CHECKPOINT_KEY] = base_record(
+            self.backbone_name,
+            self.backbone_kwargs,
+            self.fingerprint,
+            self.hparams["adapters"],
+            self.data_config,
+            self.forgery_types,
+            self.routed_types,
+            None if self.selection is None else (self.selection.layers or ()),
+            self.selection_scores,
+        )
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        vocabulary = checkpoint.get(CHECKPOINT_KEY, {}).get("forgery_types")
+        saved = saved_base(checkpoint)
+        vocabulary = saved.get("forgery_types")
         if vocabulary:
             self._forgery_types = tuple(vocabulary)
-        self.routed_types = checkpoint.get(CHECKPOINT_KEY, {}).get("routed_types")
+        self.routed_types = saved.get("routed_types")
         self._assignment = None
-        chosen = (checkpoint.get(CHECKPOINT_KEY, {}).get("selection") or {}).get("layers")
+        chosen = (saved.get("selection") or {}).get("layers")
         if chosen and self.adapter_config is not None and self.backbone is not None:
             # An FMSD checkpoint: adapters on the layers it selected, whatever this run's config would choose.
             self._inject(list(chosen))
             self.selection = dataclasses.replace(self.selection or LayerSelection(), layers=tuple(chosen))
             self.selection_scores = checkpoint[CHECKPOINT_KEY]["selection"].get("scores")
             self._record_selection()
-        saved = checkpoint.get(CHECKPOINT_KEY, {}).get("fingerprint")
-        if saved is not None and self.fingerprint is not None and saved != self.fingerprint:
-            raise InvalidInputError(
-                f"checkpoint was trained on a {checkpoint[CHECKPOINT_KEY]['backbone']!r} backbone with weight "
-                f"fingerprint {saved}, but this model's {self.backbone_name!r} backbone has {self.fingerprint}: "
-                "load the same base weights as in training (model.pretrained / model.checkpoint_path)"
-            )
+        check_fingerprint(checkpoint, self.backbone_name, self.fingerprint)
