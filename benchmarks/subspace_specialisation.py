@@ -11,12 +11,12 @@ callback so that only the routing differs):
 
 Specialisation, on held-out faces of the trained fake types. Primary: the contribution of subspace k to a face's
 fake log-odds, i.e. how much they fall when subspace k of every layer is reset to its injected factors
-(:func:`masm_lightning.inference.explain.subspace_contributions`), minus its mean over the held-out reals.
+(:func:`masm_lightning.evaluation.subspaces.subspace_contributions`), minus its mean over the held-out reals.
 ``top1_match``: the share of held-out fakes whose largest contribution comes from their type's assigned subspace (chance
 1/K); ``mi_bits``: the mutual information between a fake's type and that subspace. Secondary (``energy_…``): the same
 with the energy response ``mean over layers of [log(e_k / ē_k) − log(e⁰_k / ē⁰_k)]``, ``e_k`` the energy of
 ``(x V_k) ⊙ s_k``, ``e⁰_k`` that of the injected factors on the same input, ``ē`` their means over the reals
-(:func:`masm_lightning.inference.explain.relative_responses`).
+(:func:`masm_lightning.evaluation.subspaces.relative_responses`).
 ``same_as_single_subspace``: whether the routed arm's merged weights equal the single arm's (max relative
 difference < 1e-4); without routing they do, the old equivalence (``plain_same_as_single``).
 
@@ -56,7 +56,7 @@ from masm_lightning.adapters import iter_adapters
 from masm_lightning.data.forgery_types import FORGERY_TYPES, REAL, forgery_type_id
 from masm_lightning.data.synthetic import generate_demo_dataset
 from masm_lightning.data.transforms import crop_face_mask, self_blend
-from masm_lightning.inference.explain import relative_responses, subspace_contributions, subspace_energies
+from masm_lightning.evaluation.subspaces import relative_responses, subspace_contributions, subspace_energies
 from masm_lightning.training.module import MASMDetector
 
 ROOT = Path(__file__).resolve().parents[1]

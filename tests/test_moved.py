@@ -55,8 +55,8 @@ def test_a_config_with_the_previous_layouts_class_paths_fits_and_its_checkpoint_
     old = tmp_path / "old.yaml"
     old.write_text(yaml.safe_dump(config))
     cli = main(["fit", "--config", str(old), *tiny_args(tmp_path)[2:]])
-    from masm_lightning.inference.explain import SubspaceEnergyMeans
     from masm_lightning.training.callbacks.layer_mask import SelectiveLayerMask
+    from masm_lightning.training.callbacks.subspaces import SubspaceEnergyMeans
     from masm_lightning.training.loggers import CSVLogger
 
     kinds = {type(c) for c in cli.trainer.callbacks}

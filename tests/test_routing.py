@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import iter_adapters, merge_adapters
 from masm_lightning.data.forgery_types import FORGERY_TYPES, forgery_type_id, routing_mask, subspace_assignment
-from masm_lightning.inference.explain import injected_subspace, subspace_contributions
+from masm_lightning.evaluation.subspaces import injected_subspace, subspace_contributions
 from masm_lightning.training.module import MASMDetector
 
 TINY = dict(

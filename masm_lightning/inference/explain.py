@@ -16,15 +16,14 @@ the layer's output; with ``U_k`` near-orthonormal, the energy of that contributi
 ``z_k = (x V_k) ⊙ s_k``. Per face and per subspace, ``e_k = mean over tokens (or pixels) of ‖z_k‖²``, computed by
 forward hooks that read the adapters' public factors (the adapters' own forward is untouched). The chart shows
 ``e_k / ē_k``: the response relative to its **training mean** ``ē_k``, recorded by the
-:class:`SubspaceEnergyMeans` callback over the training batches of the epoch a checkpoint was written in (the
-faces the subspaces were fitted on, with training augmentation); a checkpoint without it is compared against a
-reference batch when one is given (:func:`energy_means`), or shown as raw energy. A ratio above 1 says the face
-drives that learned artifact direction harder than a typical training face.
+:class:`~masm_lightning.training.callbacks.SubspaceEnergyMeans` callback over the training batches of the epoch a
+checkpoint was written in (the faces the subspaces were fitted on, with training augmentation); a checkpoint without
+it is compared against a reference batch when one is given (:func:`energy_means`), or shown as raw energy. A ratio
+above 1 says the face drives that learned artifact direction harder than a typical training face.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,16 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
-from typing_extensions import override
 
-from ..adapters import ArtifactSubspace, MASMAdapter, MASMConv2d, iter_adapters
-from ..data.forgery_types import REAL, forgery_type_name
-from ..io import write_atomic
-from ..sharing.export import ENERGY_KEY  # where the training means live (checkpoint entry, adapter config key)
-from ..training.run_folder import log_dir
+from ..adapters import iter_adapters
+from ..evaluation.subspaces import (
+    energy_means,
+    injected_subspace,
+    relative_responses,
+    subspace_contributions,
+    subspace_energies,
+    subspace_labels,
+)
+from ..training.callbacks.subspaces import ENERGY_KEY, SubspaceEnergyMeans, SubspaceTypeResponses
 
+# The callbacks and the response maths are named here too, where configs and code of the previous layout found them.
 __all__ = [
     "ENERGY_KEY",
     "ExplainedFace",
@@ -65,300 +68,6 @@ __all__ = [
     "write_explanations",
     "write_result_explanations",
 ]
-
-
-def subspace_labels(adapter: MASMAdapter) -> list[str]:
-    """One label per subspace, in ``adapter.subspaces`` order: ``k0``… or, for a fused projection, ``q.k0``…"""
-    parts = ("q", "k", "v") if adapter.num_blocks == 3 else tuple(f"b{b}" for b in range(adapter.num_blocks))
-    return [
-        f"k{sub.index}" if adapter.num_blocks == 1 else f"{parts[sub.block]}.k{sub.index}"
-        for sub in _subspaces(adapter)
-    ]
-
-
-def _subspaces(adapter: MASMAdapter) -> list[ArtifactSubspace]:
-    """The adapter's subspaces in order (every block's K, concatenated), typed."""
-    return [sub for b in range(adapter.num_blocks) for sub in adapter.block_subspaces(b)]
-
-
-def _energies(adapter: MASMAdapter, x: Tensor, initial: bool = False) -> Tensor:
-    """(B, subspaces): per image, the mean over tokens/pixels of ``‖(x V_k) ⊙ s_k‖²`` for every subspace (with
-    ``initial``: of ``(x V0_k) ⊙ s0_k``, the factors as injected)."""
-    x = x.detach()
-    if isinstance(adapter, MASMConv2d):
-        x = x.movedim(1, -1)  # (B, H, W, C): the matrix acts on channels at every pixel
-    x = x.reshape(x.shape[0], -1, x.shape[-1]).float()  # (B, tokens, n)
-    out = []
-    for sub in _subspaces(adapter):
-        v, s = (sub.V0, sub.s0) if initial else (sub.V, sub.s)
-        z = (x @ v.detach().float()) * s.detach().float()  # (B, tokens, d)
-        out.append(z.pow(2).sum(-1).mean(-1))
-    return torch.stack(out, dim=1)
-
-
-@contextlib.contextmanager
-def subspace_energies(model: nn.Module, initial: bool = False) -> Iterator[dict[str, Tensor]]:
-    """Within the block, every forward of ``model`` fills the yielded dict: adapter name → (B, subspaces) energies
-    of the last batch (:func:`_energies`; ``initial``: of the factors as injected, on the same layer inputs). Hooks
-    only: the adapters compute exactly as without it."""
-    found: dict[str, Tensor] = {}
-    handles = []
-    for name, adapter in iter_adapters(model):
-
-        def hook(module: nn.Module, args: tuple[Any, ...], _out: Any, name: str = name) -> None:
-            with torch.no_grad():
-                found[name] = _energies(module, args[0], initial)  # type: ignore[arg-type]
-
-        handles.append(adapter.register_forward_hook(hook))
-    try:
-        yield found
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _means_record(sums: Mapping[str, Tensor], count: int, model: nn.Module, what: str) -> dict[str, Any]:
-    adapters = dict(iter_adapters(model))
-    return {
-        "what": what,
-        "images": count,
-        "layers": {
-            name: {"labels": subspace_labels(adapters[name]), "mean": (total / max(count, 1)).tolist()}
-            for name, total in sums.items()
-        },
-    }
-
-
-@torch.no_grad()
-def energy_means(model: nn.Module, images: Tensor, batch_size: int = 32) -> dict[str, Any]:
-    """The mean subspace energies over a reference batch of normalised images (for a checkpoint that recorded
-    none), in the record format of :class:`SubspaceEnergyMeans`."""
-    sums: dict[str, Tensor] = {}
-    with subspace_energies(model) as found:
-        for start in range(0, len(images), batch_size):
-            model(images[start : start + batch_size])
-            for name, e in found.items():
-                sums[name] = sums.get(name, 0) + e.sum(0).cpu()
-    return _means_record(sums, len(images), model, "reference batch")
-
-
-class SubspaceEnergyMeans(Callback):
-    """Records the training mean of every artifact subspace's response into each checkpoint (``subspace_energy``).
-
-    Hooks the adapters during training and sums, per subspace, the per-image energy of ``(x V_k) ⊙ s_k`` over the
-    current epoch's training batches; a checkpoint written during or at the end of that epoch stores the mean so
-    far (with validation at epoch end: the whole epoch). Costs one thin product per adapter and step. Add it to
-    ``trainer.callbacks`` (``masm_lightning.inference.explain.SubspaceEnergyMeans``).
-    """
-
-    def __init__(self) -> None:
-        self._sums: dict[str, Tensor] = {}
-        self._count = 0
-        self._hooks: contextlib.ExitStack | None = None
-        self._found: dict[str, Tensor] = {}
-
-    @override
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._hooks = contextlib.ExitStack()
-        self._found = self._hooks.enter_context(subspace_energies(pl_module))
-
-    @override
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._sums, self._count = {}, 0
-
-    @override
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        for name, e in self._found.items():
-            self._sums[name] = self._sums.get(name, 0) + e.sum(0).cpu()
-        self._count += len(batch["image"]) if isinstance(batch, Mapping) else 0
-        self._found.clear()  # validation forwards are not training faces
-
-    @override
-    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        self._found.clear()
-
-    @override
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._hooks is not None:
-            self._hooks.close()
-            self._hooks = None
-
-    @override
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self._count:
-            checkpoint[ENERGY_KEY] = _means_record(self._sums, self._count, pl_module, "training batches")
-
-
-def _log_ratio(e: Tensor, reference: Tensor) -> Tensor:
-    return (e.double().clamp_min(1e-30) / reference.double().clamp_min(1e-30)).log()
-
-
-def relative_responses(
-    energies: Mapping[str, Tensor], reals: Tensor, model: nn.Module, initial: Mapping[str, Tensor] | None = None
-) -> tuple[Tensor, Tensor]:
-    """How hard each face drives each of the K artifact subspaces, relative to real faces, layer by layer and
-    overall.
-
-    For every adapter ``a`` of ``model`` with recorded ``energies[a]`` (B, subspaces) (:func:`subspace_energies`),
-    the response is ``log(e_{a,k} / ē_{a,k})`` with ``ē`` the mean over the faces flagged in ``reals`` (B,) bool,
-    averaged over the fused blocks of the same subspace index k. With ``initial`` (the same faces' energies of the
-    factors as injected, ``subspace_energies(model, initial=True)``), the response at injection is subtracted:
-    what training put into subspace k, not how the SVD tail it started from happened to respond.
-
-    Returns:
-        ``per_layer`` (B, layers, K) and ``overall`` (B, K), the mean over layers, in nats (0: as on real faces).
-    """
-    adapters = dict(iter_adapters(model))
-    layers = []
-    for name, e in energies.items():
-        adapter = adapters[name]
-        index = torch.tensor([sub.index for sub in _subspaces(adapter)])
-        k = len(adapter.ranks)
-        ratio = _log_ratio(e, e[reals].mean(0))  # (B, subspaces)
-        if initial is not None:
-            ratio = ratio - _log_ratio(initial[name], initial[name][reals].mean(0))
-        summed = torch.zeros(e.shape[0], k, dtype=torch.float64).index_add_(1, index, ratio)
-        layers.append(summed / torch.bincount(index, minlength=k).double())
-    per_layer = torch.stack(layers, dim=1)
-    return per_layer, per_layer.mean(1)
-
-
-@contextlib.contextmanager
-def injected_subspace(model: nn.Module, index: int) -> Iterator[None]:
-    """Within the block, subspace ``index`` of every adapter in ``model`` (every layer and fused block) holds its
-    factors as injected (``U0, s0, V0``): what the model computes without what training put there. The trained
-    factors are restored bit for bit on exit."""
-    saved = []
-    with torch.no_grad():
-        for _, adapter in iter_adapters(model):
-            for sub in _subspaces(adapter):
-                if sub.index == index:
-                    saved.append((sub, sub.U.detach().clone(), sub.s.detach().clone(), sub.V.detach().clone()))
-                    sub.U.copy_(sub.U0)
-                    sub.s.copy_(sub.s0)
-                    sub.V.copy_(sub.V0)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for sub, u, s, v in saved:
-                sub.U.copy_(u)
-                sub.s.copy_(s)
-                sub.V.copy_(v)
-
-
-@torch.no_grad()
-def subspace_contributions(model: nn.Module, images: Tensor) -> Tensor:
-    """(B, K): per image, how much the fake log-odds (``logit_fake − logit_real`` of ``model(images)``) fall when
-    subspace k of every layer is reset to its injected factors (:func:`injected_subspace`): what the training of
-    subspace k contributes to calling the image fake. K + 1 forwards; the model is left unchanged."""
-    adapters = [adapter for _, adapter in iter_adapters(model)]
-    if not adapters:
-        raise ValueError("subspace_contributions: the model holds no MASM adapters")
-
-    def log_odds() -> Tensor:
-        logits = model(images)
-        return (logits[:, 1] - logits[:, 0]).double()
-
-    base = log_odds()
-    out = []
-    for k in range(len(adapters[0].ranks)):
-        with injected_subspace(model, k):
-            out.append(base - log_odds())
-    return torch.stack(out, dim=1)
-
-
-class SubspaceTypeResponses(Callback):
-    """After ``test``: which artifact subspace detects which forgery type, as ``subspace_types.png`` and
-    ``subspace_types.json`` in the run folder (per test set holding reals and fakes).
-
-    For every test face, the contribution of each subspace k (:func:`subspace_contributions`: the fall of the
-    fake log-odds when subspace k of every layer is reset to its injected factors; K extra forwards per batch,
-    the scores are unchanged), minus its mean over the set's real faces: how much more subspace k pushes this face
-    toward *fake* than it pushes a real one. The figure shows its mean per forgery type, with the subspace each
-    type trained under ``adapters.routing: type`` outlined; the JSON adds, per type, ``top1_match``: the share of
-    its faces whose largest contribution comes from that assigned subspace (chance 1/K). Types the training split
-    did not hold (the data module's ``trained_forgery_types``) are marked held out, with no subspace of their own.
-    Recorded on each process for its own share of the faces; written by global rank zero from its share.
-    """
-
-    def __init__(self) -> None:
-        self._contributions: dict[int, list[Tensor]] = {}
-        self._types: dict[int, list[Tensor]] = {}
-
-    @override
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._contributions, self._types = {}, {}
-
-    @override
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if not (isinstance(batch, Mapping) and "forgery_type" in batch and "image" in batch):
-            return
-        if next(iter_adapters(pl_module), None) is None:
-            return
-        found = subspace_contributions(pl_module, batch["image"])
-        self._contributions.setdefault(dataloader_idx, []).append(found.cpu())
-        self._types.setdefault(dataloader_idx, []).append(batch["forgery_type"].cpu())
-
-    @override
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        folder = log_dir(trainer)  # every rank: a collective under DDP
-        if trainer.is_global_zero:
-            self._write(trainer, pl_module, folder)
-
-    def _write(self, trainer: Trainer, pl_module: LightningModule, folder: Path) -> None:
-        from ..evaluation.loaders import named_loaders
-        from ..evaluation.plots import subspace_type_figure
-
-        datamodule = getattr(trainer, "datamodule", None)
-        names = [name for name, _ in named_loaders(trainer.test_dataloaders, datamodule)]
-        trained = getattr(datamodule, "trained_forgery_types", None)
-        vocabulary = tuple(getattr(pl_module, "forgery_types", ()))
-        assignment = tuple(getattr(pl_module, "subspace_assignment", ()))
-        record: dict[str, Any] = {}
-        for loader, parts in sorted(self._contributions.items()):
-            types = torch.cat(self._types[loader])
-            found = torch.cat(parts)
-            reals = types == REAL
-            fakes = sorted(int(t) for t in types[~reals].unique())
-            if not reals.any() or not fakes:
-                continue
-            relative = found - found[reals].mean(0)
-            k = found.shape[1]
-            rows, labels, assigned, entry = [], [], [], {}
-            for t in fakes:
-                mine = relative[types == t]
-                name = forgery_type_name(t, vocabulary) if vocabulary else str(t)
-                held = trained is not None and name not in trained
-                # A type training never saw was never routed: it has no subspace of its own.
-                own = assignment[t] if t < len(assignment) and assignment[t] >= 0 and not held else None
-                rows.append(mine.mean(0))
-                labels.append(f"{name} (held out)" if held else name)
-                assigned.append(own)
-                entry[name] = {
-                    "faces": int(mine.shape[0]),
-                    "held_out": held,
-                    "assigned_subspace": own,
-                    "mean_contribution": [round(float(v), 5) for v in mine.mean(0)],
-                    "top1_match": None if own is None else float((mine.argmax(1) == own).double().mean()),
-                }
-            set_name = names[loader] if loader < len(names) else str(loader)
-            suffix = "" if len(self._contributions) == 1 else f"_{set_name.replace('/', '_')}"
-            title = f"{set_name}: what each subspace adds to p(fake)\n(outlined: the subspace the type trained)"
-            subspace_type_figure(torch.stack(rows), labels, assigned, title, folder / f"subspace_types{suffix}.png")
-            record[set_name] = {"num_subspaces": k, "chance": 1 / k, "types": entry}
-        if record:
-            write_atomic(folder / "subspace_types.json", json.dumps(record, indent=2) + "\n")
 
 
 def _vit_blocks(backbone: nn.Module) -> list[nn.Module] | None:

@@ -39,6 +39,7 @@ from ..adapters import merge_adapters
 from ..data.settings import ExtractionSettings
 from ..errors import first_line
 from ..io import atomic_path, write_atomic
+from ..training.callbacks.subspaces import ENERGY_KEY
 from ..training.module import MASMDetector
 from ..training.run_folder import training_run_folder
 from .checkpoint import CheckpointError, extraction_settings, face_crop_settings, load_checkpoint
@@ -62,9 +63,6 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 ADAPTER_FORMAT = "masm_lightning.adapter/1"
-# The training means of the subspace responses (masm_lightning.inference.explain): a checkpoint's top-level entry, and
-# the adapter config's key.
-ENERGY_KEY = "subspace_energy"
 Dtype = Literal["float32", "bfloat16", "bf16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
