@@ -226,3 +226,12 @@ def test_the_readme_layout_block_lists_every_group_in_import_order():
     shown = {name.strip().rstrip("/").removesuffix(".py") for _, name in listed}
     missing = sorted(n for n in top_level if n.removesuffix(".py") not in shown)
     assert not missing, f"the README's layout block does not show {missing}"
+
+
+def test_the_adapter_library_imports_torch_and_the_standard_library_only():
+    for path in (PACKAGE / "adapters").rglob("*.py"):
+        for module, _ in _imports(path):
+            top = module.split(".")[0]
+            assert top in {"torch", "masm_lightning", ""} or top in sys.stdlib_module_names, (
+                f"{path.name} imports {module}: the adapters are vendorable with torch alone"
+            )
