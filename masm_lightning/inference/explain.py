@@ -25,7 +25,7 @@ above 1 says the face drives that learned artifact direction harder than a typic
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
