@@ -25,7 +25,7 @@ ranks). Accumulated over the probes: the energy E_{k,t} = Σ_j g_{t,j}² over su
 p_{k,t} = E_{k,t} / Σ_{t' fake} E_{k,t'}, and each type's mean per-sample loss ℓ_t. Cost: one forward and one
 backward per present fake type, on ``type_probes`` of every ``interval`` steps.
 
-Rules, after ``warmup_steps`` and then every ``interval`` optimizer steps (pure functions in ``mask_policy``); each
+Rules, after ``warmup_steps`` and then every ``interval`` optimizer steps (pure functions in ``adapters.gsnr``); each
 masked subspace in ``layer_masks.jsonl`` names the rule that blocked it (``rule``):
 
 - ``type`` (subspace): dominated by one fake type that is already fit — ``max_t p_{k,t} ≥ min_share`` and that type's
@@ -460,7 +460,7 @@ class SelectiveLayerMask(Callback):
         """Per subspace (model order): ``gsnr`` (per sample), ``batch_gsnr``, ``bias`` Σ_j m_j², ``variance``
         Σ_j σ̂²_j and fitting ``strength``.
 
-        ``gsnr`` is NaN until the estimate has enough samples (``mask_policy.estimate_ready``).
+        ``gsnr`` is NaN until the estimate has enough samples (``adapters.gsnr.estimate_ready``).
         """
         bias, variance = self.moments.segment_sums(self.lengths)
         strength = torch.stack([sub.fitting_strength().float() for sub in self._subspaces])
@@ -481,7 +481,7 @@ class SelectiveLayerMask(Callback):
     def type_statistics(self) -> dict[str, Tensor]:
         """Since the previous decision: per type ``loss`` (mean, NaN if unseen) and ``present`` (a fake type seen),
         per subspace and type ``shares`` (among the fake types) and per layer and type ``layer_shares`` (volume or
-        spread share, the larger: :func:`~.mask_policy.layer_shares`)."""
+        spread share, the larger: :func:`~masm_lightning.adapters.gsnr.layer_shares`)."""
         fake = torch.arange(len(self.type_names), device=self.type_count.device) >= 1
         present = fake & (self.type_count > 0)
         loss = torch.where(self.type_count > 0, self.type_loss / self.type_count.clamp_min(1), torch.nan)
