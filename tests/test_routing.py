@@ -10,7 +10,13 @@ from torch.utils.data import DataLoader
 
 from masm_lightning import MASMConfig
 from masm_lightning.adapters import iter_adapters, merge_adapters
-from masm_lightning.data.forgery_types import FORGERY_TYPES, forgery_type_id, routing_mask, subspace_assignment
+from masm_lightning.data.forgery_types import (
+    FORGERY_TYPES,
+    forgery_type_id,
+    routing_mask,
+    shared_subspaces,
+    subspace_assignment,
+)
 from masm_lightning.evaluation.subspaces import injected_subspace, subspace_contributions
 from masm_lightning.training.module import MASMDetector
 
@@ -22,19 +28,19 @@ TINY = dict(
 TYPES = [FORGERY_TYPES.index(name) for name in ("demo_blend", "demo_upsample", "demo_colour")]
 
 
-def _batches(count: int = 8, size: int = 8) -> list[dict[str, torch.Tensor]]:
-    """Reals and three fake types, each fake type with its own additive pattern, so every type has a signal."""
+def _batches(count: int = 8, size: int = 8, types: list[int] = TYPES) -> list[dict[str, torch.Tensor]]:
+    """Reals and fakes of ``types``, each fake type with its own additive pattern, so every type has a signal."""
     g = torch.Generator().manual_seed(0)
     patterns = torch.randn(len(TYPES), 3, 32, 32, generator=g)
     out = []
     for i in range(count):
         label = torch.tensor([0, 1] * (size // 2))
-        kind = torch.tensor([TYPES[(i + j) % len(TYPES)] for j in range(size)])
+        kind = torch.tensor([types[(i + j) % len(types)] for j in range(size)])
         kind[label == 0] = 0
         image = torch.randn(size, 3, 32, 32, generator=g)
         for j in range(size):
             if label[j]:
-                image[j] += patterns[TYPES.index(int(kind[j]))]
+                image[j] += patterns[types.index(int(kind[j])) % len(patterns)]
         out.append(
             {
                 "image": image,
@@ -47,13 +53,16 @@ def _batches(count: int = 8, size: int = 8) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def _train(num_subspaces: int, rank: int, routing: str, steps: int = 8) -> MASMDetector:
+def _train(num_subspaces: int, rank: int, routing: str, steps: int = 8, types: tuple[str, ...] = ()) -> MASMDetector:
+    """Train on :func:`_batches`; ``types`` (names): the fake types the training split holds, as fit records them."""
     seed_everything(0, verbose=False)
     model = MASMDetector(
         **TINY,
         adapters=MASMConfig(num_subspaces=num_subspaces, subspace_rank=rank, routing=routing),
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
     )
+    if types:
+        model.routed_types = list(types)
     trainer = Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -66,7 +75,8 @@ def _train(num_subspaces: int, rank: int, routing: str, steps: int = 8) -> MASMD
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*(log_every_n_steps|val_dataloader).*")
-        trainer.fit(model, DataLoader(_batches(), batch_size=None))
+        ids = [FORGERY_TYPES.index(name) for name in types] or TYPES
+        trainer.fit(model, DataLoader(_batches(types=ids), batch_size=None))
     return model.eval()
 
 
@@ -95,6 +105,28 @@ def test_vocabulary_maps_manifest_methods_and_routes_fakes_round_robin():
     assert [trained[FORGERY_TYPES.index(n)] for n in ("dfdc", "sbi", "stylegan")] == [0, 1, 2]
     mask = routing_mask(torch.tensor([0, 1, ffpp[2]]), torch.tensor(everything), 4)
     assert mask.tolist() == [[True] * 4, [True] * 4, [False, False, True, False]]
+
+
+def test_a_subspace_no_trained_type_owns_is_trained_by_every_sample_not_by_reals_alone():
+    # Self-blending alone: one fake type, K = 4. Subspace 0 is sbi's; 1-3 are owned by no trained type, so every
+    # sample trains them (reals alone would teach them only a shift towards "real" that no fake opposes).
+    assert shared_subspaces(4, ["sbi"]) == (False, True, True, True)
+    assert shared_subspaces(4, ["sbi", "Deepfakes"]) == (False, False, True, True)
+    assert shared_subspaces(4) == (False,) * 4  # every type: all four owned
+    sbi, real = FORGERY_TYPES.index("sbi"), 0
+    assignment = torch.tensor(subspace_assignment(4, ["sbi"]))
+    mask = routing_mask(torch.tensor([real, sbi]), assignment, 4, torch.tensor(shared_subspaces(4, ["sbi"])))
+    assert mask.tolist() == [[True] * 4, [True] * 4]  # one type: nothing to route, every sample trains every one
+    two = ["sbi", "Deepfakes"]
+    assignment = torch.tensor(subspace_assignment(4, two))
+    mask = routing_mask(torch.tensor([sbi]), assignment, 4, torch.tensor(shared_subspaces(4, two)))
+    assert mask.tolist() == [[False, True, True, True]]  # its own (1: Deepfakes comes first) and the shared two
+
+
+def test_with_one_fake_type_routing_trains_the_same_model_as_no_routing():
+    # The bias the shared subspaces remove: with one trained fake type, "type" routing must not differ from
+    # "none" (before, three of four subspaces learned from reals alone and the model learned a constant).
+    assert _max_difference(_train(4, 2, "type", types=("sbi",)), _train(4, 2, "none", types=("sbi",))) < 1e-5
 
 
 def test_k_subspaces_train_differently_from_one_subspace_of_the_same_total_rank_only_when_routed():

@@ -14,7 +14,10 @@ fixed order, which is part of the checkpoint format (a checkpoint stores the voc
 
 Under ``adapters.routing: type`` each fake type trains one artifact subspace (:func:`subspace_assignment`):
 round-robin over the fake types the training split holds, in this order, so up to K trained types get distinct
-subspaces. Inference never reads a type: only training (subspace routing) and the reports (AUC per type) do.
+subspaces. A subspace no trained type is routed to (fewer trained types than K) is *shared*: every sample trains it
+(:func:`shared_subspaces`). Reals train all K. So every subspace learns from both classes: a subspace trained by
+reals alone would only learn a shift towards "real" that every fake also passes through. Inference never reads a
+type: only training (subspace routing) and the reports (AUC per type) do.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "forgery_type_id",
     "forgery_type_name",
     "routing_mask",
+    "shared_subspaces",
     "subspace_assignment",
 ]
 
@@ -114,9 +118,25 @@ def subspace_assignment(
     return tuple(out)
 
 
-def routing_mask(forgery_type: Tensor, assignment: Tensor, num_subspaces: int) -> Tensor:
+def shared_subspaces(
+    num_subspaces: int, trained: Sequence[str] | None = None, vocabulary: Sequence[str] = FORGERY_TYPES
+) -> tuple[bool, ...]:
+    """Per subspace, whether it is shared: no fake type of ``trained`` (None: every type) is routed to it by
+    :func:`subspace_assignment`, so every sample trains it.
+
+    Without this, with fewer trained fake types than subspaces (self-blending alone: one type, K = 4), the
+    subspaces no type owns would learn from reals only: a bias towards "real" that no fake gradient opposes.
+    """
+    assignment = subspace_assignment(num_subspaces, trained, vocabulary)
+    seen = set(vocabulary[UNKNOWN + 1 :] if trained is None else trained)
+    owned = {assignment[i] for i, name in enumerate(vocabulary) if i > UNKNOWN and name in seen}
+    return tuple(k not in owned for k in range(num_subspaces))
+
+
+def routing_mask(forgery_type: Tensor, assignment: Tensor, num_subspaces: int, shared: Tensor | None = None) -> Tensor:
     """(B, K) bool: which subspaces each sample may train: its type's subspace in ``assignment``
-    (:func:`subspace_assignment`, as a tensor on the batch's device), all K where that is −1. No host
-    synchronisation."""
+    (:func:`subspace_assignment`, as a tensor on the batch's device), all K where that is −1, and every ``shared``
+    subspace ((K,) bool, :func:`shared_subspaces`). No host synchronisation."""
     own = assignment[forgery_type.long()]
-    return torch.nn.functional.one_hot(own.clamp_min(0), num_subspaces).bool() | (own < 0)[:, None]
+    mask = torch.nn.functional.one_hot(own.clamp_min(0), num_subspaces).bool() | (own < 0)[:, None]
+    return mask if shared is None else mask | shared.bool()[None, :]

@@ -22,7 +22,7 @@ from ..adapters import (
     constraint_metrics,
     route_subspaces,
 )
-from ..data.forgery_types import FORGERY_TYPES, routing_mask, subspace_assignment
+from ..data.forgery_types import FORGERY_TYPES, routing_mask, shared_subspaces, subspace_assignment
 from ..evaluation.loaders import named_loaders
 from ..evaluation.metrics import DetectionMetrics
 from ..performance import compile_module
@@ -157,6 +157,7 @@ class MASMDetector(LightningModule):
         # from its checkpoint); None: every type of the vocabulary.
         self.routed_types: list[str] | None = None
         self._assignment: Tensor | None = None
+        self._shared: Tensor | None = None
 
     @property
     def forgery_types(self) -> tuple[str, ...]:
@@ -296,15 +297,18 @@ class MASMDetector(LightningModule):
 
     def subspace_routing(self, batch: Mapping[str, Tensor]) -> Tensor | None:
         """(B, K) bool: the subspaces each sample of a training batch may train (``adapters.routing: type``: a fake
-        trains its type's subspace, reals and unknown fakes all K), or None where nothing is routed (routing
-        ``none``, no adapters, K = 1, or a batch without ``forgery_type``)."""
+        trains its type's subspace, reals and unknown fakes all K; a subspace no trained type owns is shared by all
+        samples), or None where nothing is routed (routing ``none``, no adapters, K = 1, or a batch without
+        ``forgery_type``)."""
         config = self.adapter_config
         if config is None or config.routing != "type" or config.num_subspaces == 1 or "forgery_type" not in batch:
             return None
         types = batch["forgery_type"]
         if self._assignment is None or self._assignment.device != types.device:
             self._assignment = torch.tensor(self.subspace_assignment, device=types.device)
-        return routing_mask(types, self._assignment, config.num_subspaces)
+            shared = shared_subspaces(config.num_subspaces, self.routed_types, self.forgery_types)
+            self._shared = torch.tensor(shared, device=types.device)
+        return routing_mask(types, self._assignment, config.num_subspaces, self._shared)
 
     def sample_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-sample cross-entropy (B,), unweighted, routed as :meth:`training_step` routes: what
