@@ -22,6 +22,10 @@ from torch import nn
 
 from tests.helpers import ROOT, TINY_VIT, TINY_VIT_KWARGS, tiny_args
 
+# Under pytest-xdist (make test: -n auto) the workers share the cores: one worker's torch takes its share, not all.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture
 def make_vit() -> Callable[..., nn.Module]:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from typing_extensions import override
 
 from ..errors import InvalidInputError
+from .batch import UNREADABLE_KEY, has_images
 from .forgery_types import forgery_type_id, forgery_type_name
 from .manifest import FrameRecord
 from .settings import ExtractionSettings
@@ -50,8 +51,6 @@ __all__ = [
 FrameDraw = Literal["uniform", "random"]
 Balance = Literal["none", "sampler", "loss"]
 SelfBlend = Literal["off", "add", "only"]
-# The batch key listing the dataset indices of frames that could not be read (present only when some could not).
-UNREADABLE_KEY = "unreadable"
 
 
 def spread_positions(total: int, count: int | None) -> list[int]:
@@ -192,12 +191,6 @@ def collate_frames(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if failed:
         batch[UNREADABLE_KEY] = torch.tensor(failed, dtype=torch.long)
     return batch
-
-
-def has_images(batch: Mapping[str, Any]) -> bool:
-    """Whether a :func:`collate_frames` batch holds any image: one whose every frame was unreadable holds only
-    ``batch["unreadable"]``, and every step skips it (the report counts its frames)."""
-    return "image" in batch
 
 
 class VideoFrameSampler(DistributedSampler):

@@ -22,6 +22,7 @@ from ..adapters import (
     constraint_metrics,
     route_subspaces,
 )
+from ..data.batch import has_images
 from ..data.forgery_types import FORGERY_TYPES, routing_mask, shared_subspaces, subspace_assignment
 from ..evaluation.loaders import named_loaders
 from ..evaluation.metrics import DetectionMetrics
@@ -39,7 +40,7 @@ from .lean_state import (
     saved_base,
     trained_keys,
 )
-from .optim import MASMAdam, build_optimizers
+from .optim import MASMAdam, build_optimizers, trainable_parameters
 from .placement import candidate_layers, inject_on_targets, place_adapters, selection_tails
 from .selection import LayerSelection, select_layers
 
@@ -318,7 +319,7 @@ class MASMDetector(LightningModule):
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        if "image" not in batch:  # every frame of the batch was unreadable (data.collate_frames): skip the step
+        if not has_images(batch):  # every frame of the batch was unreadable (data.collate_frames): skip the step
             return None
         with route_subspaces(self._require_backbone(), self.subspace_routing(batch)):
             terms = {"ce": self.task_loss(batch)}
@@ -348,7 +349,7 @@ class MASMDetector(LightningModule):
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        if "image" not in batch:  # every frame unreadable: nothing to score (the report counts them)
+        if not has_images(batch):  # every frame unreadable: nothing to score (the report counts them)
             return
         self.val_metrics.update(self.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
 
@@ -384,7 +385,7 @@ class MASMDetector(LightningModule):
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if "image" not in batch:
+        if not has_images(batch):
             return
         _, metric = self._test_metric_items()[dataloader_idx]
         metric.update(self.fake_probability(batch["image"]), batch["label"], batch["video"], batch["index"])
@@ -400,7 +401,7 @@ class MASMDetector(LightningModule):
 
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        if "image" not in batch:
+        if not has_images(batch):
             empty = torch.empty(0, device=self.device)
             return {"prob": empty, "label": empty.long(), "video": empty.long(), "index": empty.long()}
         return {
@@ -429,7 +430,7 @@ class MASMDetector(LightningModule):
 
     def num_trainable_parameters(self) -> int:
         """Trainable parameters (adapter factors + head, or whatever trains); call after ``configure_model()``."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable_parameters(self)
 
     @override
     def on_fit_start(self) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..performance import fast_adam_options
 
-__all__ = ["MASMAdam", "build_optimizers"]
+__all__ = ["MASMAdam", "build_optimizers", "trainable_parameters"]
 
 
 class MASMAdam(torch.optim.Adam):
@@ -51,3 +51,9 @@ def build_optimizers(
     if lr_scheduler is None:
         return built
     return {"optimizer": built, "lr_scheduler": lr_scheduler(built)}
+
+
+def trainable_parameters(module: nn.Module) -> int:
+    """How many parameters training updates (the adapters' factors and the head for MASM; everything for full
+    fine-tuning)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -30,6 +30,7 @@ from ...evaluation.loaders import named_loaders
 from ...evaluation.metrics import auc_by_type
 from ...evaluation.results import results_markdown
 from ...io import atomic_path, write_atomic
+from ..optim import trainable_parameters
 from ..run_folder import log_dir, log_image, training_run_folder
 
 __all__ = ["RunReport"]
@@ -49,11 +50,6 @@ def copy_training_figures(ckpt_path: str | Path | None, folder: str | Path) -> l
                 shutil.copyfile(run / name, tmp)
             copies.append(folder / name)
     return copies
-
-
-def trainable_parameters(module: LightningModule) -> int:
-    """How many parameters training updates (adapters' factors and head for MASM; everything for full FT)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 UNREADABLE_EXAMPLES = 3  # paths named in the warning

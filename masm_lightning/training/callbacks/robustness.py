@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from ...data.datamodule import has_images
+from ...data.batch import has_images
 from ...evaluation.loaders import named_loaders
 from ...evaluation.metrics import DetectionMetrics
 from ...evaluation.perturbations import LEVELS, NAMES, PerturbedTransform, perturb
