@@ -1,4 +1,4 @@
-"""`make demo`'s configuration: it is the whole method at the recipe's strength, the README's
+"""`make demo`'s configuration: it runs end to end, it is the whole method at the recipe's strength, the README's
 figures come from a run of today's config in which every mask rule fired, and (slow) it learns."""
 
 from __future__ import annotations
@@ -25,6 +25,41 @@ def _in_tmp(tmp_path, monkeypatch):
 
 def _demo_args(*extra: str) -> list[str]:
     return ["--config", DEMO, "--trainer.enable_progress_bar", "false", *extra]
+
+
+@pytest.mark.slow
+def test_demo_fit_then_test_runs_end_to_end_short(tmp_path):
+    short = [
+        "--data.init_args.videos",
+        "{train: 8, val: 4, test: 8}",
+        "--data.init_args.frames_per_video",
+        "2",
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
+    main(["fit", *_demo_args(*short)])
+    best = tmp_path / "outputs" / "demo" / "demo" / "version_0" / "checkpoints" / "best.ckpt"
+    assert best.is_file()
+    # The types routing assigned subspaces over are the training split's, kept for a resumed run.
+    assert torch.load(best, weights_only=True)["masm"]["routed_types"] == ["demo_blend", "demo_upsample", "demo_colour"]
+    tested = main(["test", *_demo_args(*short, "--ckpt_path", str(best))])
+    assert tested.trainer.callback_metrics["test/demo/num_videos"] == 8
+    # Every forgery type reported on its own, the one training never saw marked; which subspace responds to which.
+    folder = Path(tested.trainer.log_dir)
+    results = (folder / "results.md").read_text()
+    for kind in ("demo_blend", "demo_upsample", "demo_colour"):
+        assert f"| {kind} | " in results and f"| {kind} | n/a" not in results
+    assert "| demo_grid | " in results and "| no (held out) |" in results
+    assert (folder / "subspace_types.png").is_file()
+    responses = json.loads((folder / "subspace_types.json").read_text())["demo"]
+    assert responses["types"]["demo_grid"]["held_out"] and not responses["types"]["demo_blend"]["held_out"]
+    # Routing assigns subspaces round-robin over the trained types; the held-out one never trained any.
+    assigned = [responses["types"][k]["assigned_subspace"] for k in ("demo_blend", "demo_upsample", "demo_colour")]
+    assert assigned == [0, 1, 2] and responses["types"]["demo_grid"]["assigned_subspace"] is None
 
 
 @pytest.mark.parametrize("config", ["demo.yaml", "demo_vit.yaml"])
@@ -64,8 +99,6 @@ def test_demo_learns_with_mask_and_constraints_and_shows_both_figures(tmp_path):
     assert mask.history, "the mask made no decision during the demo"
     assert 0 < float(mask.masked.float().mean()) < 1, "the mask should stop some subspaces, not all"
     best = fit.trainer.checkpoint_callback.best_model_path
-    # The types routing assigned subspaces over are the training split's, kept for a resumed run.
-    assert torch.load(best, weights_only=True)["masm"]["routed_types"] == ["demo_blend", "demo_upsample", "demo_colour"]
     tested = main(["test", *_demo_args("--ckpt_path", best)])
     metrics = tested.trainer.callback_metrics
     assert metrics["test/demo/num_videos"] == 64
@@ -73,14 +106,5 @@ def test_demo_learns_with_mask_and_constraints_and_shows_both_figures(tmp_path):
     folder = Path(tested.trainer.log_dir)
     assert (folder / "roc_demo.png").is_file() and (folder / "layer_masks.png").is_file()
     assert (folder / "subspace_types.png").is_file()
+    assert "| demo_grid | " in (folder / "results.md").read_text()  # the held-out type, reported on its own
     assert (Path(best).parents[1] / "layer_masks.png").is_file()
-    # Every forgery type reported on its own, the one training never saw marked; which subspace responds to which.
-    results = (folder / "results.md").read_text()
-    for kind in ("demo_blend", "demo_upsample", "demo_colour"):
-        assert f"| {kind} | " in results and f"| {kind} | n/a" not in results
-    assert "| demo_grid | " in results and "| no (held out) |" in results
-    responses = json.loads((folder / "subspace_types.json").read_text())["demo"]
-    assert responses["types"]["demo_grid"]["held_out"] and not responses["types"]["demo_blend"]["held_out"]
-    # Routing assigns subspaces round-robin over the trained types; the held-out one never trained any.
-    assigned = [responses["types"][k]["assigned_subspace"] for k in ("demo_blend", "demo_upsample", "demo_colour")]
-    assert assigned == [0, 1, 2] and responses["types"]["demo_grid"]["assigned_subspace"] is None

@@ -16,6 +16,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ...adapters import iter_adapters
+from ...data.batch import has_images
 from ...data.forgery_types import REAL, forgery_type_name
 from ...evaluation.subspaces import means_record, subspace_contributions, subspace_energies
 from ...io import write_atomic
@@ -108,7 +109,7 @@ class SubspaceTypeResponses(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not (isinstance(batch, Mapping) and "forgery_type" in batch and "image" in batch):
+        if not (isinstance(batch, Mapping) and "forgery_type" in batch and has_images(batch)):
             return
         if next(iter_adapters(pl_module), None) is None:
             return
