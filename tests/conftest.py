@@ -22,23 +22,6 @@ from torch import nn
 
 from tests.helpers import ROOT, TINY_VIT, TINY_VIT_KWARGS, tiny_args
 
-# Under pytest-xdist (make test: -n auto) the workers share the cores: one worker's torch takes its share, not all.
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-
-# The files whose tests take longest (the demo's real fit, the evidence study's --quick): collected first, so that
-# with --dist loadfile each starts at once on its own worker and the rest of the suite fills the other workers
-# around them (started last, they would end the run alone on one core).
-LONGEST_FILES = ("test_demo.py", "test_ablation.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def first(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
-
-    items.sort(key=first)  # stable: the order within every file and among the other files is kept
-
 
 @pytest.fixture
 def make_vit() -> Callable[..., nn.Module]:
