@@ -554,6 +554,17 @@ def main(args: list[str] | None = None) -> MASMCLI:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Close the process group a DDP run opened (Lightning leaves it open): left to interpreter exit, gloo's threads
+    can abort a finished run's process ("terminate called without an active exception", exit status -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def console_main() -> None:
