@@ -34,12 +34,14 @@ recipe), FMSD (``fmsd.yaml`` on the recipe, as shipped) and the random-mask cont
 ``RandomSubspaceMask`` masking at each of full MASM's decisions of the same seed as many subspaces as it did, drawn
 at random). One rule scales the selective mask to the run length T (as ``configs/demo.yaml`` scales the recipe):
 ``warmup_steps = max(4, round(T/9))``, ``interval = max(1, round(T/18))``, ``momentum = max(0.5, 1 − 1/interval)``
-(time constant = interval, as the recipe's 0.99 for 100); nothing else of the arm changes.
+(time constant = interval, as the recipe's 0.99 for 100), ``type_probes = max(1, round(4 · interval / 100))`` (the
+recipe's share of probed steps, at least one per decision); nothing else of the arm changes.
 
 Training. T optimizer steps of ``batch_size`` images at ``image_size`` px, the recipe's ``effort`` augmentation, CPU
 float32, one thread per run. Seeds 0–4 are shared by all arms (paired): the head's initialisation, the batch order
 (one permutation per epoch from ``(seed, epoch)``), every self-blend and augmentation (drawn from ``(seed, epoch,
-draw, index)``). The last step's weights are tested; no model selection on any test set.
+draw, index)``; a worker process makes a seed's batches once and replays them to every arm, the same tensors).
+The last step's weights are tested; no model selection on any test set.
 
 Statistics, per backbone and setting, on the primary endpoint: per arm the mean over seeds and its 95% t-interval;
 per seed the paired difference arm − plain; the 95% interval of the mean difference from a hierarchical bootstrap
@@ -57,6 +59,7 @@ configuration and the package's code: an interrupted study continues where it st
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -137,10 +140,18 @@ FULL = Scale(150, 16, 96, (0, 1, 2, 3, 4), tuple(ARMS), ("sbi", "lofo"), 16, 200
 QUICK = Scale(24, 16, 64, (0,), ("plain", "masm", "random_mask"), ("sbi", "lofo"), 4, 200)
 
 
-def mask_schedule(steps: int) -> dict[str, float | int]:
-    """The one rule that scales the selective mask to a run of ``steps`` optimizer steps (module doc)."""
+def mask_schedule(steps: int, recipe: dict[str, Any] | None = None) -> dict[str, float | int]:
+    """The one rule that scales the selective mask to a run of ``steps`` optimizer steps (module doc); ``recipe``
+    is the arm's mask arguments (their ``interval`` and ``type_probes`` set the probed share of steps)."""
+    recipe = recipe or {}
     interval = max(1, round(steps / 18))
-    return {"warmup_steps": max(4, round(steps / 9)), "interval": interval, "momentum": max(0.5, 1 - 1 / interval)}
+    probes = max(1, round(recipe.get("type_probes", 4) * interval / recipe.get("interval", 100)))
+    return {
+        "warmup_steps": max(4, round(steps / 9)),
+        "interval": interval,
+        "momentum": max(0.5, 1 - 1 / interval),
+        "type_probes": probes,
+    }
 
 
 # --- configurations, composed by the real CLI ---
@@ -148,6 +159,12 @@ def mask_schedule(steps: int) -> dict[str, float | int]:
 
 def compose(backbone: str, overlays: Sequence[str]) -> dict[str, Any]:
     """What ``masm fit --config configs/ffpp.yaml --config configs/backbones/<backbone>.yaml --config …`` runs."""
+    return yaml.safe_load(_printed_config(backbone, tuple(overlays)))  # a fresh copy: callers may change it
+
+
+@functools.cache
+def _printed_config(backbone: str, overlays: tuple[str, ...]) -> str:
+    """``--print_config`` of the composition, once per process (each parse of the CLI takes about 2 s)."""
     from masm_lightning.cli import main as cli_main
 
     args = ["fit", "--config", str(ROOT / "configs/ffpp.yaml"), "--config", str(backbone_config(backbone))]
@@ -156,7 +173,7 @@ def compose(backbone: str, overlays: Sequence[str]) -> dict[str, Any]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
         cli_main([*args, "--print_config"])
-    return yaml.safe_load(out.getvalue())
+    return out.getvalue()
 
 
 def backbone_config(name: str) -> Path:
@@ -386,6 +403,41 @@ def train_loader(items: Sequence[Item], scale: Scale, seed: int, data_config: di
     return DataLoader(dataset, batch_sampler=batches[: scale.steps], collate_fn=collate_frames, num_workers=0)
 
 
+class _Replay:
+    """A seed's training batches, made once per worker process and replayed to every arm of that seed: the same
+    tensors the seed's loader yields (every draw is a function of (seed, epoch, draw, index), not of the arm), as
+    fresh copies so that no run can change another's input."""
+
+    def __init__(self, batches: list[dict[str, Any]], types: list[int]) -> None:
+        self.batches, self.types = batches, types
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {k: v.clone() if hasattr(v, "clone") else v for k, v in self.batches[index].items()}
+
+
+@functools.lru_cache(maxsize=3)  # a worker moves on from a seed's sbi and lofo runs, then never comes back
+def _seed_batches(items: tuple[Item, ...], scale: Scale, seed: int, data: tuple[Any, ...]) -> _Replay:
+    mean, std, interpolation = data
+    loader = train_loader(items, scale, seed, {"mean": mean, "std": std, "interpolation": interpolation})
+    return _Replay(list(loader), list(loader.dataset.types))
+
+
+def replay_loader(items: Sequence[Item], scale: Scale, seed: int, data_config: dict[str, Any]) -> Any:
+    """:func:`train_loader`'s batches for this seed, made at the seed's first run in this process."""
+    from torch.utils.data import DataLoader
+
+    data = (tuple(data_config["mean"]), tuple(data_config["std"]), data_config["interpolation"])
+    replay = _seed_batches(tuple(items), scale, seed, data)
+    return DataLoader(replay, batch_size=None, collate_fn=_same, num_workers=0)
+
+
+def _same(batch: Any) -> Any:
+    return batch
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC (Mann–Whitney, ties counted half)."""
     return float(_auc_rows(scores[None], labels)[0])
@@ -502,7 +554,8 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
     mask = None
     if spec.config["mask"] is not None:
         mask_spec = spec.config["mask"]
-        args = {**(mask_spec.get("init_args") or {}), **mask_schedule(spec.scale.steps)}
+        recipe = mask_spec.get("init_args") or {}
+        args = {**recipe, **mask_schedule(spec.scale.steps, recipe)}
         mask = _class(mask_spec["class_path"])(**args)
         callbacks.append(mask)
     if spec.config["random_mask"]:
@@ -522,7 +575,7 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             losses.append(float(outputs["loss"]))
 
-    loader = train_loader(sets["train"], spec.scale, spec.seed, model.data_config)
+    loader = replay_loader(sets["train"], spec.scale, spec.seed, model.data_config)
 
     class Batches(LightningDataModule):  # FMSD's selection reads its batches from the data module
         # The training split's forgery types, as FaceForgeryDataModule records them: routing assigns subspaces
@@ -601,9 +654,27 @@ def code_digest() -> str:
     digest = hashlib.sha256()
     for path in sorted([*(ROOT / "masm_lightning").rglob("*.py"), *(ROOT / "configs").rglob("*.yaml")]):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    for function in (mask_schedule, compose, arm_config, _reencode, ffhq_faces, extract_clips, dfdc_crops):
+    for function in (
+        mask_schedule,
+        compose,
+        _printed_config,
+        arm_config,
+        _reencode,
+        ffhq_faces,
+        extract_clips,
+        dfdc_crops,
+    ):
         digest.update(inspect.getsource(function).encode())
-    for function in (study_data, build_model, _eval_tensors, train_loader, _auc_rows, calibration, evaluate):
+    for function in (
+        study_data,
+        build_model,
+        _eval_tensors,
+        train_loader,
+        replay_loader,
+        _auc_rows,
+        calibration,
+        evaluate,
+    ):
         digest.update(inspect.getsource(function).encode())
     digest.update(inspect.getsource(adapter_diagnostics).encode() + inspect.getsource(run_one).encode())
     return digest.hexdigest()
@@ -648,6 +719,8 @@ def run_study(
             pending.append(spec)
     if pending:
         print(f"running {len(pending)} of {len(specs)} runs ({len(specs) - len(pending)} cached)", flush=True)
+    started = time.perf_counter()
+    left = collections.Counter(spec.backbone for spec in pending)
 
     def ready(spec: RunSpec) -> bool:
         return not spec.config["random_mask"] or (spec.backbone, spec.setting, "masm", spec.seed) in results
@@ -659,10 +732,17 @@ def run_study(
             f"{result['loss_last']:.3f}, {result['total_s']:.0f} s",
             flush=True,
         )
+        backbone_done(spec)
+
+    def backbone_done(spec: RunSpec) -> None:
+        left[spec.backbone] -= 1
+        if not left[spec.backbone]:  # backbones run one after the other: its study's wall time, roughly
+            print(f"{spec.backbone}: runs done after {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
     def failed(spec: RunSpec, error: BaseException) -> None:
         # One arm's failure (a bug, a config that does not fit the backbone) is reported; the study goes on.
         print(f"  {spec.backbone} {spec.setting} {spec.arm} seed {spec.seed}: FAILED ({type(error).__name__}: {error})")
+        backbone_done(spec)
 
     def unrunnable() -> None:
         for spec in pending:
