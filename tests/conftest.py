@@ -20,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from tests.background import JOBS, Finished, Runner
 from tests.helpers import ROOT, TINY_VIT, TINY_VIT_KWARGS, tiny_args
 
 
@@ -94,3 +95,44 @@ def fresh_imports() -> Callable[[str], dict[str, list[str]]]:
         return answers[probe]
 
     return lookup
+
+
+# --- long commands beside the suite (tests/background.py) ---
+
+_RUNNER = pytest.StashKey[Runner]()
+_THREADS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only the jobs of tests that will run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that wait for a background job run last; their jobs start now, the longest first."""
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("background") is not None)
+    wanted = {marker.args[0] for item in items for marker in item.iter_markers("background")}
+    if wanted and not config.option.collectonly:
+        runner = config.stash.setdefault(_RUNNER, Runner())
+        runner.start([name for name in JOBS if name in wanted])
+        # The jobs run on one thread; the suite keeps the other core until they are done (no oversubscription).
+        config.stash[_THREADS] = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    runner, threads = item.config.stash.get(_RUNNER, None), item.config.stash.get(_THREADS, None)
+    if threads is not None and runner is not None and not runner.busy():
+        torch.set_num_threads(threads)  # the jobs are done: every core for the tests left
+        del item.config.stash[_THREADS]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    runner = config.stash.get(_RUNNER, None)
+    if runner is not None:
+        runner.stop()
+
+
+@pytest.fixture
+def background(request: pytest.FixtureRequest) -> Finished:
+    """The finished job named by the test's ``@pytest.mark.background("<job>")`` (started now if it was not)."""
+    marker = request.node.get_closest_marker("background")
+    assert marker is not None, "the background fixture needs @pytest.mark.background('<job>')"
+    runner = request.config.stash.setdefault(_RUNNER, Runner())
+    return runner.result(marker.args[0])

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from masm_lightning.training.callbacks.random_mask import mask_counts
+from tests.background import Finished
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -28,19 +26,6 @@ LINE = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def _process_settings_restored() -> Iterator[None]:
-    """The study quiets Lightning's and the package's loggers and runs on one thread in the process that runs it
-    (``--jobs 1``); the tests after this one read those logs and use every thread."""
-    names = ("lightning.pytorch", "lightning.fabric", "masm_lightning")
-    levels = {name: logging.getLogger(name).level for name in names}
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-
-
 def load_study():
     spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
     assert spec is not None and spec.loader is not None
@@ -51,18 +36,23 @@ def load_study():
 
 
 @pytest.mark.slow
-def test_quick_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    study = load_study()
-    summaries = study.main(["--quick", "--out", str(tmp_path), "--verify"])
-    out = capsys.readouterr().out
+@pytest.mark.background("quick_study")
+def test_quick_study(background: Finished) -> None:
+    """``python benchmarks/ablation.py --quick --verify`` in a fresh process (tests/background.py), then the same
+    command again."""
+    first, repeat = background.commands
+    out = first.check()
 
     # Structure: one table pair per setting, the three quick arms, one summary line per setting, then the last one.
-    assert set(summaries) == {("mobilenetv2", "sbi"), ("mobilenetv2", "lofo")}
     for setting in ("sbi", "lofo"):
         assert f"### mobilenetv2 · {setting}" in out
+    assert out.count("### mobilenetv2 · ") == 2
     assert "smallest detectable paired difference" in out.split("running")[0]  # stated before any run
-    for label in ("MASM, no mask, no constraints", "full MASM", "random mask (as many as MASM)"):
+    labels = ("MASM, no mask, no constraints", "full MASM", "random mask (as many as MASM)")
+    for label in labels:
         assert out.count(f"| {label} | 1 |") == 2  # generalisation table, both settings
+    generalisation = [line for line in out.splitlines() if line.startswith(tuple(f"| {x} | 1 |" for x in labels))]
+    assert [line.split(" | ")[0][2:] for line in generalisation] == [*labels, *labels]  # the arms, in order
     table: list[str] = []
     for row in [*out.splitlines(), ""]:  # every markdown table: the header's number of cells on every row
         if row.startswith("|"):
@@ -76,16 +66,18 @@ def test_quick_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert re.match(r"^ablation: backbones=1 settings=2 runs=6 minutes=[\d.]+ claims=\d/2 answer=\w+$", lines[2])
     assert "repeat: mobilenetv2 sbi plain seed 0 identical=yes" in out
 
-    for (_, setting), rows in summaries.items():
-        assert list(rows) == ["plain", "masm", "random_mask"]
-        runs = {arm: row["runs"][0] for arm, row in rows.items()}
+    for setting in ("sbi", "lofo"):
+        folder = background.folder / "study" / "runs" / "mobilenetv2" / setting
+        runs = {
+            arm: json.loads((folder / arm / "seed0" / "result.json").read_text())
+            for arm in ("plain", "masm", "random_mask")
+        }
         assert len({run["head_init"] for run in runs.values()}) == 1  # paired: the same initial head in every arm
         # The arms really differ: each changes what the model scores.
         scores = {arm: run["sets"]["dfdc_crops"]["video_scores"] for arm, run in runs.items()}
         assert scores["plain"] != scores["masm"] != scores["random_mask"] != scores["plain"]
         assert len(scores["plain"]) == 60  # the DFDC crops' videos
         # The control masks as many subspaces as full MASM did, at its decisions, but not the same ones.
-        folder = tmp_path / "runs" / "mobilenetv2" / setting
         counts = mask_counts(folder / "masm" / "seed0" / "layer_masks.jsonl")
         trace = [
             json.loads(x) for x in (folder / "random_mask" / "seed0" / "random_masks.jsonl").read_text().splitlines()
@@ -95,11 +87,10 @@ def test_quick_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         assert runs["masm"]["diagnostics"]["masked_mean"] > 0
 
     # Resumable: the same command again runs nothing and reports the same numbers.
-    again = study.main(["--quick", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert "running" not in out
-    assert [line for line in out.splitlines() if line.startswith("ablation: backbone=")] == lines[:2]
-    assert again.keys() == summaries.keys()
+    again = repeat.check()
+    assert "running" not in again
+    assert [line for line in again.splitlines() if line.startswith("ablation: backbone=")] == lines[:2]
+    assert again.count("### mobilenetv2 · ") == 2
 
 
 def test_skips_with_a_reason_without_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

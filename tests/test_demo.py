@@ -3,6 +3,7 @@ figures come from a run of today's config in which every mask rule fired, and (s
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 import yaml
 
 from masm_lightning.cli import main
+from tests.background import Finished
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -93,18 +95,23 @@ def test_the_readmes_demo_figures_come_from_a_run_of_todays_config_in_which_ever
 
 
 @pytest.mark.slow
-def test_demo_learns_with_mask_and_constraints_and_shows_both_figures(tmp_path):
-    fit = main(["fit", *_demo_args()])
-    mask = next(c for c in fit.trainer.callbacks if type(c).__name__ == "SelectiveLayerMask")
-    assert mask.history, "the mask made no decision during the demo"
-    assert 0 < float(mask.masked.float().mean()) < 1, "the mask should stop some subspaces, not all"
-    best = fit.trainer.checkpoint_callback.best_model_path
-    tested = main(["test", *_demo_args("--ckpt_path", best)])
-    metrics = tested.trainer.callback_metrics
-    assert metrics["test/demo/num_videos"] == 64
-    assert metrics["test/demo/video_auc"] >= 0.9, f"demo did not learn: {dict(metrics)}"
-    folder = Path(tested.trainer.log_dir)
+@pytest.mark.background("demo")
+def test_demo_learns_with_mask_and_constraints_and_shows_both_figures(background: Finished) -> None:
+    """`make demo`'s two commands, in a fresh process (tests/background.py): the fit and the test of its best
+    checkpoint, with no warning printed."""
+    fit, tested = (command.check() for command in background.commands)
+    assert "Warning" not in fit + tested
+    runs = background.folder / "outputs" / "demo" / "demo"
+    trace = [json.loads(line) for line in (runs / "version_0" / "layer_masks.jsonl").read_text().splitlines()]
+    assert trace, "the mask made no decision during the demo"
+    masked = [s["masked"] for s in trace[-1]["subspaces"]]  # the mask as the fit ended
+    assert 0 < sum(masked) < len(masked), "the mask should stop some subspaces, not all"
+    assert (runs / "version_0" / "layer_masks.png").is_file()
+    folder = runs / "version_1"  # the test's run folder
+    with (folder / "metrics.csv").open() as file:
+        (metrics,) = list(csv.DictReader(file))
+    assert float(metrics["test/demo/num_videos"]) == 64
+    assert float(metrics["test/demo/video_auc"]) >= 0.9, f"demo did not learn: {metrics}"
     assert (folder / "roc_demo.png").is_file() and (folder / "layer_masks.png").is_file()
     assert (folder / "subspace_types.png").is_file()
     assert "| demo_grid | " in (folder / "results.md").read_text()  # the held-out type, reported on its own
-    assert (Path(best).parents[1] / "layer_masks.png").is_file()

@@ -79,7 +79,10 @@ def test_the_page_scores_a_real_clip_like_detect_and_reports_a_corrupt_upload(tm
     expected = Detector.load(tiny_checkpoint, device="cpu").score(clip)
     assert expected.scored
     port = _free_port()
+    temp = tmp_path / "server_tmp"  # where the server keeps uploads while it runs
+    temp.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+    env["TMPDIR"] = str(temp)
     command = [sys.executable, "-m", "masm_lightning", "serve", "--ckpt", str(tiny_checkpoint), "--port", str(port)]
     log = tmp_path / "server.log"  # a file, not a pipe: nothing can block the server on a full pipe
     with log.open("w") as sink:
@@ -134,6 +137,8 @@ def test_the_page_scores_a_real_clip_like_detect_and_reports_a_corrupt_upload(tm
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # Stopped as `kill`, `docker stop` and systemd stop it (SIGTERM): the uploads it held are gone.
+    assert not list(temp.glob("masm_serve_*")), sorted(p.name for p in temp.rglob("*"))[:10]
 
 
 def test_the_timeline_draws_every_scored_input_not_only_the_first():

@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -376,8 +377,17 @@ def build_api(app: App, temp: str | Path) -> Any:
     return api
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Run the page and ``POST /api/score`` on ``host:port`` until interrupted; temporary files are removed."""
+    """Run the page and ``POST /api/score`` on ``host:port`` until interrupted (Ctrl-C, or SIGTERM as ``kill``,
+    ``docker stop`` and systemd send it); uploads and other temporary files are removed either way."""
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again under the handler it found: Python's default
+    # ends the process on the spot, and the uploads it holds would stay on disk. This handler unwinds instead.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
     temp = Path(tempfile.mkdtemp(prefix="masm_serve_"))
     os.environ["GRADIO_TEMP_DIR"] = str(temp)  # uploads land here (and are deleted once scored)
     import gradio as gr
@@ -391,3 +401,5 @@ def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
         uvicorn.run(mounted, host=host, port=port, log_level="warning")
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
