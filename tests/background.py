@@ -21,6 +21,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from masm_lightning.training.weights import CACHE_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DEMO = (PYTHON, "-m", "masm_lightning", "{}", "--config", str(ROOT / "configs" / "demo.yaml"))
@@ -29,6 +31,16 @@ DEMO_BEST = str(Path("outputs", "demo", "demo", "version_0", "checkpoints", "bes
 
 def _demo(command: str, *extra: str) -> tuple[str, ...]:
     return (*(part.format(command) for part in DEMO), "--trainer.enable_progress_bar", "false", *extra)
+
+
+# The import probes the suite asks about: one fresh interpreter answers all of them at once.
+FRESH_IMPORT_PROBES = (
+    "masm_lightning:Detector",
+    "masm_lightning.adapters",
+    "masm_lightning.sharing.export",
+    "masm_lightning.sharing.checkpoint",
+    "masm_lightning.data.settings",
+)
 
 
 def _study(*extra: str) -> list[str]:
@@ -41,6 +53,8 @@ JOBS: dict[str, tuple[tuple[str, ...], ...]] = {
     "demo": (_demo("fit"), _demo("test", "--ckpt_path", DEMO_BEST)),
     # The study's structure check with a repeat of one run, then the same command again (it must run nothing).
     "quick_study": (tuple(_study("--verify")), tuple(_study())),
+    # Which modules a fresh interpreter holds after importing each probe (tests/fresh_imports.py), all in one.
+    "fresh_imports": ((PYTHON, "-m", "tests.fresh_imports", *FRESH_IMPORT_PROBES),),
 }
 
 
@@ -123,6 +137,8 @@ class Runner:
     def _run(self, argv: Sequence[str], folder: Path) -> Command:
         # One thread: the suite uses the other core. OMP_NUM_THREADS reaches torch, OpenCV and the data workers.
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # tests.*
+        env[CACHE_ENV] = str(folder / "weights_cache")  # converted weights: never into the user's ~/.cache
         env.pop("PYTEST_CURRENT_TEST", None)
         self._process = subprocess.Popen(
             list(argv), cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -61,37 +61,35 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(cli.trainer.checkpoint_callback.best_model_path)
 
 
-# The import probes the suite asks about (tests/fresh_imports.py): one fresh interpreter answers all of them at once.
-FRESH_IMPORT_PROBES = (
-    "masm_lightning:Detector",
-    "masm_lightning.adapters",
-    "masm_lightning.sharing.export",
-    "masm_lightning.sharing.checkpoint",
-    "masm_lightning.data.settings",
-)
-
-
 def _fresh_imports(probes: list[str]) -> dict[str, dict[str, list[str]]]:
     command = [sys.executable, "-m", "tests.fresh_imports", *probes]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    answers = json.loads(result.stdout.splitlines()[-1])
+    return _answers(result.stdout)
+
+
+def _answers(stdout: str) -> dict[str, dict[str, list[str]]]:
+    answers = json.loads(stdout.splitlines()[-1])
     failed = {probe: answer["error"] for probe, answer in answers.items() if "error" in answer}
     assert not failed, f"a probe could not be imported: {failed}"
     return answers
 
 
 @pytest.fixture(scope="session")
-def fresh_imports() -> Callable[[str], dict[str, list[str]]]:
+def fresh_imports(request: pytest.FixtureRequest) -> Callable[[str], dict[str, list[str]]]:
     """``fresh_imports("module")`` or ``fresh_imports("module:attribute")``: the top-level modules a fresh
     interpreter holds after importing the module (``["import"]``) and after reading the attribute
-    (``["attribute"]``). The first call answers every probe in ``FRESH_IMPORT_PROBES`` in one subprocess; a probe
-    not listed there gets a subprocess of its own."""
+    (``["attribute"]``). The probes in ``tests.background.FRESH_IMPORT_PROBES`` are answered by one background job
+    (tests using it carry ``@pytest.mark.background("fresh_imports")``); any other probe gets a subprocess of its
+    own."""
     answers: dict[str, dict[str, list[str]]] = {}
 
     def lookup(probe: str) -> dict[str, list[str]]:
+        if not answers:
+            runner = request.config.stash.setdefault(_RUNNER, Runner())
+            answers.update(_answers(runner.result("fresh_imports").commands[0].check()))
         if probe not in answers:
-            answers.update(_fresh_imports(sorted({*FRESH_IMPORT_PROBES, probe} - answers.keys())))
+            answers.update(_fresh_imports([probe]))
         return answers[probe]
 
     return lookup

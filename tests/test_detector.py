@@ -159,6 +159,7 @@ def test_shards_partition_the_sorted_inputs_into_their_own_files(tmp_path, tiny_
 
 
 @pytest.mark.slow
+@pytest.mark.background("fresh_imports")
 def test_importing_the_package_does_not_load_the_detector_until_it_is_used(fresh_imports):
     loaded = fresh_imports("masm_lightning:Detector")
     assert ("av" in loaded["import"], "av" in loaded["attribute"]) == (False, True)

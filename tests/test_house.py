@@ -94,6 +94,7 @@ def test_the_adapter_library_imports_nothing_of_the_program():
 
 
 @pytest.mark.slow
+@pytest.mark.background("fresh_imports")
 @pytest.mark.parametrize(
     "module",
     [

@@ -26,6 +26,7 @@ def test_public_names_import_from_the_package_and_are_the_modules_own():
 
 
 @pytest.mark.slow
+@pytest.mark.background("fresh_imports")
 def test_the_adapter_library_imports_torch_only(fresh_imports):
     loaded = set(fresh_imports("masm_lightning.adapters")["import"])
     heavy = loaded & {"lightning", "timm", "torchmetrics", "albumentations", "wandb", "jsonargparse", "cv2"}
