@@ -28,7 +28,8 @@ from torch import nn
 
 from masm_lightning.adapters import MASMConfig, iter_adapters
 from masm_lightning.data.settings import ExtractionSettings
-from masm_lightning.sharing.export import export_model, load_exported
+from masm_lightning.sharing.export import export_model
+from masm_lightning.sharing.formats import load_exported
 from masm_lightning.training.module import MASMDetector
 
 

@@ -38,6 +38,7 @@ FRESH_IMPORT_PROBES = (
     "masm_lightning:Detector",
     "masm_lightning.adapters",
     "masm_lightning.sharing.export",
+    "masm_lightning.sharing.formats",
     "masm_lightning.sharing.checkpoint",
     "masm_lightning.data.settings",
 )

@@ -15,7 +15,8 @@ from masm_lightning.adapters import MASMConfig, inject_adapters
 from masm_lightning.cli import main
 from masm_lightning.data.settings import ExtractionSettings
 from masm_lightning.sharing.checkpoint import CheckpointError, load_checkpoint
-from masm_lightning.sharing.export import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, export_adapter, load_adapter
+from masm_lightning.sharing.export import export_adapter
+from masm_lightning.sharing.formats import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, load_adapter
 from masm_lightning.sharing.model_card import license_for, parse_results
 from masm_lightning.training.module import MASMDetector
 

@@ -99,6 +99,7 @@ def test_the_adapter_library_imports_nothing_of_the_program():
     "module",
     [
         "masm_lightning.sharing.export",
+        "masm_lightning.sharing.formats",
         "masm_lightning.sharing.checkpoint",
         "masm_lightning.adapters",
         "masm_lightning.data.settings",

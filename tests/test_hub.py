@@ -12,7 +12,7 @@ from huggingface_hub import constants
 
 from masm_lightning.cli import main
 from masm_lightning.sharing.checkpoint import load_checkpoint
-from masm_lightning.sharing.export import load_adapter
+from masm_lightning.sharing.formats import load_adapter
 from masm_lightning.sharing.hub import HubError, resolve
 
 SHA = "0123456789abcdef0123456789abcdef01234567"

@@ -19,7 +19,7 @@ from masm_lightning.cli import main
 from masm_lightning.inference.detector import Detector
 from masm_lightning.inference.serve import App, score_file
 from masm_lightning.sharing.checkpoint import load_checkpoint
-from masm_lightning.sharing.export import ADAPTER_CONFIG_NAME, load_adapter
+from masm_lightning.sharing.formats import ADAPTER_CONFIG_NAME, load_adapter
 from tests.helpers import ROOT, tiny_args
 
 CLIP = ROOT.parent / "shared" / "data" / "FaceForensics++" / "original_sequences" / "youtube" / "c23" / "videos"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..sharing.export import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, Dtype
+from ..sharing.export import Dtype
 from ..sharing.export import export as export_checkpoint
+from ..sharing.formats import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["export"]
 

@@ -57,7 +57,7 @@ from ..errors import InvalidInputError
 from ..io import settings_digest, walk_files
 from ..performance import compile_module, split_cores
 from ..sharing.checkpoint import CheckpointError, check_device
-from ..sharing.export import load_model
+from ..sharing.formats import load_model
 from ..training.module import MASMDetector
 
 __all__ = [
@@ -167,7 +167,7 @@ class Classifier:
 def load_classifier(source: str | Path, device: str | None = None, compile: bool = False) -> Classifier:
     """A :class:`Classifier` from a ``fit`` checkpoint, an ``export`` folder, an adapter folder (``export
     --adapter``: the base rebuilt and fingerprint-checked) or a hub id ``hf-hub:ORG/NAME``
-    (:func:`~masm_lightning.sharing.export.load_model`); a MASM model's adapters are merged for speed.
+    (:func:`~masm_lightning.sharing.formats.load_model`); a MASM model's adapters are merged for speed.
 
     Raises:
         CheckpointError: ``source`` is none of these (the message names it and says why).

@@ -301,7 +301,7 @@ class Explainer:
         """From what :meth:`Detector.load <masm_lightning.inference.detector.Detector.load>` takes: a ``fit``
         checkpoint, an adapter folder, an export folder (heatmaps only: its layers are merged) or
         ``hf-hub:ORG/NAME``."""
-        from ..sharing.export import load_model
+        from ..sharing.formats import load_model
         from ..training.module import MASMDetector
 
         loaded = load_model(source, device)
