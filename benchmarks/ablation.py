@@ -1179,6 +1179,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
     minutes = (time.perf_counter() - started) / 60
     if args.verify and specs:
         spec = next(s for s in specs if not s.config["random_mask"])
+        _seed_batches.cache_clear()  # afresh: its batches made again, not replayed from this process's runs
         with tempfile.TemporaryDirectory(prefix="ablation_verify_") as tmp:
             again = run_one(dataclasses.replace(spec, folder=str(Path(tmp) / "run")), sets[spec.setting])
         first = results[(spec.backbone, spec.setting, spec.arm, spec.seed)]

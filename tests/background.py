@@ -88,6 +88,7 @@ class Runner:
         self._folders: list[Path] = []
         self._process: subprocess.Popen[str] | None = None
         self._stopping = False
+        self._lock = threading.Lock()  # no command starts once stop() has begun
         self._thread = threading.Thread(target=self._work, name="background-jobs", daemon=True)
         self._thread.start()
 
@@ -111,9 +112,10 @@ class Runner:
 
     def stop(self) -> None:
         """End the running job (if any), forget the queue and remove the jobs' folders."""
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
+            process = self._process
         self._queue.put(None)
-        process = self._process
         if process is not None and process.poll() is None:
             process.kill()
         self._thread.join(timeout=30)
@@ -121,7 +123,7 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _work(self) -> None:
-        while (name := self._queue.get()) is not None:
+        while (name := self._queue.get()) is not None and not self._stopping:
             folder = Path(tempfile.mkdtemp(prefix=f"masm_{name}_"))
             self._folders.append(folder)
             commands: list[Command] = []
@@ -141,8 +143,11 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # tests.*
         env[CACHE_ENV] = str(folder / "weights_cache")  # converted weights: never into the user's ~/.cache
         env.pop("PYTEST_CURRENT_TEST", None)
-        self._process = subprocess.Popen(
-            list(argv), cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        output, _ = self._process.communicate()
-        return Command(tuple(argv), self._process.returncode, output)
+        with self._lock:
+            if self._stopping:
+                return Command(tuple(argv), -1, "not run: the test session ended")
+            process = self._process = subprocess.Popen(
+                list(argv), cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        output, _ = process.communicate()
+        return Command(tuple(argv), process.returncode, output)
