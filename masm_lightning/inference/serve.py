@@ -389,15 +389,15 @@ def serve_app(app: App, host: str = "127.0.0.1", port: int = 7860) -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
     temp = Path(tempfile.mkdtemp(prefix="masm_serve_"))
-    os.environ["GRADIO_TEMP_DIR"] = str(temp)  # uploads land here (and are deleted once scored)
-    import gradio as gr
-    import uvicorn
+    try:  # from here on, however it ends (a failed build of the app too), the folder goes and the handler returns
+        os.environ["GRADIO_TEMP_DIR"] = str(temp)  # uploads land here (and are deleted once scored)
+        import gradio as gr
+        import uvicorn
 
-    api = build_api(app, temp)
-    page = build_app(app, temp)
-    mounted = gr.mount_gradio_app(api, page, path="/", max_file_size=app.max_bytes)
-    print(f"MASM web app: open http://{host}:{port}/ (HTTP API: POST http://{host}:{port}/api/score)", flush=True)
-    try:
+        api = build_api(app, temp)
+        page = build_app(app, temp)
+        mounted = gr.mount_gradio_app(api, page, path="/", max_file_size=app.max_bytes)
+        print(f"MASM web app: open http://{host}:{port}/ (HTTP API: POST http://{host}:{port}/api/score)", flush=True)
         uvicorn.run(mounted, host=host, port=port, log_level="warning")
     finally:
         shutil.rmtree(temp, ignore_errors=True)
