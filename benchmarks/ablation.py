@@ -670,6 +670,8 @@ def code_digest() -> str:
         build_model,
         _eval_tensors,
         train_loader,
+        _Replay,
+        _seed_batches,
         replay_loader,
         _auc_rows,
         calibration,
