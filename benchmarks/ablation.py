@@ -53,7 +53,10 @@ score on the primary set's crops, the share masked per rule, spectral drift and 
 (``masm_lightning.adapters.constraint_metrics``).
 
 Every (backbone, setting, arm, seed) result is a file under ``--out``, keyed by the protocol, the arm's composed
-configuration and the package's code: an interrupted study continues where it stopped, and a changed method reruns.
+configuration, the data and weights by content and this script's code, and recording what its process loaded: the
+package's modules by content, every other module by its distribution's version. An interrupted study continues where
+it stopped; a change to the method's code, a config or a library reruns what it touches, and a change to code no
+run loads (the web app, the exporter) reruns nothing.
 """
 
 from __future__ import annotations
@@ -624,6 +627,7 @@ def run_one(spec: RunSpec, sets: dict[str, list[Item]]) -> dict[str, Any]:
         "sets": evaluate(model, sets, spec.scale.image_size),
         "train_s": trained,
         "total_s": time.perf_counter() - started,
+        "depends": dependencies(),
     }
     (folder / "result.json").write_text(json.dumps(result))
     return result
@@ -649,11 +653,9 @@ def _run_in_worker(spec: RunSpec, data: str, out: str) -> dict[str, Any]:
 
 
 def code_digest() -> str:
-    """What the results depend on besides the protocol: the package's code, the shipped configs and this script's
-    functions that make a run's numbers (not those that only report them)."""
+    """This script's functions that make a run's numbers (not those that only report them). The package's code is
+    not here: each result records the modules its process loaded (:func:`dependencies`)."""
     digest = hashlib.sha256()
-    for path in sorted([*(ROOT / "masm_lightning").rglob("*.py"), *(ROOT / "configs").rglob("*.yaml")]):
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     for function in (
         mask_schedule,
         compose,
@@ -682,12 +684,79 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def file_sha256(path: str) -> str:
+    """A file's content digest, read once per process (the study's inputs do not change while it runs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.cache
+def _distribution_version(name: str) -> str | None:
+    from importlib import metadata
+
+    if name == "python":
+        return ".".join(map(str, sys.version_info[:3]))
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def dependencies() -> dict[str, dict[str, str]]:
+    """What this process has loaded that a run's numbers depend on beyond its key: every module of the package by
+    content, every other module by its installed distribution's version (the Python version for the standard
+    library). Recorded with each result; a result whose record no longer holds is run again."""
+    from importlib import metadata
+
+    import masm_lightning
+
+    package = Path(masm_lightning.__file__).resolve().parent
+    files, tops = {}, set()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve().is_relative_to(package):
+            files[str(Path(path).resolve().relative_to(package.parent))] = file_sha256(str(Path(path).resolve()))
+        else:
+            tops.add(name.partition(".")[0])
+    owners = metadata.packages_distributions()
+    names = {dist for top in tops for dist in owners.get(top, ()) if dist != "masm-lightning"} | {"python"}
+    versions = {name: version for name in sorted(names) if (version := _distribution_version(name)) is not None}
+    return {"files": dict(sorted(files.items())), "versions": versions}
+
+
+def changed_dependency(record: dict[str, Any] | None) -> str | None:
+    """The first of a result's recorded dependencies that no longer holds (None: all hold)."""
+    if not record:
+        return "no record of its dependencies"
+    import masm_lightning
+
+    root = Path(masm_lightning.__file__).resolve().parent.parent
+    for name, sha in record.get("files", {}).items():
+        path = root / name
+        if not path.is_file() or file_sha256(str(path)) != sha:
+            return name
+    for name, version in record.get("versions", {}).items():
+        if _distribution_version(name) != version:
+            return f"{name} {version} → {_distribution_version(name)}"
+    return None
+
+
 def run_key(scale: Scale, config: dict[str, Any], items: dict[str, list[Item]], code: str) -> str:
+    """The protocol, the arm's composed configuration, the data by content, the weights file by content and this
+    script's code; the package's code and the libraries are checked per result (:func:`changed_dependency`)."""
+    from masm_lightning.training.weights import resolve_weights_path
+
+    weights = config["model"].get("checkpoint_path")
     payload = json.dumps(
         {
             "protocol": dataclasses.asdict(dataclasses.replace(scale, seeds=(), arms=(), settings=())),
             "config": config,
-            "data": {k: [(*dataclasses.astuple(x)[1:], Path(x.path).name) for x in v] for k, v in items.items()},
+            "data": {k: [(*dataclasses.astuple(x)[1:], file_sha256(x.path)) for x in v] for k, v in items.items()},
+            "weights": file_sha256(resolve_weights_path(weights)) if weights else None,
             "code": code,
         },
         sort_keys=True,
@@ -696,7 +765,8 @@ def run_key(scale: Scale, config: dict[str, Any], items: dict[str, list[Item]], 
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def cached(folder: Path, key: str) -> dict[str, Any] | None:
+def cached(folder: Path, key: str, stale: collections.Counter[str] | None = None) -> dict[str, Any] | None:
+    """The run's result if its key matches and its recorded dependencies still hold; why not, counted in ``stale``."""
     path = folder / "result.json"
     if not path.is_file():
         return None
@@ -704,7 +774,12 @@ def cached(folder: Path, key: str) -> dict[str, Any] | None:
         result = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError):
         return None
-    return result if result.get("key") == key else None
+    if result.get("key") != key:
+        return None
+    changed = changed_dependency(result.get("depends"))
+    if changed is not None and stale is not None:
+        stale[changed] += 1
+    return result if changed is None else None
 
 
 def run_study(
@@ -713,14 +788,17 @@ def run_study(
     """Every spec's result, from the cache or run now; random-mask runs wait for full MASM of their seed."""
     results: dict[tuple, dict[str, Any]] = {}
     pending = []
+    stale: collections.Counter[str] = collections.Counter()
     for spec in specs:
-        hit = cached(Path(spec.folder), spec.key)
+        hit = cached(Path(spec.folder), spec.key, stale)
         if hit is not None:
             results[(spec.backbone, spec.setting, spec.arm, spec.seed)] = hit
         else:
             pending.append(spec)
     if pending:
         print(f"running {len(pending)} of {len(specs)} runs ({len(specs) - len(pending)} cached)", flush=True)
+    for changed, count in stale.most_common():
+        print(f"  {count} cached run(s) rerun: {changed} changed since", flush=True)
     started = time.perf_counter()
     left = collections.Counter(spec.backbone for spec in pending)
 

@@ -84,6 +84,12 @@ def test_quick_study(background: Finished) -> None:
         ]
         assert [(e["step"], len(e["masked"])) for e in trace[1:]] == list(counts.items())
         assert runs["plain"]["diagnostics"].get("masked_mean") is None
+        # Each result records what its run loaded: the method's modules by content, the libraries by version.
+        depends = runs["masm"]["depends"]
+        loaded = {"masm_lightning/adapters/layer.py", "masm_lightning/training/callbacks/layer_mask.py"}
+        assert loaded <= set(depends["files"])
+        assert not any(name.startswith("masm_lightning/serve") for name in depends["files"])
+        assert {"torch", "timm", "lightning", "python"} <= set(depends["versions"])
         assert runs["masm"]["diagnostics"]["masked_mean"] > 0
 
     # Resumable: the same command again runs nothing and reports the same numbers.
@@ -96,3 +102,38 @@ def test_quick_study(background: Finished) -> None:
 def test_skips_with_a_reason_without_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert load_study().main(["--quick", "--data", str(tmp_path), "--out", str(tmp_path / "out")]) == {}
     assert "ablation: skipped: dfdc_faces, ffhq_stylegan2 not found under" in capsys.readouterr().out
+
+
+def test_cache_reruns_what_a_change_touches(tmp_path: Path) -> None:
+    """A cached result is reused while its key and everything its run loaded are unchanged; a changed module of the
+    package or a library's version makes it run again, and the study says which."""
+    import collections
+
+    study = load_study()
+    import masm_lightning.adapters.layer  # noqa: F401  (loaded, as a run loads it)
+
+    depends = study.dependencies()
+    assert "masm_lightning/adapters/layer.py" in depends["files"] and "torch" in depends["versions"]
+    folder = tmp_path / "run"
+    folder.mkdir()
+
+    def write(record: dict) -> None:
+        (folder / "result.json").write_text(json.dumps({"key": "k1", "depends": record}))
+
+    write(depends)
+    assert study.cached(folder, "k1") is not None
+    assert study.cached(folder, "k2") is None  # another protocol, configuration, data or script
+    stale: collections.Counter[str] = collections.Counter()
+    write({**depends, "files": {**depends["files"], "masm_lightning/adapters/layer.py": "0" * 64}})
+    assert study.cached(folder, "k1", stale) is None
+    write({**depends, "versions": {**depends["versions"], "torch": "0.1"}})
+    assert study.cached(folder, "k1", stale) is None
+    write({**depends, "files": {**depends["files"], "masm_lightning/gone.py": "0" * 64}})
+    assert study.cached(folder, "k1", stale) is None
+    assert list(stale) == [
+        "masm_lightning/adapters/layer.py",
+        f"torch 0.1 → {depends['versions']['torch']}",
+        "masm_lightning/gone.py",
+    ]
+    (folder / "result.json").write_text(json.dumps({"key": "k1"}))  # a result from before the record: rerun
+    assert study.cached(folder, "k1") is None
