@@ -56,7 +56,8 @@ Every (backbone, setting, arm, seed) result is a file under ``--out``, keyed by 
 configuration, the data and weights by content and this script's code, and recording what its process loaded: the
 package's modules by content, every other module by its distribution's version. An interrupted study continues where
 it stopped; a change to the method's code, a config or a library reruns what it touches, and a change to code no
-run loads (the web app, the exporter) reruns nothing.
+run loads reruns nothing (with ``--jobs`` ≥ 2 a run's process loads only what training and testing need: not the
+CLI, the exporter or the web app).
 """
 
 from __future__ import annotations
@@ -640,15 +641,6 @@ def _worker_init() -> None:
     warnings.filterwarnings("ignore")
 
 
-@functools.lru_cache(maxsize=1)
-def _worker_sets(data: str, out: str, clip_frames: int) -> dict[str, dict[str, list[Item]]]:
-    return study_data(Path(data), Path(out), clip_frames)
-
-
-def _run_in_worker(spec: RunSpec, data: str, out: str) -> dict[str, Any]:
-    return run_one(spec, _worker_sets(data, out, spec.scale.clip_frames)[spec.setting])
-
-
 # --- the study: keys, cache, scheduling ---
 
 
@@ -782,9 +774,7 @@ def cached(folder: Path, key: str, stale: collections.Counter[str] | None = None
     return result if changed is None else None
 
 
-def run_study(
-    specs: list[RunSpec], sets: dict[str, dict[str, list[Item]]], data: Path, out: Path, jobs: int
-) -> dict[tuple, dict[str, Any]]:
+def run_study(specs: list[RunSpec], sets: dict[str, dict[str, list[Item]]], jobs: int) -> dict[tuple, dict[str, Any]]:
     """Every spec's result, from the cache or run now; random-mask runs wait for full MASM of their seed."""
     results: dict[tuple, dict[str, Any]] = {}
     pending = []
@@ -845,7 +835,7 @@ def run_study(
         while pending or running:
             for spec in [s for s in pending if ready(s)][: max(0, jobs - len(running))]:
                 pending.remove(spec)
-                running[pool.submit(_run_in_worker, spec, str(data), str(out))] = spec
+                running[pool.submit(run_one, spec, sets[spec.setting])] = spec  # the items, not the preparation
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -1255,7 +1245,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
                 results[(spec.backbone, spec.setting, spec.arm, spec.seed)] = hit
         print(f"report only: {len(results)} of {len(specs)} runs cached", flush=True)
     else:
-        results = run_study(specs, sets, args.data, args.out, args.jobs)
+        results = run_study(specs, sets, args.jobs)
     minutes = (time.perf_counter() - started) / 60
     if args.verify and specs:
         spec = next(s for s in specs if not s.config["random_mask"])
