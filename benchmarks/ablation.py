@@ -721,19 +721,19 @@ def dependencies() -> dict[str, dict[str, str]]:
 
 
 def changed_dependency(record: dict[str, Any] | None) -> str | None:
-    """The first of a result's recorded dependencies that no longer holds (None: all hold)."""
+    """What no longer holds of a result's recorded dependencies, the first found (None: all hold)."""
     if not record:
-        return "no record of its dependencies"
+        return "no record of what its run loaded"
     import masm_lightning
 
     root = Path(masm_lightning.__file__).resolve().parent.parent
     for name, sha in record.get("files", {}).items():
         path = root / name
         if not path.is_file() or file_sha256(str(path)) != sha:
-            return name
+            return f"{name} changed"
     for name, version in record.get("versions", {}).items():
         if _distribution_version(name) != version:
-            return f"{name} {version} → {_distribution_version(name)}"
+            return f"{name} {version} → {_distribution_version(name) or 'not installed'}"
     return None
 
 
@@ -788,7 +788,7 @@ def run_study(specs: list[RunSpec], sets: dict[str, dict[str, list[Item]]], jobs
     if pending:
         print(f"running {len(pending)} of {len(specs)} runs ({len(specs) - len(pending)} cached)", flush=True)
     for changed, count in stale.most_common():
-        print(f"  {count} cached run(s) rerun: {changed} changed since", flush=True)
+        print(f"  {count} cached run(s) rerun: {changed}", flush=True)
     started = time.perf_counter()
     left = collections.Counter(spec.backbone for spec in pending)
 

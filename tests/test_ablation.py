@@ -131,9 +131,9 @@ def test_cache_reruns_what_a_change_touches(tmp_path: Path) -> None:
     write({**depends, "files": {**depends["files"], "masm_lightning/gone.py": "0" * 64}})
     assert study.cached(folder, "k1", stale) is None
     assert list(stale) == [
-        "masm_lightning/adapters/layer.py",
+        "masm_lightning/adapters/layer.py changed",
         f"torch 0.1 → {depends['versions']['torch']}",
-        "masm_lightning/gone.py",
+        "masm_lightning/gone.py changed",
     ]
     (folder / "result.json").write_text(json.dumps({"key": "k1"}))  # a result from before the record: rerun
     assert study.cached(folder, "k1") is None
