@@ -1020,9 +1020,16 @@ def forest_plot(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = list(summaries.items())
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharex=True)
-    for ax, ((backbone, setting), rows) in zip(axes[0], panels):
+    backbones = list(dict.fromkeys(b for b, _ in summaries))
+    settings = list(dict.fromkeys(s for _, s in summaries))
+    fig, axes = plt.subplots(
+        len(backbones), len(settings), figsize=(5.2 * len(settings), 3.2 * len(backbones)), squeeze=False, sharex=True
+    )
+    for ax in axes.flat:  # a row per backbone, a column per setting; a cell without runs stays empty
+        ax.set_visible(False)
+    for (backbone, setting), rows in summaries.items():
+        ax = axes[backbones.index(backbone), settings.index(setting)]
+        ax.set_visible(True)
         arms = [a for a, r in rows.items() if "diff" in r]
         for y, arm in enumerate(arms):
             row = rows[arm]
@@ -1274,6 +1281,11 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
         ran = {arm for rows in summaries.values() for arm in rows}
         if [arm for arm in scale.arms if arm not in ran]:
             header += " Not run yet: " + ", ".join(ARMS[a].label for a in scale.arms if a not in ran) + "."
+        expected = len(scale.seeds) * len(scale.settings) * len(scale.arms)
+        for backbone in args.backbones:
+            done = sum(key[0] == backbone for key in results)
+            if done < expected:
+                header += f" **Preliminary: {backbone} has {done} of its {expected} runs** (the `seeds` column)."
         write_docs(summaries, scale, header, command.strip(), mde)
     lines = [summary_line(b, s, rows) for (b, s), rows in summaries.items()]
     for line in lines:
