@@ -920,7 +920,12 @@ def summarise(
                 "ci": ci,
                 "same_sign": same,
                 "paired": len(paired),
-                "claim": (ci[0] > 0 or ci[1] < 0) and same >= math.ceil(0.8 * len(paired)),
+                "planned": len(scale.seeds),
+                # A claim only on the whole protocol: every planned seed paired (a study still running claims
+                # nothing yet), the interval excluding 0 and the sign in ≥ 80% of the seeds (4 of 5).
+                "claim": len(paired) == len(scale.seeds)
+                and (ci[0] > 0 or ci[1] < 0)
+                and same >= math.ceil(0.8 * len(scale.seeds)),
             }
         rows[arm] = row
     return rows
@@ -957,6 +962,8 @@ def tables(rows: dict[str, dict[str, Any]], setting: str) -> str:
         if "diff" in row:
             diff = f"{_fmt(row['diff'], sign=True)} [{_fmt(row['ci'][0], sign=True)}, {_fmt(row['ci'][1], sign=True)}]"
             same, claim = f"{row['same_sign']}/{row['paired']}", "**yes**" if row["claim"] else "no"
+            if row["paired"] < row["planned"]:
+                claim = "pending"  # not all planned seeds yet
         cells = [
             ARMS[arm].label,
             str(row["seeds"]),
@@ -1077,9 +1084,14 @@ def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], s
         verdict = f"**Yes, in {len(claimed)} of {len(parts)} settings.**"
     else:
         verdict = f"**Full MASM differs from plain in {len(claimed)} of {len(parts)} settings, not always upwards.**"
-    paired = min((rows["masm"]["paired"] for rows in summaries.values() if "diff" in rows.get("masm", {})), default=0)
-    if paired < len(scale.seeds):
-        verdict = f"{verdict} *Preliminary: {paired} of {len(scale.seeds)} seeds so far.*"
+    short = {}  # backbone → fewest paired seeds of full MASM over its settings, where fewer than the scale's
+    for (backbone, _), rows in summaries.items():
+        paired = rows.get("masm", {}).get("paired", 0)
+        if paired < len(scale.seeds):
+            short[backbone] = min(paired, short.get(backbone, paired))
+    if short:
+        which = ", ".join(f"{b} {n} of {len(scale.seeds)} seeds" for b, n in short.items())
+        verdict = f"{verdict} *Preliminary where the study is still running: {which} so far.*"
     return textwrap.fill(
         f"{verdict} In the paired ablation ({scale.steps} steps of {scale.batch_size} faces at {scale.image_size} px "
         f"on {', '.join(sorted({b for b, _ in summaries}))}; primary endpoint: video AUC on the DFDC crops, never "

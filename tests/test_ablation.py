@@ -3,6 +3,7 @@ control replaying full MASM's counts, bit-identical repeats and a cache that res
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -137,3 +138,26 @@ def test_cache_reruns_what_a_change_touches(tmp_path: Path) -> None:
     ]
     (folder / "result.json").write_text(json.dumps({"key": "k1"}))  # a result from before the record: rerun
     assert study.cached(folder, "k1") is None
+
+
+def test_a_claim_needs_every_planned_seed(tmp_path: Path) -> None:
+    """A study still running claims nothing: the same clear effect is no claim on 2 of 5 seeds, a claim on 5."""
+    import numpy as np
+
+    study = load_study()
+    labels = [1] * 20 + [0] * 20
+    rng = np.random.default_rng(0)
+
+    def run(separation: float) -> dict:
+        scores = (np.array(labels) * separation + rng.normal(0, 1, len(labels))).tolist()
+        primary = {"video_auc": float(study.auc(np.array(scores), np.array(labels))), "video_scores": scores}
+        return {"sets": {study.PRIMARY: {**primary, "video_labels": labels}}}
+
+    scale = dataclasses.replace(study.QUICK, seeds=(0, 1, 2, 3, 4), arms=("plain", "masm"), bootstrap=200)
+    results = {("b", "sbi", arm, seed): run(3.0 if arm == "masm" else 0.0) for seed in range(5) for arm in scale.arms}
+    partial = {key: value for key, value in results.items() if key[3] < 2}
+    rows = study.summarise(partial, "b", "sbi", scale)
+    assert rows["masm"]["ci"][0] > 0 and rows["masm"]["same_sign"] == 2 and not rows["masm"]["claim"]
+    assert study.summary_line("b", "sbi", rows).endswith("seeds_same_sign=2/2 claim=no")
+    rows = study.summarise(results, "b", "sbi", scale)
+    assert rows["masm"]["claim"] and study.summary_line("b", "sbi", rows).endswith("seeds_same_sign=5/5 claim=yes")
