@@ -737,18 +737,27 @@ def changed_dependency(record: dict[str, Any] | None) -> str | None:
     return None
 
 
+def _weights_sha256(path: str) -> str | None:
+    """The weights file's digest; None where it does not resolve (the run then fails with the loader's own message,
+    reported like any failed run, instead of the study ending here)."""
+    from masm_lightning.training.weights import resolve_weights_path
+
+    try:
+        return file_sha256(resolve_weights_path(path))
+    except OSError:
+        return None
+
+
 def run_key(scale: Scale, config: dict[str, Any], items: dict[str, list[Item]], code: str) -> str:
     """The protocol, the arm's composed configuration, the data by content, the weights file by content and this
     script's code; the package's code and the libraries are checked per result (:func:`changed_dependency`)."""
-    from masm_lightning.training.weights import resolve_weights_path
-
     weights = config["model"].get("checkpoint_path")
     payload = json.dumps(
         {
             "protocol": dataclasses.asdict(dataclasses.replace(scale, seeds=(), arms=(), settings=())),
             "config": config,
             "data": {k: [(*dataclasses.astuple(x)[1:], file_sha256(x.path)) for x in v] for k, v in items.items()},
-            "weights": file_sha256(resolve_weights_path(weights)) if weights else None,
+            "weights": _weights_sha256(weights) if weights else None,
             "code": code,
         },
         sort_keys=True,
