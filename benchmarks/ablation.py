@@ -1072,6 +1072,17 @@ def _replace_between(text: str, start: str, end: str, body: str) -> str:
     return head + start + "\n" + body.strip() + "\n" + end + rest.split(end, 1)[1]
 
 
+def answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> str:
+    """The study's answer to "does full MASM help?" from its claims (full MASM against plain MASM): ``not_shown``
+    without a claim, ``yes`` when every claim is an improvement, ``no`` when every claim is a loss, else ``mixed``."""
+    claimed = [rows["masm"]["diff"] for rows in summaries.values() if rows.get("masm", {}).get("claim")]
+    if not claimed:
+        return "not_shown"
+    if all(d > 0 for d in claimed):
+        return "yes"
+    return "no" if all(d < 0 for d in claimed) else "mixed"
+
+
 def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], scale: Scale, mde: float) -> str:
     parts = []
     for (backbone, setting), rows in summaries.items():
@@ -1087,12 +1098,12 @@ def readme_answer(summaries: dict[tuple[str, str], dict[str, dict[str, Any]]], s
             "Not measured yet: full MASM and plain MASM have no paired run. See [docs/evidence.md](docs/evidence.md)."
         )
     claimed = [rows["masm"]["diff"] for rows in summaries.values() if rows.get("masm", {}).get("claim")]
-    if not claimed:
-        verdict = "**Not shown.**"
-    elif all(d > 0 for d in claimed):
-        verdict = f"**Yes, in {len(claimed)} of {len(parts)} settings.**"
-    else:
-        verdict = f"**Full MASM differs from plain in {len(claimed)} of {len(parts)} settings, not always upwards.**"
+    verdict = {
+        "not_shown": "**Not shown.**",
+        "yes": f"**Yes, in {len(claimed)} of {len(parts)} settings.**",
+        "no": f"**No: full MASM is below plain in {len(claimed)} of {len(parts)} settings, above it in none.**",
+        "mixed": f"**Full MASM differs from plain in {len(claimed)} of {len(parts)} settings, not always upwards.**",
+    }[answer(summaries)]
     short = {}  # backbone → fewest paired seeds of full MASM over its settings, where fewer than the scale's
     for (backbone, _), rows in summaries.items():
         paired = rows.get("masm", {}).get("paired", 0)
@@ -1314,7 +1325,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
     claims = sum(line.endswith("claim=yes") for line in lines)
     print(
         f"ablation: backbones={len(args.backbones)} settings={len(scale.settings)} runs={len(results)} "
-        f"minutes={minutes:.1f} claims={claims}/{len(lines)} answer={'yes' if claims else 'not_shown'}"
+        f"minutes={minutes:.1f} claims={claims}/{len(lines)} answer={answer(summaries)}"
     )
     return summaries
 

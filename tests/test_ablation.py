@@ -161,3 +161,22 @@ def test_a_claim_needs_every_planned_seed(tmp_path: Path) -> None:
     assert study.summary_line("b", "sbi", rows).endswith("seeds_same_sign=2/2 claim=no")
     rows = study.summarise(results, "b", "sbi", scale)
     assert rows["masm"]["claim"] and study.summary_line("b", "sbi", rows).endswith("seeds_same_sign=5/5 claim=yes")
+
+
+def test_the_answer_names_the_direction_of_the_claims() -> None:
+    """A claim that full MASM is worse is not a "yes": the summary line and the README say which way the claims go."""
+    study = load_study()
+    scale = dataclasses.replace(study.QUICK, seeds=(0, 1, 2, 3, 4))
+
+    def cell(diff: float, claim: bool) -> dict:
+        return {"masm": {"diff": diff, "ci": (diff - 0.05, diff + 0.05), "same_sign": 5, "paired": 5, "claim": claim}}
+
+    cases = {
+        "not_shown": ({("b", "sbi"): cell(-0.2, False), ("b", "lofo"): cell(0.2, False)}, "**Not shown.**"),
+        "yes": ({("b", "sbi"): cell(0.01, False), ("b", "lofo"): cell(0.2, True)}, "**Yes, in 1 of 2 settings.**"),
+        "no": ({("b", "sbi"): cell(-0.2, True), ("b", "lofo"): cell(0.01, False)}, "**No: full MASM is below"),
+        "mixed": ({("b", "sbi"): cell(-0.1, True), ("b", "lofo"): cell(0.2, True)}, "**Full MASM differs from plain"),
+    }
+    for expected, (summaries, headline) in cases.items():
+        assert study.answer(summaries) == expected
+        assert study.readme_answer(summaries, scale, 0.19).startswith(headline)
