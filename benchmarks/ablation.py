@@ -783,8 +783,8 @@ def cached(folder: Path, key: str, stale: collections.Counter[str] | None = None
     return result if changed is None else None
 
 
-def run_study(specs: list[RunSpec], sets: dict[str, dict[str, list[Item]]], jobs: int) -> dict[tuple, dict[str, Any]]:
-    """Every spec's result, from the cache or run now; random-mask runs wait for full MASM of their seed."""
+def from_cache(specs: list[RunSpec]) -> tuple[dict[tuple, dict[str, Any]], list[RunSpec]]:
+    """The specs' cached results and the specs still to run; prints what made a cached result stale."""
     results: dict[tuple, dict[str, Any]] = {}
     pending = []
     stale: collections.Counter[str] = collections.Counter()
@@ -794,10 +794,16 @@ def run_study(specs: list[RunSpec], sets: dict[str, dict[str, list[Item]]], jobs
             results[(spec.backbone, spec.setting, spec.arm, spec.seed)] = hit
         else:
             pending.append(spec)
+    for changed, count in stale.most_common():
+        print(f"  {count} cached run(s) stale: {changed}", flush=True)
+    return results, pending
+
+
+def run_study(specs: list[RunSpec], sets: dict[str, dict[str, list[Item]]], jobs: int) -> dict[tuple, dict[str, Any]]:
+    """Every spec's result, from the cache or run now; random-mask runs wait for full MASM of their seed."""
+    results, pending = from_cache(specs)
     if pending:
         print(f"running {len(pending)} of {len(specs)} runs ({len(specs) - len(pending)} cached)", flush=True)
-    for changed, count in stale.most_common():
-        print(f"  {count} cached run(s) rerun: {changed}", flush=True)
     started = time.perf_counter()
     left = collections.Counter(spec.backbone for spec in pending)
 
@@ -1277,11 +1283,7 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str], dict[str, d
                         )
                     )
     if args.report_only:
-        results = {}
-        for spec in specs:
-            hit = cached(Path(spec.folder), spec.key)
-            if hit is not None:
-                results[(spec.backbone, spec.setting, spec.arm, spec.seed)] = hit
+        results, _ = from_cache(specs)
         print(f"report only: {len(results)} of {len(specs)} runs cached", flush=True)
     else:
         results = run_study(specs, sets, args.jobs)
